@@ -1,0 +1,1 @@
+//! jcdi-forwarder: collects JumpCloud Directory Insights events and forwards them to Sekoia.io.
