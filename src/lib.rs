@@ -1,1 +1,2 @@
 //! jcdi-forwarder: collects JumpCloud Directory Insights events and forwards them to Sekoia.io.
+pub mod standin;
