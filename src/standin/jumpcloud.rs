@@ -478,7 +478,7 @@ fn matches(stored: &Stored, services: &Option<Vec<String>>, now: SystemTime) -> 
     };
     let wanted = match services {
         None => true,
-        Some(names) => names.iter().any(|name| *name == stored.service),
+        Some(names) => names.contains(&stored.service),
     };
     visible && wanted
 }
@@ -696,4 +696,498 @@ fn page_answer(page: Page, query: &Query, fault: Option<&ApiFault>) -> Response<
         }
     }
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standin::events::{format_timestamp, EventFactory};
+    use crate::standin::test_http::{send, Reply};
+    use serde_json::value::RawValue;
+    use std::collections::HashSet;
+    use std::time::Instant;
+
+    const KEY: (&str, &str) = ("x-api-key", "demo-api-key");
+
+    fn now_ns_test() -> i64 {
+        now_ns(SystemTime::now())
+    }
+
+    async fn post(
+        api: &ApiStandIn,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<Reply> {
+        send(api.local_addr(), "POST", path, headers, body.as_bytes()).await
+    }
+
+    async fn events(api: &ApiStandIn, body: serde_json::Value) -> Reply {
+        post(api, EVENTS_PATH, &[KEY], &body.to_string())
+            .await
+            .expect("an answer")
+    }
+
+    /// The array elements of a page, as raw texts.
+    fn elements(reply: &Reply) -> Vec<String> {
+        let items: Vec<&RawValue> = serde_json::from_slice(&reply.body).expect("a JSON array");
+        items.iter().map(|item| item.get().to_string()).collect()
+    }
+
+    fn an_hour_ago() -> String {
+        format_timestamp(now_ns_test() - 3_600_000_000_000)
+    }
+
+    /// Pulls everything with `search_after` paging; returns the elements and the number of pages.
+    async fn pull_all(api: &ApiStandIn, limit: usize, sort: &str) -> (Vec<String>, usize) {
+        let mut all = Vec::new();
+        let mut cursor: Option<serde_json::Value> = None;
+        let mut pages = 0;
+        loop {
+            let mut body = serde_json::json!({
+                "service": ["all"], "start_time": an_hour_ago(), "limit": limit, "sort": sort,
+            });
+            if let Some(cursor) = &cursor {
+                body["search_after"] = cursor.clone();
+            }
+            let reply = events(api, body).await;
+            assert_eq!(reply.status, 200, "{}", reply.body_text());
+            pages += 1;
+            let page = elements(&reply);
+            assert_eq!(
+                reply.header("X-Result-Count"),
+                Some(page.len().to_string().as_str())
+            );
+            assert_eq!(reply.header("X-Limit"), Some(limit.to_string().as_str()));
+            all.extend(page.iter().cloned());
+            if page.len() < limit {
+                break;
+            }
+            let header = reply
+                .header("X-Search_after")
+                .expect("a cursor on a full page");
+            cursor = Some(serde_json::from_str(header).expect("cursor is JSON"));
+        }
+        (all, pages)
+    }
+
+    #[tokio::test]
+    async fn paging_returns_every_event_once_byte_for_byte() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let now = now_ns_test();
+        let added = EventFactory::new(7).mix(2500, now - 1_800_000_000_000, now - 1_000_000_000);
+        api.add_events(added.clone());
+        assert_eq!(api.event_count(), 2500);
+
+        let (pulled, pages) = pull_all(&api, 1000, "ASC").await;
+        assert_eq!(pages, 3);
+        assert_eq!(pulled.len(), 2500);
+        let expected: HashSet<&str> = added.iter().map(|event| event.raw.as_str()).collect();
+        let got: HashSet<&str> = pulled.iter().map(String::as_str).collect();
+        assert_eq!(got, expected, "every raw text comes back unchanged, once");
+        // Ascending by millisecond.
+        let ms: Vec<i64> = pulled
+            .iter()
+            .map(|raw| ApiEvent::from_raw(raw.clone()).unwrap().timestamp_ns / 1_000_000)
+            .collect();
+        assert!(ms.windows(2).all(|pair| pair[0] <= pair[1]));
+
+        let (descending, _) = pull_all(&api, 700, "DESC").await;
+        let mut reversed = pulled.clone();
+        reversed.reverse();
+        assert_eq!(descending, reversed);
+        assert_eq!(api.requests(), 3 + 4);
+    }
+
+    #[tokio::test]
+    async fn last_page_keeps_its_cursor_and_empty_page_has_none() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let now = now_ns_test();
+        api.add_events(EventFactory::new(1).mix(3, now - 10_000_000_000, now - 1_000_000_000));
+        let reply = events(
+            &api,
+            serde_json::json!({"service": ["all"], "start_time": an_hour_ago()}),
+        )
+        .await;
+        assert_eq!(reply.header("X-Result-Count"), Some("3"));
+        assert_eq!(reply.header("X-Limit"), Some("1000"));
+        assert_eq!(reply.header("X-Sort"), Some("ASC"));
+        assert_eq!(reply.header("Content-Type"), Some("application/json"));
+        assert!(reply.header("X-Request-Id").is_some());
+        let cursor: serde_json::Value =
+            serde_json::from_str(reply.header("X-Search_after").unwrap()).unwrap();
+        // The header name is spelled as the real API spells it.
+        assert!(reply
+            .headers
+            .iter()
+            .any(|(name, _)| name == "X-Search_after"));
+
+        let after = events(
+            &api,
+            serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "search_after": cursor}),
+        )
+        .await;
+        assert_eq!(after.body, b"[]");
+        assert_eq!(after.header("X-Result-Count"), Some("0"));
+        assert_eq!(after.header("X-Search_after"), None);
+    }
+
+    #[tokio::test]
+    async fn same_millisecond_events_follow_doc_id_order() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let base = (now_ns_test() - 60_000_000_000) / 1_000_000 * 1_000_000;
+        let mut factory = EventFactory::new(3);
+        // Nanosecond timestamps decreasing within one millisecond.
+        let added: Vec<ApiEvent> = (0..30)
+            .map(|i| factory.event("sso", base + 999_000 - i * 1000))
+            .collect();
+        api.add_events(added.clone());
+
+        let mut keys = Vec::new();
+        let mut raws = Vec::new();
+        let mut cursor: Option<serde_json::Value> = None;
+        for _ in 0..30 {
+            let mut body =
+                serde_json::json!({"service": ["sso"], "start_time": an_hour_ago(), "limit": 1});
+            if let Some(cursor) = &cursor {
+                body["search_after"] = cursor.clone();
+            }
+            let reply = events(&api, body).await;
+            let page = elements(&reply);
+            assert_eq!(page.len(), 1);
+            raws.push(page[0].clone());
+            let key: (i64, String) =
+                serde_json::from_str(reply.header("X-Search_after").unwrap()).unwrap();
+            assert_eq!(key.0, base / 1_000_000);
+            assert_eq!(key.1.len(), 20);
+            cursor = Some(serde_json::json!([key.0, key.1]));
+            keys.push(key.1);
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "doc ids ascend within the millisecond");
+        let distinct: HashSet<&String> = raws.iter().collect();
+        assert_eq!(distinct.len(), 30);
+        let mut by_ns = added.clone();
+        by_ns.sort_by_key(|event| event.timestamp_ns);
+        let by_ns: Vec<String> = by_ns.into_iter().map(|event| event.raw).collect();
+        assert_ne!(raws, by_ns, "the order is not the nanosecond order");
+    }
+
+    #[tokio::test]
+    async fn visible_at_hides_events_until_then() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let now = now_ns_test();
+        let mut factory = EventFactory::new(5);
+        let mut late = factory.event("directory", now - 30_000_000_000);
+        late.visible_at = Some(SystemTime::now() + Duration::from_millis(300));
+        let mut hidden = factory.event("directory", now - 20_000_000_000);
+        hidden.visible_at = Some(SystemTime::now() + Duration::from_secs(3600));
+        let mut past = factory.event("directory", now - 10_000_000_000);
+        past.visible_at = Some(SystemTime::now() - Duration::from_secs(1));
+        api.add_events([late.clone(), hidden, past.clone()]);
+
+        let query = serde_json::json!({"service": ["directory"], "start_time": an_hour_ago()});
+        let first = elements(&events(&api, query.clone()).await);
+        assert_eq!(first, vec![past.raw.clone()]);
+        let count = post(&api, COUNT_PATH, &[KEY], &query.to_string())
+            .await
+            .unwrap();
+        assert_eq!(count.body_text(), "{\"count\":1}");
+
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let second = elements(&events(&api, query).await);
+        assert_eq!(second, vec![late.raw, past.raw]);
+    }
+
+    #[tokio::test]
+    async fn filters_by_service_and_time_range() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let base = (now_ns_test() - 600_000_000_000) / 1_000_000_000 * 1_000_000_000;
+        let mut factory = EventFactory::new(11);
+        let at = |s: i64| base + s * 1_000_000_000;
+        api.add_events([
+            factory.event("radius", at(0)),
+            factory.event("radius", at(1)),
+            factory.event("sso", at(1) + 123_456),
+            factory.event("radius", at(2)),
+        ]);
+        let reply = events(
+            &api,
+            serde_json::json!({
+                "service": ["radius"], "start_time": format_timestamp(at(1)), "end_time": format_timestamp(at(2)),
+            }),
+        )
+        .await;
+        let page = elements(&reply);
+        assert_eq!(
+            page.len(),
+            1,
+            "start inclusive, end exclusive, other services left out"
+        );
+        assert_eq!(
+            ApiEvent::from_raw(page[0].clone()).unwrap().timestamp_ns,
+            at(1)
+        );
+
+        let body = serde_json::json!({"service": ["radius", "sso"], "start_time": format_timestamp(at(1))});
+        let count = post(&api, COUNT_PATH, &[KEY], &body.to_string())
+            .await
+            .unwrap();
+        assert_eq!(count.status, 200);
+        assert_eq!(count.body_text(), "{\"count\":3}");
+        assert_eq!(api.requests(), 1, "count requests are not events requests");
+    }
+
+    #[tokio::test]
+    async fn auth_failures() {
+        let options = ApiOptions {
+            org_id: Some("641b3db57090821c0b2f8183".to_string()),
+            ..ApiOptions::default()
+        };
+        let api = ApiStandIn::start(options).await.unwrap();
+        let body = serde_json::json!({"service": ["all"], "start_time": an_hour_ago()}).to_string();
+        let org = ("x-org-id", "641b3db57090821c0b2f8183");
+
+        let ok = post(&api, EVENTS_PATH, &[KEY, org], &body).await.unwrap();
+        assert_eq!(ok.status, 200);
+
+        let no_key = post(&api, EVENTS_PATH, &[org], &body).await.unwrap();
+        assert_eq!(no_key.status, 401);
+        assert_eq!(no_key.body_text(), r#"{"message":"Unauthorized"}"#);
+        let bad_key = post(&api, EVENTS_PATH, &[("x-api-key", "nope"), org], &body)
+            .await
+            .unwrap();
+        assert_eq!(bad_key.status, 401);
+
+        let no_org = post(&api, EVENTS_PATH, &[KEY], &body).await.unwrap();
+        assert_eq!(no_org.status, 401);
+        assert!(no_org.body_text().contains("org"), "{}", no_org.body_text());
+        let bad_org = post(&api, EVENTS_PATH, &[KEY, ("x-org-id", "other")], &body)
+            .await
+            .unwrap();
+        assert_eq!(bad_org.status, 401);
+        assert!(bad_org.body_text().contains("org"));
+
+        api.set_api_key("rotated");
+        let revoked = post(&api, EVENTS_PATH, &[KEY, org], &body).await.unwrap();
+        assert_eq!(revoked.status, 401);
+        let rotated = post(&api, EVENTS_PATH, &[("x-api-key", "rotated"), org], &body)
+            .await
+            .unwrap();
+        assert_eq!(rotated.status, 200);
+
+        let get = send(api.local_addr(), "GET", EVENTS_PATH, &[KEY, org], b"")
+            .await
+            .unwrap();
+        assert_eq!(get.status, 405);
+        let elsewhere = post(&api, "/insights/directory/v2/events", &[KEY, org], &body)
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status, 404);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_requests_with_400() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let start = an_hour_ago();
+        let cases = [
+            ("not json at all".to_string(), "invalid request body"),
+            ("[1,2]".to_string(), "JSON object"),
+            (serde_json::json!({"start_time": an_hour_ago()}).to_string(), "service is required"),
+            (serde_json::json!({"service": "all", "start_time": an_hour_ago()}).to_string(), "service"),
+            (serde_json::json!({"service": ["x"], "start_time": an_hour_ago()}).to_string(), "invalid service \"x\"; valid: all, directory"),
+            (serde_json::json!({"service": ["all"]}).to_string(), "start_time is required"),
+            (serde_json::json!({"service": ["all"], "start_time": "yesterday"}).to_string(), "RFC 3339"),
+            (
+                serde_json::json!({"service": ["all"], "start_time": format_timestamp(now_ns_test() + 3_600_000_000_000)}).to_string(),
+                "future",
+            ),
+            (
+                serde_json::json!({"service": ["all"], "start_time": start, "end_time": start}).to_string(),
+                "Start Time not after End Time",
+            ),
+            (serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "search_after": "abc"}).to_string(), "search_after"),
+            (serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "search_after": [1]}).to_string(), "search_after"),
+            (serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "sort": "UP"}).to_string(), "sort"),
+        ];
+        for (body, needle) in cases {
+            let reply = post(&api, EVENTS_PATH, &[KEY], &body).await.unwrap();
+            assert_eq!(reply.status, 400, "{body}");
+            let message: serde_json::Value =
+                serde_json::from_slice(&reply.body).expect("JSON error body");
+            let message = message["message"].as_str().unwrap_or_default().to_string();
+            assert!(message.contains(needle), "{body}: {message}");
+        }
+        // Invalid limits fall back to 1000 silently.
+        for limit in [
+            serde_json::json!(0),
+            serde_json::json!(10001),
+            serde_json::json!("50"),
+            serde_json::json!(-3),
+        ] {
+            let reply = events(&api, serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "limit": limit})).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("X-Limit"), Some("1000"), "limit {limit}");
+        }
+        let reply = events(
+            &api,
+            serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "limit": 10000}),
+        )
+        .await;
+        assert_eq!(reply.header("X-Limit"), Some("10000"));
+    }
+
+    #[tokio::test]
+    async fn faults_replace_one_answer_each_in_order() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let now = now_ns_test();
+        api.add_events(EventFactory::new(9).mix(10, now - 60_000_000_000, now - 1_000_000_000));
+        let query =
+            || serde_json::json!({"service": ["all"], "start_time": an_hour_ago(), "limit": 4});
+
+        api.push_fault(ApiFault::Status {
+            status: 429,
+            body: r#"{"message":"Too Many Requests"}"#.to_string(),
+            retry_after: Some(7),
+        });
+        api.push_fault(ApiFault::Status {
+            status: 503,
+            body: String::new(),
+            retry_after: None,
+        });
+        api.push_fault(ApiFault::TornBody);
+        api.push_fault(ApiFault::FullPageWithoutCursor);
+        api.push_fault(ApiFault::CloseConnection);
+        api.push_fault(ApiFault::Delay(Duration::from_millis(150)));
+        assert_eq!(api.pending_faults(), 6);
+
+        let limited = events(&api, query()).await;
+        assert_eq!(limited.status, 429);
+        assert_eq!(limited.header("Retry-After"), Some("7"));
+        assert_eq!(limited.body_text(), r#"{"message":"Too Many Requests"}"#);
+
+        let unavailable = events(&api, query()).await;
+        assert_eq!(unavailable.status, 503);
+        assert_eq!(unavailable.header("Retry-After"), None);
+
+        let torn = events(&api, query()).await;
+        assert_eq!(torn.status, 200);
+        assert_eq!(torn.header("X-Result-Count"), Some("4"));
+        assert!(torn.header("X-Search_after").is_some());
+        assert_eq!(
+            torn.header("Content-Length"),
+            Some(torn.body.len().to_string().as_str())
+        );
+        assert!(serde_json::from_slice::<Vec<&RawValue>>(&torn.body).is_err());
+        assert!(torn.body.starts_with(b"[{"));
+
+        let no_cursor = events(&api, query()).await;
+        assert_eq!(no_cursor.header("X-Result-Count"), Some("4"));
+        assert_eq!(no_cursor.header("X-Limit"), Some("4"));
+        assert_eq!(no_cursor.header("X-Search_after"), None);
+        assert_eq!(elements(&no_cursor).len(), 4);
+
+        let dropped = post(&api, EVENTS_PATH, &[KEY], &query().to_string()).await;
+        assert!(dropped.is_none(), "connection closed without an answer");
+
+        let started = Instant::now();
+        let delayed = events(&api, query()).await;
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!(delayed.status, 200);
+        assert_eq!(elements(&delayed).len(), 4);
+
+        let normal = events(&api, query()).await;
+        assert_eq!(normal.status, 200);
+        assert_eq!(api.pending_faults(), 0);
+        assert_eq!(api.requests(), 7);
+    }
+
+    #[tokio::test]
+    async fn full_page_without_cursor_looks_full_even_with_few_events() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let now = now_ns_test();
+        api.add_events(EventFactory::new(2).mix(2, now - 60_000_000_000, now - 1_000_000_000));
+        api.push_fault(ApiFault::FullPageWithoutCursor);
+        let reply = events(
+            &api,
+            serde_json::json!({"service": ["all"], "start_time": an_hour_ago()}),
+        )
+        .await;
+        assert_eq!(reply.header("X-Result-Count"), Some("2"));
+        assert_eq!(reply.header("X-Limit"), Some("2"));
+        assert_eq!(reply.header("X-Search_after"), None);
+    }
+
+    #[tokio::test]
+    async fn fault_status_comes_before_auth() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        api.push_fault(ApiFault::Status {
+            status: 500,
+            body: "oops".to_string(),
+            retry_after: None,
+        });
+        let reply = post(&api, EVENTS_PATH, &[], "garbage").await.unwrap();
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body_text(), "oops");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting() {
+        let api = ApiStandIn::start(ApiOptions::default()).await.unwrap();
+        let addr = api.local_addr();
+        api.shutdown();
+        // The accept loop notices at its next poll: give it a moment.
+        let mut refused = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused);
+    }
+
+    #[test]
+    fn from_raw_reads_timestamp_and_service() {
+        let event = ApiEvent::from_raw(
+            r#"{"event_type":"sso_auth","service":"sso","id":"648b1e56c0b7fd51eb1d0938","timestamp":"2023-06-15T14:21:10.34334445Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(event.service, "sso");
+        assert_eq!(event.timestamp_ns, 1_686_838_870_343_344_450);
+        assert!(event.visible_at.is_none());
+        let radius =
+            ApiEvent::from_raw(r#"{"service":"radius","timestamp":"2023-06-15T15:16:41Z"}"#)
+                .unwrap();
+        assert_eq!(radius.timestamp_ns, 1_686_842_201_000_000_000);
+        assert!(ApiEvent::from_raw("{").is_err());
+        assert!(ApiEvent::from_raw(r#"{"service":"sso"}"#).is_err());
+        assert!(ApiEvent::from_raw(r#"{"service":"sso","timestamp":"soon"}"#).is_err());
+    }
+
+    #[test]
+    fn key_range_never_inverts() {
+        let query = |search_after: Option<SortKey>, sort| Query {
+            services: None,
+            start_ms: 100,
+            end_ms: Some(200),
+            limit: 10,
+            sort,
+            search_after,
+        };
+        assert!(key_range(&query(Some((300, "a".into())), Sort::Asc), true).is_none());
+        assert!(key_range(&query(Some((50, "a".into())), Sort::Desc), true).is_none());
+        assert!(key_range(&query(Some((150, "a".into())), Sort::Asc), true).is_some());
+        // Every case must be safe to hand to BTreeMap::range.
+        let map: BTreeMap<SortKey, ()> = BTreeMap::new();
+        for ms in [0, 100, 150, 199, 200, 300] {
+            for sort in [Sort::Asc, Sort::Desc] {
+                if let Some(range) = key_range(&query(Some((ms, String::new())), sort), true) {
+                    assert_eq!(map.range(range).count(), 0);
+                }
+            }
+        }
+    }
 }
