@@ -2,7 +2,8 @@
 //! to the Sekoia.io HTTP intake, losing none.
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
-//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows.
+//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows,
+//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks.
 
 pub mod agent;
 pub mod cli;
@@ -14,3 +15,4 @@ pub mod queue;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod standin;
