@@ -10,7 +10,9 @@
 //! - ids have each service's real form (ObjectId, upper- or lower-case UUID; LDAP has none) and are unique
 //!   per factory; everything is derived from the seed, so a seed always gives the same events.
 
-use chrono::DateTime;
+use std::fmt::Write;
+
+use chrono::{DateTime, Datelike, Timelike};
 
 use super::jumpcloud::ApiEvent;
 
@@ -918,11 +920,27 @@ pub fn format_timestamp(timestamp_ns: i64) -> String {
     let Some(time) = DateTime::from_timestamp(seconds, nanos) else {
         return "1970-01-01T00:00:00Z".to_string();
     };
-    let mut text = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+    // Written by hand rather than with `format("%Y-%m-%dT%H:%M:%S")`: it is several times faster, and the
+    // benchmarks generate a million events.
+    let mut text = String::with_capacity(30);
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second()
+    );
     if nanos > 0 {
-        let fraction = format!("{nanos:09}");
-        text.push('.');
-        text.push_str(fraction.trim_end_matches('0'));
+        let mut digits = 9;
+        let mut fraction = nanos;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(text, ".{fraction:0digits$}");
     }
     text.push('Z');
     text
@@ -939,22 +957,32 @@ fn hex(rng: &mut fastrand::Rng, digits: usize) -> String {
 /// `\u003c`, `\u003e`, `\u0026`, other non-ASCII kept as UTF-8.
 fn push_go_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Copy runs of characters that need no escape in one go: this is the generator's hot loop.
+    let mut run_start = 0;
+    for (at, c) in text.char_indices() {
+        let escape = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            '<' => "\\u003c",
+            '>' => "\\u003e",
+            '&' => "\\u0026",
+            '\u{2028}' => "\\u2028",
+            '\u{2029}' => "\\u2029",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&text[run_start..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(escape);
         }
+        run_start = at + c.len_utf8();
     }
+    out.push_str(&text[run_start..]);
     out.push('"');
 }
 
@@ -991,7 +1019,7 @@ impl<'a> Obj<'a> {
 
     fn num(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
         self.key(key);
-        self.out.push_str(&value.to_string());
+        let _ = write!(self.out, "{value}");
         self
     }
 
@@ -1234,6 +1262,29 @@ mod tests {
         };
         assert_eq!(raws(&a), raws(&b));
         assert_ne!(raws(&a), raws(&c));
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_does() {
+        let mut out = String::new();
+        push_go_string(&mut out, "a\"b\\c\nd\u{1}e<f>g&hé\u{2028}");
+        assert_eq!(out, r#""a\"b\\c\nd\u0001e\u003cf\u003eg\u0026hé\u2028""#);
+        let decoded: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(decoded, "a\"b\\c\nd\u{1}e<f>g&hé\u{2028}");
+    }
+
+    #[test]
+    fn uuids_have_the_version_4_layout() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let id = crate::standin::uuid_text(&mut rng);
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|part| part.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
     }
 
     #[test]
