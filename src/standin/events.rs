@@ -957,30 +957,43 @@ fn hex(rng: &mut fastrand::Rng, digits: usize) -> String {
 /// `\u003c`, `\u003e`, `\u0026`, other non-ASCII kept as UTF-8.
 fn push_go_string(out: &mut String, text: &str) {
     out.push('"');
-    // Copy runs of characters that need no escape in one go: this is the generator's hot loop.
+    // Scan bytes and copy runs that need no escape in one go: this is the generator's hot loop. Every
+    // character to escape is ASCII except U+2028 and U+2029 (E2 80 A8 / E2 80 A9 in UTF-8), so a run always
+    // starts and ends on a character boundary.
+    let bytes = text.as_bytes();
     let mut run_start = 0;
-    for (at, c) in text.char_indices() {
-        let escape = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            '<' => "\\u003c",
-            '>' => "\\u003e",
-            '&' => "\\u0026",
-            '\u{2028}' => "\\u2028",
-            '\u{2029}' => "\\u2029",
-            c if (c as u32) < 0x20 => "",
-            _ => continue,
+    let mut at = 0;
+    while at < bytes.len() {
+        let escape = match bytes[at] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b'<' => "\\u003c",
+            b'>' => "\\u003e",
+            b'&' => "\\u0026",
+            0xE2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xA8) => {
+                "\\u2028"
+            }
+            0xE2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xA9) => {
+                "\\u2029"
+            }
+            byte if byte < 0x20 => "",
+            _ => {
+                at += 1;
+                continue;
+            }
         };
         out.push_str(&text[run_start..at]);
         if escape.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            let _ = write!(out, "\\u{:04x}", bytes[at]);
+            at += 1;
         } else {
             out.push_str(escape);
+            at += if bytes[at] == 0xE2 { 3 } else { 1 };
         }
-        run_start = at + c.len_utf8();
+        run_start = at;
     }
     out.push_str(&text[run_start..]);
     out.push('"');
@@ -1007,8 +1020,13 @@ impl<'a> Obj<'a> {
             self.out.push(',');
         }
         self.empty = false;
-        push_go_string(self.out, key);
-        self.out.push(':');
+        // Keys are this module's own plain ASCII literals: no escaping needed (checked in debug builds).
+        debug_assert!(key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'@'));
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
     }
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
