@@ -83,16 +83,21 @@ pub async fn run(
     tokio::select! {
         _ = shutdown.wait() => {}
         Some(ended) = tasks.join_next() => {
-            failure = Some(match ended {
+            // A task that saw the shutdown first may end before this select notices it: not a failure.
+            if !shutdown.is_triggered() {
+                failure = Some(match ended {
                 Ok(()) => "a pipeline task ended on its own".to_string(),
-                Err(err) => format!("a pipeline task failed: {err}"),
-            });
-            tasks.abort_all();
+                    Err(err) => format!("a pipeline task failed: {err}"),
+                });
+                tasks.abort_all();
+            }
         }
     }
     let stopping = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(STOP_DEADLINE, stopping).await.is_err() {
-        tracing::warn!("a task did not stop within {STOP_DEADLINE:?}; abandoning it (its events stay queued)");
+        tracing::warn!(
+            "a task did not stop within {STOP_DEADLINE:?}; abandoning it (its events stay queued)"
+        );
         tasks.abort_all();
     }
     queue.flush().await?;
@@ -102,5 +107,8 @@ pub async fn run(
         queued_bytes = depth.bytes,
         "agent stopped; queue flushed"
     );
-    Ok(())
+    match failure {
+        Some(failure) => Err(anyhow::anyhow!(failure)),
+        None => Ok(()),
+    }
 }

@@ -21,8 +21,14 @@ async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
     events.extend((0..300).map(|i| factory.event("directory", second + i * 3_000_000)));
     events.extend((0..150).map(|_| factory.event("sso", second + 999_000_000)));
     h.api.add_events(events.clone());
-    assert!(events.iter().any(|e| e.raw.contains("\\u003c")), "the mix carries Go escapes");
-    assert!(events.iter().any(|e| !e.raw.contains("\"id\"")), "the mix carries events without id");
+    assert!(
+        events.iter().any(|e| e.raw.contains("\\u003c")),
+        "the mix carries Go escapes"
+    );
+    assert!(
+        events.iter().any(|e| !e.raw.contains("\"id\"")),
+        "the mix carries events without id"
+    );
 
     let config = h.config("", "");
     let queue = h.open_queue(&config).await;
@@ -30,10 +36,18 @@ async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
     wait_all_arrived(&h.intake, &events, LONG).await;
     // Let a few more polls re-read the overlap window: nothing may be sent twice.
     let polls = agent.metrics.snapshot().polls_completed;
-    assert!(wait_until(LONG, || agent.metrics.snapshot().polls_completed >= polls + 2).await);
+    assert!(
+        wait_until(LONG, || agent.metrics.snapshot().polls_completed
+            >= polls + 2)
+        .await
+    );
     agent.stop().await;
 
-    assert_eq!(duplicates(&h.intake), 0, "a clean run sends every event once");
+    assert_eq!(
+        duplicates(&h.intake),
+        0,
+        "a clean run sends every event once"
+    );
     assert_eq!(h.intake.received_count(), events.len());
     assert!(h.api.requests() >= 17, "paged in pages of 100");
     assert_eq!(queue.depth().events, 0);
@@ -44,7 +58,9 @@ async fn same_second_events_split_across_polls_are_not_lost() {
     let h = Harness::new().await;
     let mut factory = EventFactory::new(2);
     let second = now_ns() - 20 * SECOND;
-    let first_half: Vec<_> = (0..120).map(|i| factory.event("radius", second + i)).collect();
+    let first_half: Vec<_> = (0..120)
+        .map(|i| factory.event("radius", second + i))
+        .collect();
     h.api.add_events(first_half.clone());
     let config = h.config("", "");
     let queue = h.open_queue(&config).await;
@@ -52,7 +68,9 @@ async fn same_second_events_split_across_polls_are_not_lost() {
     wait_all_arrived(&h.intake, &first_half, LONG).await;
     // More events of that same second show up after the cursor passed it (the official connector, which
     // rounds its checkpoint up to the next second, loses exactly these).
-    let second_half: Vec<_> = (0..80).map(|i| factory.event("radius", second + 500 + i)).collect();
+    let second_half: Vec<_> = (0..80)
+        .map(|i| factory.event("radius", second + 500 + i))
+        .collect();
     h.api.add_events(second_half.clone());
     wait_all_arrived(&h.intake, &second_half, LONG).await;
     agent.stop().await;
@@ -75,22 +93,36 @@ async fn late_indexed_and_future_events_arrive_and_the_cursor_stays_in_the_prese
         })
         .collect();
     // A device clock two days ahead.
-    let future: Vec<_> = (0..5).map(|i| factory.event("mdm", now + 2 * 86_400 * SECOND + i)).collect();
-    h.api.add_events(on_time.iter().chain(&late).chain(&future).cloned());
+    let future: Vec<_> = (0..5)
+        .map(|i| factory.event("mdm", now + 2 * 86_400 * SECOND + i))
+        .collect();
+    h.api
+        .add_events(on_time.iter().chain(&late).chain(&future).cloned());
 
     let config = h.config("", "");
     let queue = h.open_queue(&config).await;
     let agent = RunningAgent::start(&config, &queue);
-    let everything: Vec<_> = on_time.iter().chain(&late).chain(&future).cloned().collect();
+    let everything: Vec<_> = on_time
+        .iter()
+        .chain(&late)
+        .chain(&future)
+        .cloned()
+        .collect();
     wait_all_arrived(&h.intake, &everything, LONG).await;
     agent.stop().await;
 
-    let cursor = queue.cursor("default").expect("readable").expect("committed");
+    let cursor = queue
+        .cursor("default")
+        .expect("readable")
+        .expect("committed");
     assert!(
         cursor.watermark_ns <= now_ns(),
         "future timestamps must not push the cursor ahead of the clock"
     );
-    assert!(cursor.watermark_ns >= now - 60 * SECOND, "the cursor advanced");
+    assert!(
+        cursor.watermark_ns >= now - 60 * SECOND,
+        "the cursor advanced"
+    );
     assert_eq!(duplicates(&h.intake), 0);
 }
 
@@ -175,7 +207,11 @@ async fn intake_faults_and_an_outage_lose_nothing() {
     assert!(m.intake_requests_failed >= 5, "{m:?}");
     assert_eq!(m.events_dead_lettered, 0);
     assert_eq!(queue.depth().events, 0);
-    assert_eq!(duplicates(&h.intake), 0, "every failure was refused whole, so nothing was sent twice");
+    assert_eq!(
+        duplicates(&h.intake),
+        0,
+        "every failure was refused whole, so nothing was sent twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +234,11 @@ async fn an_oversize_event_is_dead_lettered_and_the_rest_flows() {
     let letters = queue.dead_letters().expect("readable");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].raw, big.raw, "kept byte for byte");
-    assert!(letters[0].reason.contains("over the intake's limit"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("over the intake's limit"),
+        "{}",
+        letters[0].reason
+    );
     assert!(!h.intake.received().contains(&big.raw), "never sent");
 }
 
@@ -227,7 +267,10 @@ async fn a_bad_api_key_is_reported_and_queued_events_still_flow() {
         error.starts_with("JumpCloud rejected the API key (401 Unauthorized"),
         "{error}"
     );
-    assert!(error.contains("jumpcloud.api_key"), "names the setting: {error}");
+    assert!(
+        error.contains("jumpcloud.api_key"),
+        "names the setting: {error}"
+    );
     assert!(!error.contains(API_KEY), "never shows the key: {error}");
 }
 
@@ -242,10 +285,16 @@ async fn a_bad_intake_key_is_reported_and_loses_nothing() {
     h.intake.set_intake_key("the-real-key");
     let agent = RunningAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_send_error.is_some()).await);
-    assert!(wait_until(LONG, || queue.depth().events == 120).await, "everything stays queued");
+    assert!(
+        wait_until(LONG, || queue.depth().events == 120).await,
+        "everything stays queued"
+    );
     let error = agent.metrics.snapshot().last_send_error.expect("an error");
     agent.stop().await;
-    assert!(error.starts_with("Sekoia.io refused the intake key (401 Unauthorized)"), "{error}");
+    assert!(
+        error.starts_with("Sekoia.io refused the intake key (401 Unauthorized)"),
+        "{error}"
+    );
     assert!(error.contains("sekoia.intake_key"), "{error}");
     assert!(!error.contains(INTAKE_KEY), "{error}");
     assert_eq!(h.intake.received_count(), 0);
@@ -263,7 +312,9 @@ async fn a_full_queue_pauses_polling_and_drops_nothing() {
     let now = now_ns();
     let events = EventFactory::new(9).mix(600, now - 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
-    let text = h.config_text("", "").replace("[sekoia]", "[queue]\nmax_bytes = \"50KiB\"\n[sekoia]");
+    let text = h
+        .config_text("", "")
+        .replace("[sekoia]", "[queue]\nmax_bytes = \"50KiB\"\n[sekoia]");
     let config = jcdi_forwarder::config::Config::parse(&text, "test", &|_| None)
         .expect("valid")
         .config;

@@ -61,16 +61,21 @@ impl Harness {
             ("initial_lookback", "\"3h\"".to_string()),
             ("overlap", "\"60s\"".to_string()),
             ("min_request_interval", "\"0s\"".to_string()),
+            ("retry_initial", "\"100ms\"".to_string()),
+            ("retry_max", "\"1s\"".to_string()),
         ]);
         for line in jumpcloud_extra.lines().filter(|l| !l.trim().is_empty()) {
             if let Some((key, value)) = line.split_once('=') {
                 jumpcloud.insert(leak(key.trim()), value.trim().to_string());
             }
         }
-        let jumpcloud: String = jumpcloud.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let jumpcloud: String = jumpcloud
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
         format!(
             "data_dir = {:?}\n[jumpcloud]\nbase_url = \"{}\"\napi_key = \"${{JC_KEY:-{API_KEY}}}\"\n{jumpcloud}\
-             [sekoia]\nintake_url = \"{}\"\nintake_key = \"${{SK_KEY:-{INTAKE_KEY}}}\"\n{sekoia_extra}\n",
+             [sekoia]\nintake_url = \"{}\"\nintake_key = \"${{SK_KEY:-{INTAKE_KEY}}}\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n{sekoia_extra}\n",
             self.dir.path().join("queue").display().to_string(),
             self.api.base_url(),
             self.intake.base_url(),
@@ -78,13 +83,19 @@ impl Harness {
     }
 
     pub fn config(&self, jumpcloud_extra: &str, sekoia_extra: &str) -> Config {
-        Config::parse(&self.config_text(jumpcloud_extra, sekoia_extra), "test", &|_| None)
-            .expect("test config is valid")
-            .config
+        Config::parse(
+            &self.config_text(jumpcloud_extra, sekoia_extra),
+            "test",
+            &|_| None,
+        )
+        .expect("test config is valid")
+        .config
     }
 
     pub async fn open_queue(&self, config: &Config) -> Queue {
-        jcdi_forwarder::agent::open_queue(config).await.expect("queue opens")
+        jcdi_forwarder::agent::open_queue(config)
+            .await
+            .expect("queue opens")
     }
 }
 
@@ -104,7 +115,10 @@ impl RunningAgent {
         let metrics = Arc::new(Metrics::default());
         let (trigger, shutdown) = shutdown::channel();
         let (config, queue, m) = (config.clone(), queue.clone(), metrics.clone());
-        let handle = tokio::spawn(async move { jcdi_forwarder::agent::run(&config, queue, m, shutdown).await });
+        let handle =
+            tokio::spawn(
+                async move { jcdi_forwarder::agent::run(&config, queue, m, shutdown).await },
+            );
         RunningAgent {
             metrics,
             trigger,
