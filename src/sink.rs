@@ -130,6 +130,9 @@ impl Forwarder {
                             .map_err(|err| {
                                 QueueError::Damaged(format!("ack task failed: {err}"))
                             })??;
+                        // Not needed for safety (a lost ack only means a resend), but it keeps the
+                        // duplicates after a crash down to the batch in flight.
+                        self.queue.flush().await?;
                         Metrics::add(&self.metrics.events_forwarded, chunk.len() as u64);
                         Metrics::set_error(&self.metrics.last_send_error, None);
                         retry.reset();
