@@ -1,1 +1,18 @@
-//! jcdi-forwarder: collects JumpCloud Directory Insights events and forwards them to Sekoia.io.
+//! jcdi-forwarder: collects JumpCloud Directory Insights events into a durable local queue and forwards them
+//! to the Sekoia.io HTTP intake, losing none.
+//!
+//! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
+//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows,
+//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod standin;

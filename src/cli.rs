@@ -1,0 +1,216 @@
+//! The command line: `run`, `validate`, `demo`, `normalize`. Parses arguments, sets up logging on stderr,
+//! and turns outcomes into exit codes (0 success, 1 failure, 2 usage).
+//!
+//! Invariant: no secret reaches a log line, an error message or `--help` (secrets live only in the
+//! configuration file or the environment, never in arguments).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{check_data_dir, Config};
+use crate::metrics::Metrics;
+
+const DEFAULT_CONFIG: &str = "/etc/jcdi-forwarder/config.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jcdi-forwarder",
+    version,
+    about = "Collects JumpCloud Directory Insights events into a durable local queue and forwards them to the Sekoia.io intake, losing none.",
+    after_help = "Start with `jcdi-forwarder demo`: it runs the whole pipeline against built-in stand-ins of both services, no credentials needed."
+)]
+pub struct Cli {
+    /// Log level or filter (for example info, debug, jcdi_forwarder=debug); RUST_LOG is used when unset.
+    #[arg(long, global = true, env = "JCDI_FORWARDER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "JCDI_FORWARDER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent in the foreground until SIGTERM or Ctrl-C (logs on stderr).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration offline and list every problem found (exit 0 when valid, 1 otherwise).
+    Validate {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the real pipeline against built-in stand-ins of JumpCloud and Sekoia.io on 127.0.0.1, in a
+    /// temporary folder, and prove that every event arrived.
+    Demo {
+        /// How many events the JumpCloud stand-in holds.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Seconds the intake stand-in is down in the middle of the run.
+        #[arg(long, default_value_t = 3)]
+        outage_seconds: u64,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref(), cli.log_format);
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo {
+            events,
+            outage_seconds,
+        } => with_runtime(|| crate::demo::run(events, outage_seconds)),
+    }
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).ok(),
+        None => EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    let mut problems = Vec::new();
+    let loaded = match Config::load(path) {
+        Ok(loaded) => Some(loaded),
+        Err(errors) => {
+            problems = errors.problems;
+            None
+        }
+    };
+    if let Some(loaded) = &loaded {
+        for warning in &loaded.warnings {
+            eprintln!("{}: warning: {warning}", path.display());
+        }
+        if let Err(problem) = check_data_dir(&loaded.config.data_dir) {
+            problems.push(problem);
+        }
+    }
+    if !problems.is_empty() {
+        let count = problems.len();
+        eprintln!(
+            "{}: {count} problem{} found:",
+            path.display(),
+            if count == 1 { "" } else { "s" }
+        );
+        for problem in problems {
+            eprintln!("  - {problem}");
+        }
+        return ExitCode::from(1);
+    }
+    if let Some(loaded) = loaded {
+        let c = &loaded.config;
+        println!(
+            "{}: valid. Polls {} (services {}) every {:?}, forwards to {}/batch, queue in {} (limit {}).",
+            path.display(),
+            c.jumpcloud.base_url,
+            c.jumpcloud.services.join(","),
+            c.jumpcloud.poll_interval,
+            c.sekoia.intake_url,
+            c.data_dir.display(),
+            bytesize::ByteSize(c.queue.max_bytes)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let loaded = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
+    let config = loaded.config;
+    with_runtime(|| async move {
+        let queue = crate::agent::open_queue(&config).await?;
+        let (trigger, shutdown) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stop requested: stopping polling, finishing the request in flight, flushing the queue");
+            trigger.trigger();
+        });
+        crate::agent::run(&config, queue, Arc::new(Metrics::default()), shutdown).await
+    })
+}
+
+/// Runs an async main on a multi-threaded runtime and maps its result to an exit code.
+fn with_runtime<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(main()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM (systemd) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,667 @@
+//! The durable queue between the pollers and the forwarder: the only module that knows sled.
+//!
+//! Trees of the one sled database:
+//! - `events`: sequence number (u64, big-endian) → [`Envelope`] (bincode, versioned) holding the raw event bytes.
+//! - `dedup`: stream tag (4 bytes) + event timestamp (8 bytes, order-preserving) + event key hash (16 bytes) → ().
+//!   Sorted by time within a stream, so pruning is a range scan.
+//! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent.
+//! - `meta`: cursors (`cursor/<stream>`), the next sequence number and the in/out counters.
+//!
+//! Invariants:
+//! - A page of events, the dedup entries and the stream's new cursor are written in one sled transaction
+//!   ([`Queue::commit_page`]): after a crash both are there or neither, so the poller simply polls again.
+//! - An event leaves `events` only through [`Queue::ack`] (after the intake said 2xx) or
+//!   [`Queue::dead_letter`] (moved, in one transaction). Nothing is ever dropped.
+//! - Queue depth comes from persisted counters (`in` written by pollers, `out` by the forwarder, each in the
+//!   same transaction as the change it counts), never from `Tree::len()`, which scans.
+//! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
+//!   side effects outside their return value (sled may run them more than once).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::Tree;
+
+/// The version of the on-disk record layout; records of another version are refused, not misread.
+const FORMAT_VERSION: u8 = 1;
+
+const KEY_SEQ: &[u8] = b"seq";
+const KEY_IN: &[u8] = b"stats/in";
+const KEY_OUT: &[u8] = b"stats/out";
+const KEY_DEAD: &[u8] = b"stats/dead";
+
+/// sled's page cache; its 1 GiB default would make RSS grow with the database.
+const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(
+        "cannot open the queue in {dir}: {source}. If it is damaged, stop the agent, move the folder aside \
+         (mv {dir} {dir}.damaged) and start again: JumpCloud keeps events for 90 days, so raise \
+         jumpcloud.initial_lookback to cover the time since the last forwarded event"
+    )]
+    Open { dir: String, source: sled::Error },
+    #[error(
+        "the queue in {0} is in use by another process (is jcdi-forwarder already running? \
+         `jcdi-forwarder status` asks it instead); only one process may open a queue"
+    )]
+    Locked(String),
+    #[error("queue storage error: {0} (is the disk full or failing?)")]
+    Storage(#[from] sled::Error),
+    #[error("a queued record is damaged: {0}")]
+    Damaged(String),
+}
+
+impl From<TransactionError<QueueError>> for QueueError {
+    fn from(err: TransactionError<QueueError>) -> Self {
+        match err {
+            TransactionError::Abort(err) => err,
+            TransactionError::Storage(err) => QueueError::Storage(err),
+        }
+    }
+}
+
+/// What the poller hands over for one event.
+#[derive(Clone, Debug)]
+pub struct IncomingEvent {
+    /// The event's JSON text exactly as received.
+    pub raw: String,
+    /// The event's `timestamp` in nanoseconds since the epoch.
+    pub timestamp_ns: i64,
+    /// A hash of the event's identity (its `id`, or its raw bytes when it has none).
+    pub key: [u8; 16],
+}
+
+/// One stream's collection progress, committed with the events it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Every event with a timestamp below this, indexed by the time it was read, is queued.
+    pub watermark_ns: i64,
+    /// When this cursor was written (milliseconds since the epoch).
+    pub updated_at_ms: u64,
+}
+
+/// How one page commit went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub queued: u64,
+    pub duplicates: u64,
+}
+
+/// An event read from the head of the queue.
+#[derive(Clone, Debug)]
+pub struct QueuedEvent {
+    pub seq: u64,
+    pub stream: u32,
+    pub timestamp_ns: i64,
+    pub queued_at_ms: u64,
+    pub raw: String,
+}
+
+/// A dead-lettered event with the reason it can never be sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub stream: u32,
+    pub timestamp_ns: i64,
+    pub dead_at_ms: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// The record stored for each queued event.
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    version: u8,
+    stream: u32,
+    timestamp_ns: i64,
+    queued_at_ms: u64,
+    #[serde(borrow)]
+    raw: &'a str,
+}
+
+/// Depth of the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub events: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_events: AtomicU64,
+    in_bytes: AtomicU64,
+    out_events: AtomicU64,
+    out_bytes: AtomicU64,
+    dead: AtomicU64,
+}
+
+/// The durable queue. Cheap to clone; one per process (sled allows one `Db` per folder).
+#[derive(Clone)]
+pub struct Queue {
+    db: sled::Db,
+    events: Tree,
+    dedup: Tree,
+    dead: Tree,
+    meta: Tree,
+    counters: Arc<Counters>,
+    dir: PathBuf,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir`.
+    pub fn open(dir: &Path) -> Result<Queue, QueueError> {
+        let open_error = |source: sled::Error| match &source {
+            // sled wraps the EWOULDBLOCK of its file lock in an error of its own wording.
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                QueueError::Locked(dir.display().to_string())
+            }
+            _ => QueueError::Open {
+                dir: dir.display().to_string(),
+                source,
+            },
+        };
+        // flush_every_ms stays at its default (a real fsync every 500 ms): never None.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_error)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let queue = Queue {
+            events: tree("events")?,
+            dedup: tree("dedup")?,
+            dead: tree("dead_letter")?,
+            meta: tree("meta")?,
+            db,
+            counters: Arc::default(),
+            dir: dir.to_path_buf(),
+        };
+        let (in_events, in_bytes) = read_pair(queue.meta.get(KEY_IN)?);
+        let (out_events, out_bytes) = read_pair(queue.meta.get(KEY_OUT)?);
+        let (dead, _) = read_pair(queue.meta.get(KEY_DEAD)?);
+        let c = &queue.counters;
+        c.in_events.store(in_events, Ordering::Relaxed);
+        c.in_bytes.store(in_bytes, Ordering::Relaxed);
+        c.out_events.store(out_events, Ordering::Relaxed);
+        c.out_bytes.store(out_bytes, Ordering::Relaxed);
+        c.dead.store(dead, Ordering::Relaxed);
+        Ok(queue)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stream's last committed cursor, if it ever committed one.
+    pub fn cursor(&self, stream: &str) -> Result<Option<Cursor>, QueueError> {
+        match self.meta.get(cursor_key(stream))? {
+            None => Ok(None),
+            Some(bytes) => bincode::deserialize(&bytes)
+                .map(Some)
+                .map_err(|err| QueueError::Damaged(format!("cursor of stream {stream}: {err}"))),
+        }
+    }
+
+    /// Queues the events not seen before and moves the stream's cursor, in one atomic transaction.
+    pub fn commit_page(
+        &self,
+        stream: &str,
+        events: &[IncomingEvent],
+        cursor: Cursor,
+    ) -> Result<CommitOutcome, QueueError> {
+        let tag = stream_tag(stream);
+        let now = now_ms();
+        // Serialize outside the transaction: the closure may run more than once and should stay short.
+        let mut prepared = Vec::with_capacity(events.len());
+        for event in events {
+            let envelope = Envelope {
+                version: FORMAT_VERSION,
+                stream: tag,
+                timestamp_ns: event.timestamp_ns,
+                queued_at_ms: now,
+                raw: &event.raw,
+            };
+            let record = bincode::serialize(&envelope)
+                .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
+            prepared.push((
+                dedup_key(tag, event.timestamp_ns, &event.key),
+                record,
+                event.raw.len() as u64,
+            ));
+        }
+        let cursor_bytes = bincode::serialize(&cursor)
+            .map_err(|err| QueueError::Damaged(format!("cannot encode a cursor: {err}")))?;
+        let cursor_key = cursor_key(stream);
+
+        let (outcome, totals) = (&self.events, &self.dedup, &self.meta).transaction(
+            |(events_tx, dedup_tx, meta_tx)| {
+                let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
+                let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
+                let mut outcome = CommitOutcome::default();
+                let mut in_page = HashSet::with_capacity(prepared.len());
+                for (dedup, record, bytes) in &prepared {
+                    if !in_page.insert(dedup) || dedup_tx.get(dedup)?.is_some() {
+                        outcome.duplicates += 1;
+                        continue;
+                    }
+                    dedup_tx.insert(&dedup[..], &[][..])?;
+                    events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
+                    seq += 1;
+                    in_events += 1;
+                    in_bytes += bytes;
+                    outcome.queued += 1;
+                }
+                meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
+                meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
+                meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((outcome, (in_events, in_bytes)))
+            },
+        )?;
+        self.counters
+            .in_events
+            .fetch_max(totals.0, Ordering::Relaxed);
+        self.counters
+            .in_bytes
+            .fetch_max(totals.1, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    /// Reads up to `max_events` events (and about `max_bytes` of raw text, at least one event) from the head,
+    /// starting after `after` when given. Nothing is removed.
+    pub fn read_batch(
+        &self,
+        after: Option<u64>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<QueuedEvent>, QueueError> {
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for entry in self.events.range(start.to_be_bytes()..) {
+            let (key, value) = entry?;
+            let seq = read_u64(Some(key));
+            let event = decode_event(seq, &value)?;
+            if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
+                break;
+            }
+            bytes += event.raw.len();
+            batch.push(event);
+            if batch.len() >= max_events {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
+    pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
+        let totals = (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
+            let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+            for seq in seqs {
+                if let Some(old) = events_tx.remove(&seq.to_be_bytes()[..])? {
+                    out_events += 1;
+                    out_bytes += raw_len(&old);
+                }
+            }
+            meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+            Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
+        })?;
+        self.counters
+            .out_events
+            .fetch_max(totals.0, Ordering::Relaxed);
+        self.counters
+            .out_bytes
+            .fetch_max(totals.1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Moves one event from the queue to the dead-letter tree, with the reason, in one transaction.
+    pub fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), QueueError> {
+        let letter = DeadLetter {
+            seq: event.seq,
+            stream: event.stream,
+            timestamp_ns: event.timestamp_ns,
+            dead_at_ms: now_ms(),
+            reason: reason.to_string(),
+            raw: event.raw.clone(),
+        };
+        let record = bincode::serialize(&(FORMAT_VERSION, &letter))
+            .map_err(|err| QueueError::Damaged(format!("cannot encode a dead letter: {err}")))?;
+        let key = event.seq.to_be_bytes();
+        let totals = (&self.events, &self.dead, &self.meta).transaction(
+            |(events_tx, dead_tx, meta_tx)| {
+                let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+                let (mut dead, _) = read_pair(meta_tx.get(KEY_DEAD)?);
+                if let Some(old) = events_tx.remove(&key[..])? {
+                    out_events += 1;
+                    out_bytes += raw_len(&old);
+                    dead += 1;
+                    dead_tx.insert(&key[..], &record[..])?;
+                }
+                meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+                meta_tx.insert(KEY_DEAD, &pair_bytes(dead, 0)[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes, dead))
+            },
+        )?;
+        self.counters
+            .out_events
+            .fetch_max(totals.0, Ordering::Relaxed);
+        self.counters
+            .out_bytes
+            .fetch_max(totals.1, Ordering::Relaxed);
+        self.counters.dead.fetch_max(totals.2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every dead-lettered event, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        self.dead
+            .iter()
+            .map(|entry| {
+                let (_, value) = entry?;
+                let (version, letter): (u8, DeadLetter) = bincode::deserialize(&value)
+                    .map_err(|err| QueueError::Damaged(format!("dead letter: {err}")))?;
+                if version != FORMAT_VERSION {
+                    return Err(QueueError::Damaged(format!(
+                        "dead letter of format {version}"
+                    )));
+                }
+                Ok(letter)
+            })
+            .collect()
+    }
+
+    /// Forgets dedup entries of `stream` for events older than `before_ns`, at most `limit` of them.
+    /// Returns how many were removed. Safe to interrupt: it only forgets, in key order.
+    pub fn prune_dedup(
+        &self,
+        stream: &str,
+        before_ns: i64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let tag = stream_tag(stream).to_be_bytes();
+        let end = dedup_prefix(stream_tag(stream), before_ns);
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for entry in self.dedup.range(tag.to_vec()..end.to_vec()).keys() {
+            batch.remove(entry?);
+            removed += 1;
+            if removed >= limit {
+                break;
+            }
+        }
+        if removed > 0 {
+            self.dedup.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// The events and raw bytes waiting to be forwarded.
+    pub fn depth(&self) -> Depth {
+        let c = &self.counters;
+        Depth {
+            events: c
+                .in_events
+                .load(Ordering::Relaxed)
+                .saturating_sub(c.out_events.load(Ordering::Relaxed)),
+            bytes: c
+                .in_bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(c.out_bytes.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// How many events were ever dead-lettered and are still kept.
+    pub fn dead_letter_count(&self) -> u64 {
+        self.counters.dead.load(Ordering::Relaxed)
+    }
+
+    /// When the event at the head was queued (milliseconds since the epoch), if the queue is not empty.
+    pub fn oldest_queued_at_ms(&self) -> Result<Option<u64>, QueueError> {
+        match self.events.first()? {
+            None => Ok(None),
+            Some((key, value)) => Ok(Some(
+                decode_event(read_u64(Some(key)), &value)?.queued_at_ms,
+            )),
+        }
+    }
+
+    /// Makes every write so far survive the death of the process (sled's flush; see the README on power loss).
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The bytes the database occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The 4-byte tag that scopes dedup entries and records to one stream.
+pub fn stream_tag(stream: &str) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(stream.as_bytes()) as u32
+}
+
+/// The identity hash of an event: its `id` when it has one, else its raw bytes.
+pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
+    let hash = match id {
+        Some(id) => xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), 1),
+        None => xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), 2),
+    };
+    hash.to_be_bytes()
+}
+
+fn decode_event(seq: u64, value: &[u8]) -> Result<QueuedEvent, QueueError> {
+    let envelope: Envelope = bincode::deserialize(value)
+        .map_err(|err| QueueError::Damaged(format!("event #{seq}: {err}")))?;
+    if envelope.version != FORMAT_VERSION {
+        return Err(QueueError::Damaged(format!(
+            "event #{seq} has record format {}, this version reads {FORMAT_VERSION}",
+            envelope.version
+        )));
+    }
+    Ok(QueuedEvent {
+        seq,
+        stream: envelope.stream,
+        timestamp_ns: envelope.timestamp_ns,
+        queued_at_ms: envelope.queued_at_ms,
+        raw: envelope.raw.to_string(),
+    })
+}
+
+/// The raw length of a stored record, for the byte counters (0 if it cannot be read).
+fn raw_len(value: &[u8]) -> u64 {
+    bincode::deserialize::<Envelope>(value).map_or(0, |e| e.raw.len() as u64)
+}
+
+fn cursor_key(stream: &str) -> String {
+    format!("cursor/{stream}")
+}
+
+/// Maps an i64 timestamp to bytes that sort like the numbers (sign bit flipped, big-endian).
+fn ordered_time(ns: i64) -> [u8; 8] {
+    ((ns as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn dedup_prefix(tag: u32, timestamp_ns: i64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&tag.to_be_bytes());
+    key[4..].copy_from_slice(&ordered_time(timestamp_ns));
+    key
+}
+
+fn dedup_key(tag: u32, timestamp_ns: i64, hash: &[u8; 16]) -> [u8; 28] {
+    let mut key = [0u8; 28];
+    key[..12].copy_from_slice(&dedup_prefix(tag, timestamp_ns));
+    key[12..].copy_from_slice(hash);
+    key
+}
+
+fn read_u64(value: Option<sled::IVec>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn read_pair(value: Option<sled::IVec>) -> (u64, u64) {
+    match value {
+        Some(v) if v.len() == 16 => {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(&v[..8]);
+            b.copy_from_slice(&v[8..]);
+            (u64::from_be_bytes(a), u64::from_be_bytes(b))
+        }
+        _ => (0, 0),
+    }
+}
+
+fn pair_bytes(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_be_bytes());
+    out[8..].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, ts: i64) -> IncomingEvent {
+        let raw = format!("{{\"id\":\"{id}\",\"timestamp\":\"x\"}}");
+        IncomingEvent {
+            key: event_key(Some(id), &raw),
+            raw,
+            timestamp_ns: ts,
+        }
+    }
+
+    fn cursor(ns: i64) -> Cursor {
+        Cursor {
+            watermark_ns: ns,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn commit_dedups_and_moves_cursor_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let page = vec![event("a", 1), event("b", 2), event("a", 1)];
+        let outcome = q.commit_page("s", &page, cursor(5)).unwrap();
+        assert_eq!(
+            outcome,
+            CommitOutcome {
+                queued: 2,
+                duplicates: 1
+            }
+        );
+        let again = q.commit_page("s", &page[..2], cursor(6)).unwrap();
+        assert_eq!(
+            again,
+            CommitOutcome {
+                queued: 0,
+                duplicates: 2
+            }
+        );
+        assert_eq!(q.cursor("s").unwrap(), Some(cursor(6)));
+        assert_eq!(q.depth().events, 2);
+        // Another stream has its own dedup scope.
+        assert_eq!(q.commit_page("t", &page[..1], cursor(1)).unwrap().queued, 1);
+    }
+
+    #[test]
+    fn read_ack_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            let page: Vec<_> = (0..10).map(|i| event(&format!("e{i}"), i)).collect();
+            q.commit_page("s", &page, cursor(10)).unwrap();
+            let batch = q.read_batch(None, 4, 1 << 20).unwrap();
+            assert_eq!(batch.len(), 4);
+            assert_eq!(batch[0].raw, page[0].raw);
+            let next = q.read_batch(Some(batch[3].seq), 100, 1 << 20).unwrap();
+            assert_eq!(next.len(), 6);
+            let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+            q.ack(&seqs).unwrap();
+            q.ack(&seqs).unwrap(); // twice: counted once
+            q.dead_letter(&next[0], "too big").unwrap();
+            assert_eq!(q.depth().events, 5);
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.depth().events, 5);
+        assert_eq!(q.dead_letter_count(), 1);
+        assert_eq!(q.dead_letters().unwrap()[0].reason, "too big");
+        assert_eq!(q.read_batch(None, 100, 1 << 20).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_second_open_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Queue::open(dir.path()).unwrap();
+        let second = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "queue::tests::open_from_child", "--nocapture"])
+            .env("JCDI_TEST_QUEUE_DIR", dir.path())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&second.stdout);
+        assert!(out.contains("is in use by another process"), "{out}");
+    }
+
+    /// Helper for the test above: runs in a child process (sled locks per process).
+    #[test]
+    fn open_from_child() {
+        if let Ok(dir) = std::env::var("JCDI_TEST_QUEUE_DIR") {
+            match Queue::open(Path::new(&dir)) {
+                Ok(_) => println!("opened"),
+                Err(err) => println!("{err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn byte_limit_keeps_at_least_one_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        q.commit_page("s", &[event("a", 1), event("b", 2)], cursor(3))
+            .unwrap();
+        assert_eq!(q.read_batch(None, 10, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pruning_forgets_old_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        q.commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
+            .unwrap();
+        assert_eq!(q.prune_dedup("s", 50, 1000).unwrap(), 1);
+        // The old event is forgotten (queued again), the new one still deduplicated.
+        let outcome = q
+            .commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
+            .unwrap();
+        assert_eq!(
+            outcome,
+            CommitOutcome {
+                queued: 1,
+                duplicates: 1
+            }
+        );
+    }
+}

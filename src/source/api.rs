@@ -1,0 +1,264 @@
+//! One request to JumpCloud's Directory Insights API and the page it returns.
+//!
+//! Invariants:
+//! - Each event's bytes are kept exactly as received (the array elements are sliced, never re-serialized),
+//!   so `\u003c` stays `\u003c`.
+//! - A page is accepted only if it is complete and consistent: valid JSON, as many events as
+//!   `X-Result-Count` says, and a `X-Search_after` cursor when the page is full. Anything else is a
+//!   [`FetchError::Transient`] and nothing is advanced.
+//! - 400/401/403 are [`FetchError::Rejected`] with a message that names the likely cause and the setting to fix.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::JumpcloudConfig;
+use crate::http::{HttpClient, HttpError, Response};
+use crate::queue::{event_key, IncomingEvent};
+
+pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
+
+/// The request body; `search_after` is the previous page's header, copied verbatim.
+#[derive(Debug, Serialize)]
+pub struct EventsQuery<'a> {
+    pub service: &'a [String],
+    pub start_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    pub limit: u32,
+    pub sort: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_after: Option<&'a RawValue>,
+}
+
+/// One page of events.
+#[derive(Debug)]
+pub struct Page {
+    pub events: Vec<IncomingEvent>,
+    /// True when the server may hold more events after this page (`X-Result-Count == X-Limit`).
+    pub full: bool,
+    /// The `X-Search_after` header, for the next request of the same poll.
+    pub search_after: Option<Box<RawValue>>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Worth retrying soon with backoff (429, 5xx, timeouts, torn or inconsistent pages).
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// A configuration problem (bad key, bad service name, wrong org): retried slowly until fixed.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Talks to one JumpCloud endpoint with one key.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: HttpClient,
+    url: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(http: HttpClient, config: &JumpcloudConfig) -> Result<ApiClient, String> {
+        let mut key = HeaderValue::from_str(config.api_key.expose())
+            .map_err(|_| "jumpcloud.api_key has characters a header cannot carry".to_string())?;
+        key.set_sensitive(true);
+        let mut headers = vec![(HeaderName::from_static("x-api-key"), key)];
+        if let Some(org) = &config.org_id {
+            let org = HeaderValue::from_str(org).map_err(|_| {
+                format!("jumpcloud.org_id = {org:?} has characters a header cannot carry")
+            })?;
+            headers.push((HeaderName::from_static("x-org-id"), org));
+        }
+        Ok(ApiClient {
+            http,
+            url: format!("{}{EVENTS_PATH}", config.base_url),
+            headers,
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Sends one query and returns the page, checked for completeness.
+    pub async fn fetch(&self, query: &EventsQuery<'_>, now_ns: i64) -> Result<Page, FetchError> {
+        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+            reason: format!("cannot encode the query: {err}"),
+            retry_after: None,
+        })?;
+        let response = self
+            .http
+            .post_json(&self.url, &self.headers, Bytes::from(body), self.timeout)
+            .await
+            .map_err(|err: HttpError| FetchError::Transient {
+                reason: format!("JumpCloud API at {} did not answer: {err}", self.url),
+                retry_after: None,
+            })?;
+        let request_id = response.header("x-request-id").map(str::to_string);
+        if !response.status.is_success() {
+            return Err(classify_failure(
+                &response,
+                &self.url,
+                request_id.as_deref(),
+            ));
+        }
+        parse_page(&response, now_ns).map(|(events, full, search_after)| Page {
+            events,
+            full,
+            search_after,
+            request_id,
+        })
+    }
+}
+
+fn classify_failure(response: &Response, url: &str, request_id: Option<&str>) -> FetchError {
+    let status = response.status;
+    let said = response.body_excerpt();
+    let request = request_id
+        .map(|id| format!(", request id {id}"))
+        .unwrap_or_default();
+    let reason = match status {
+        StatusCode::UNAUTHORIZED => format!(
+            "JumpCloud rejected the API key (401 Unauthorized{request}): check jumpcloud.api_key (JUMPCLOUD_API_KEY) \
+             and, for a multi-tenant key, jumpcloud.org_id; the server said: {said}"
+        ),
+        StatusCode::FORBIDDEN => format!(
+            "JumpCloud refused access (403 Forbidden{request}): the API key must be an administrator's, and \
+             jumpcloud.org_id must name an organization it manages; the server said: {said}"
+        ),
+        StatusCode::BAD_REQUEST => format!(
+            "JumpCloud refused the query (400 Bad Request{request}): check jumpcloud.services (a misspelt \
+             service name?) and the clock of this host; the server said: {said}"
+        ),
+        _ => {
+            return FetchError::Transient {
+                reason: format!("JumpCloud API answered {status} for {url}{request}: {said}"),
+                retry_after: response.retry_after(),
+            }
+        }
+    };
+    FetchError::Rejected(reason)
+}
+
+#[derive(Deserialize, Default)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+}
+
+type ParsedPage = (Vec<IncomingEvent>, bool, Option<Box<RawValue>>);
+
+fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError> {
+    let torn = |what: String| FetchError::Transient {
+        reason: format!("JumpCloud sent an unusable page ({what}); asking again"),
+        retry_after: None,
+    };
+    let elements: Vec<&RawValue> = serde_json::from_slice(&response.body)
+        .map_err(|err| torn(format!("not a JSON array of events: {err}")))?;
+    let header_number = |name: &str| {
+        response
+            .header(name)
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    let count = header_number("x-result-count").unwrap_or(elements.len());
+    if count != elements.len() {
+        return Err(torn(format!(
+            "X-Result-Count says {count}, the body holds {}",
+            elements.len()
+        )));
+    }
+    let full = header_number("x-limit").is_some_and(|limit| count >= limit && count > 0);
+    let search_after = match response.header("x-search_after") {
+        Some(text) if !text.trim().is_empty() => Some(
+            RawValue::from_string(text.trim().to_string())
+                .map_err(|err| torn(format!("X-Search_after is not JSON: {err}")))?,
+        ),
+        _ => None,
+    };
+    if full && search_after.is_none() {
+        return Err(torn("a full page without X-Search_after".to_string()));
+    }
+    let events = elements
+        .into_iter()
+        .map(|element| incoming(element.get(), now_ns))
+        .collect();
+    Ok((events, full, search_after))
+}
+
+/// Builds the queue's view of one event: its raw text, its timestamp and its identity.
+pub fn incoming(raw: &str, now_ns: i64) -> IncomingEvent {
+    // Events that are not objects, or whose `id` is not a string, are still kept: identity then comes
+    // from the raw bytes. An event without a readable timestamp is filed under the time it was read.
+    let probe: Probe = serde_json::from_str(raw).unwrap_or_default();
+    let timestamp_ns = probe
+        .timestamp
+        .as_deref()
+        .and_then(parse_timestamp_ns)
+        .unwrap_or(now_ns);
+    let id = probe.id.as_deref().filter(|id| !id.is_empty());
+    IncomingEvent {
+        key: event_key(id, raw),
+        raw: raw.to_string(),
+        timestamp_ns,
+    }
+}
+
+/// RFC 3339 with any sub-second precision, to integer nanoseconds since the epoch.
+pub fn parse_timestamp_ns(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()?
+        .timestamp_nanos_opt()
+}
+
+/// Integer nanoseconds to RFC 3339 UTC with nanosecond precision (the API accepts it).
+pub fn format_timestamp(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_of_every_precision() {
+        assert_eq!(
+            parse_timestamp_ns("1970-01-01T00:00:01Z"),
+            Some(1_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_ns("1970-01-01T00:00:01.5Z"),
+            Some(1_500_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_ns("1970-01-01T00:00:00.000000001Z"),
+            Some(1)
+        );
+        assert_eq!(parse_timestamp_ns("yesterday"), None);
+        assert_eq!(format_timestamp(1_500_000_000), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn identity_uses_id_then_bytes() {
+        let a = incoming(r#"{"id":"x","timestamp":"1970-01-01T00:00:01Z","n":1}"#, 0);
+        let b = incoming(r#"{"id":"x","timestamp":"1970-01-01T00:00:01Z","n":2}"#, 0);
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.timestamp_ns, 1_000_000_000);
+        let c = incoming(r#"{"connection_id":"c","operation_number":1}"#, 7);
+        let d = incoming(r#"{"connection_id":"c","operation_number":2}"#, 7);
+        assert_ne!(c.key, d.key);
+        assert_eq!(c.timestamp_ns, 7);
+        let odd = incoming("42", 7);
+        assert_eq!(odd.raw, "42");
+    }
+}
