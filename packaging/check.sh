@@ -244,6 +244,11 @@ validate_refuses_empty() {
 check "validate: refuses the shipped env file's empty keys, naming both" validate_refuses_empty
 
 # ===================== .deb: upgrade keeps config and queue =====================
+# The administrator enables the service (systemctl works offline, without
+# systemd running); the upgrade must keep that, and purge must undo it.
+WANTS=/etc/systemd/system/multi-user.target.wants/$PKG.service
+check "deb: systemctl enable (as the admin would) creates the link" \
+    sh -c "systemctl enable '$PKG' && [ -L '$WANTS' ]"
 echo "# edited by check.sh" >>"$CONF"
 echo "queued" >"$STATE/check-marker"
 # A newer revision of the same package, so that this is a real upgrade.
@@ -256,8 +261,9 @@ upgrade_ok() {
     grep -qx '# edited by check.sh' "$CONF" || { echo "edited config lost"; return 1; }
     [ -f "$STATE/check-marker" ] || { echo "queue lost"; return 1; }
     [ "$(stat -c '%a %U:%G' "$CONF")" = "640 root:$PKG" ] || { echo "config owner/mode changed"; return 1; }
+    [ -L "$WANTS" ] || { echo "the service is no longer enabled"; return 1; }
 }
-check "deb: upgrade $version -> revision 2 keeps the edited config, its owner and the queue" upgrade_ok
+check "deb: upgrade $version -> revision 2 keeps the edited config, its owner, the queue and the enablement" upgrade_ok
 check "deb: reinstall of the same version keeps the edited config" \
     sh -c "dpkg -i --force-confold '$deb2' && grep -qx '# edited by check.sh' '$CONF'"
 
@@ -276,8 +282,12 @@ purge_ok() {
     [ ! -e "$STATE" ] || { echo "$STATE left"; return 1; }
     [ ! -e "$UNIT" ] || { echo "unit left"; return 1; }
     getent passwd "$PKG" >/dev/null || { echo "user deleted (it must be kept)"; return 1; }
+    # No enable link nor the mask that remove left (deb-systemd-helper purge).
+    for link in "$WANTS" "/etc/systemd/system/$PKG.service"; do
+        if [ -L "$link" ] || [ -e "$link" ]; then echo "left: $link"; return 1; fi
+    done
 }
-check "deb: dpkg -P removes config and queue, keeps the user" purge_ok
+check "deb: dpkg -P removes config, queue and enable links, keeps the user" purge_ok
 installed_by_us=no
 
 # ===================== .rpm =====================
