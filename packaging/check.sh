@@ -52,10 +52,14 @@ work=$(mktemp -d)
 user_existed=no
 if getent passwd "$PKG" >/dev/null; then user_existed=yes; fi
 installed_by_us=no
+rpm_scripts_ran=no
 cleanup() {
     # Leave the machine as it was: no package, no user we created, no temp files.
     if [ "$installed_by_us" = yes ]; then
         dpkg -P "$PKG" >/dev/null 2>&1 || true
+    fi
+    if [ "$rpm_scripts_ran" = yes ]; then
+        rm -rf "$STATE"
     fi
     if [ "$user_existed" = no ] && getent passwd "$PKG" >/dev/null; then
         userdel "$PKG" >/dev/null 2>&1 || true
@@ -173,7 +177,8 @@ perms_ok() {
     for expect in "755 root:root /usr/bin/$PKG" \
                   "644 root:root $UNIT" \
                   "640 root:$PKG $CONF" \
-                  "600 root:root $ENVFILE"; do
+                  "600 root:root $ENVFILE" \
+                  "750 $PKG:$PKG $STATE"; do
         path=${expect##* }
         got="$(stat -c '%a %U:%G' "$path" 2>&1) $path"
         echo "$got"
@@ -189,7 +194,6 @@ not_started() {
     for link in /etc/systemd/system/*.wants/"$PKG".service; do
         if [ -e "$link" ] || [ -L "$link" ]; then echo "enabled: $link"; return 1; fi
     done
-    [ ! -e "$STATE" ] || { echo "$STATE exists before any start"; return 1; }
 }
 check "deb: install does not enable the service" not_started
 
@@ -216,11 +220,8 @@ else
 fi
 
 # The installed binary validates the shipped example, run as the unit runs it:
-# as the service user (it reads config.toml through its group), with the two
-# variables set, and with the state folder that StateDirectory= would create.
-mkdir -p "$STATE"
-chown "$PKG:$PKG" "$STATE"
-chmod 0750 "$STATE"
+# as the service user (it reads config.toml through its group, and writes to
+# the state folder that postinst made), with the two variables set.
 validate_ok() {
     runuser -u "$PKG" -- env JUMPCLOUD_API_KEY=check-jumpcloud-key SEKOIA_INTAKE_KEY=check-intake-key \
         /usr/bin/"$PKG" validate --config "$CONF"
@@ -350,6 +351,35 @@ rpm_root() {
     [ "$got" = "640 0:990" ]
 }
 check "rpm: install into an rpm --root folder, then rpm -V" rpm_root
+
+rpm_scriptlets_run() {
+    # The packaged scriptlets, run for real on this machine as rpm would run
+    # them (sh, $1 = install count): %pre and %post of an install, then %preun
+    # and %postun of an erase. The deb is purged by now; the user it left is
+    # deleted first when this run created it, so that %pre has to create it.
+    if [ "$user_existed" = no ] && getent passwd "$PKG" >/dev/null; then
+        userdel "$PKG" || return 1
+        if getent group "$PKG" >/dev/null; then groupdel "$PKG" || return 1; fi
+    fi
+    for tag in PREIN POSTIN PREUN POSTUN; do
+        rpm -qp --qf "%{$tag}" "$rpm" >"$work/$tag.sh" || return 1
+    done
+    sh -e "$work/PREIN.sh" 1 || { echo "%pre failed"; return 1; }
+    getent passwd "$PKG" || { echo "%pre created no user"; return 1; }
+    [ "$(getent passwd "$PKG" | cut -d: -f7)" = /sbin/nologin ] || { echo "user has a login shell"; return 1; }
+    sh -e "$work/POSTIN.sh" 1 >"$work/post-out" || { echo "%post failed"; return 1; }
+    cat "$work/post-out"
+    grep -q 'systemctl enable --now jcdi-forwarder' "$work/post-out" || { echo "no post-install message"; return 1; }
+    got=$(stat -c '%a %U:%G' "$STATE") || return 1
+    echo "$STATE: $got"
+    [ "$got" = "750 $PKG:$PKG" ] || { echo "  expected: 750 $PKG:$PKG"; return 1; }
+    sh -e "$work/PREUN.sh" 0 || { echo "%preun failed"; return 1; }
+    sh -e "$work/POSTUN.sh" 0 || { echo "%postun failed"; return 1; }
+    [ -d "$STATE" ] || { echo "erase removed the queue"; return 1; }
+    rm -rf "$STATE"
+}
+rpm_scripts_ran=yes
+check "rpm: scriptlets run with sh (%pre creates the user, %post the queue folder, erase keeps it)" rpm_scriptlets_run
 
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
