@@ -59,6 +59,8 @@ if [ -n "$target" ]; then
     set -- --target "$target"
 fi
 mkdir -p "$out"
+# Only this build's packages in $out, so that scripts can pick them by pattern.
+rm -f "$out"/*.deb "$out"/*.rpm
 
 # cargo-generate-rpm neither builds nor strips: build here once, for both
 # packages ([profile.release] has strip = true).

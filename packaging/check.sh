@@ -86,7 +86,11 @@ fi
 
 # --- Build (release binary, .deb, .rpm); build.sh installs cargo-deb and
 # cargo-generate-rpm when missing. ---
-packaging/build.sh
+if ! packaging/build.sh; then
+    fail "build: packaging/build.sh"
+    echo "$passes passed, $failures failed"
+    exit 1
+fi
 deb=$(ls target/packages/"${PKG}"_*_amd64.deb)
 rpm=$(ls target/packages/"${PKG}"-*.x86_64.rpm)
 version=$(dpkg-deb -f "$deb" Version)
@@ -254,10 +258,9 @@ echo "# edited by check.sh" >>"$CONF"
 echo "queued" >"$STATE/check-marker"
 # A newer revision of the same package, so that this is a real upgrade.
 mkdir -p "$work/v2"
-cargo deb --no-build --deb-revision 2 --output "$work/v2/" >/dev/null 2>&1
-deb2=$(ls "$work"/v2/*.deb)
 upgrade_ok() {
-    dpkg -i --force-confold "$deb2" || return 1
+    cargo deb --no-build --deb-revision 2 --output "$work/v2/" || return 1
+    dpkg -i --force-confold "$work"/v2/*.deb || return 1
     dpkg-query -W -f '${Version}\n' "$PKG" | grep -q -- '-2$' || { echo "not upgraded"; return 1; }
     grep -qx '# edited by check.sh' "$CONF" || { echo "edited config lost"; return 1; }
     [ -f "$STATE/check-marker" ] || { echo "queue lost"; return 1; }
@@ -266,7 +269,7 @@ upgrade_ok() {
 }
 check "deb: upgrade $version -> revision 2 keeps the edited config, its owner, the queue and the enablement" upgrade_ok
 check "deb: reinstall of the same version keeps the edited config" \
-    sh -c "dpkg -i --force-confold '$deb2' && grep -qx '# edited by check.sh' '$CONF'"
+    sh -c "dpkg -i --force-confold $work/v2/*.deb && grep -qx '# edited by check.sh' '$CONF'"
 
 # ===================== .deb: remove, purge =====================
 remove_ok() {
