@@ -73,24 +73,32 @@ pub async fn run(
         metrics,
         wake,
     };
-    let mut poller = tokio::spawn(poller.run(shutdown.clone()));
-    let mut forwarder = tokio::spawn(forwarder.run(shutdown.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(poller.run(shutdown.clone()));
+    tasks.spawn(forwarder.run(shutdown.clone()));
 
+    // The parts run until shutdown; one that ends before it has failed (a bug): stop the rest, flush,
+    // and exit with an error so that the service manager restarts the agent.
+    let mut failure = None;
     tokio::select! {
         _ = shutdown.wait() => {}
-        _ = &mut poller => tracing::error!("the poller stopped unexpectedly"),
-        _ = &mut forwarder => tracing::error!("the forwarder stopped unexpectedly"),
+        Some(ended) = tasks.join_next() => {
+            // A task that saw the shutdown first may end before this select notices it: not a failure.
+            if !shutdown.is_triggered() {
+                failure = Some(match ended {
+                Ok(()) => "a pipeline task ended on its own".to_string(),
+                    Err(err) => format!("a pipeline task failed: {err}"),
+                });
+                tasks.abort_all();
+            }
+        }
     }
-    let stopping = async {
-        let _ = (&mut poller).await;
-        let _ = (&mut forwarder).await;
-    };
+    let stopping = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(STOP_DEADLINE, stopping).await.is_err() {
         tracing::warn!(
             "a task did not stop within {STOP_DEADLINE:?}; abandoning it (its events stay queued)"
         );
-        poller.abort();
-        forwarder.abort();
+        tasks.abort_all();
     }
     queue.flush().await?;
     let depth = queue.depth();
@@ -99,5 +107,8 @@ pub async fn run(
         queued_bytes = depth.bytes,
         "agent stopped; queue flushed"
     );
-    Ok(())
+    match failure {
+        Some(failure) => Err(anyhow::anyhow!(failure)),
+        None => Ok(()),
+    }
 }

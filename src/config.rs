@@ -43,6 +43,7 @@ pub struct JumpcloudConfig {
     /// The least time between two requests of one stream (JumpCloud asks for about 1–2 requests/s per key).
     pub min_request_interval: Duration,
     pub request_timeout: Duration,
+    pub retry: RetryConfig,
 }
 
 /// The `[sekoia]` section: where and how to forward.
@@ -54,6 +55,15 @@ pub struct SekoiaConfig {
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
     pub request_timeout: Duration,
+    pub retry: RetryConfig,
+}
+
+/// Backoff between retries of passing failures: starts at `initial`, doubles (jittered) up to `max`, and
+/// never gives up. Configuration errors (bad key) are retried on a slower schedule of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    pub initial: Duration,
+    pub max: Duration,
 }
 
 /// The `[queue]` section.
@@ -252,6 +262,8 @@ impl Reader<'_> {
             "overlap",
             "min_request_interval",
             "request_timeout",
+            "retry_initial",
+            "retry_max",
         ];
         let base_url = self.url(s, "base_url", "https://api.jumpcloud.com");
         let api_key = self.secret(s, "api_key", "JUMPCLOUD_API_KEY");
@@ -305,6 +317,7 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"60s\")",
             );
         }
+        let retry = self.retry(s);
         self.unknown_keys(s, KEYS);
         JumpcloudConfig {
             base_url,
@@ -317,6 +330,7 @@ impl Reader<'_> {
             overlap,
             min_request_interval,
             request_timeout,
+            retry,
         }
     }
 
@@ -327,6 +341,8 @@ impl Reader<'_> {
             "batch_max_events",
             "batch_max_bytes",
             "request_timeout",
+            "retry_initial",
+            "retry_max",
         ];
         let intake_url = self.url(s, "intake_url", "https://intake.sekoia.io");
         let intake_key = self.secret(s, "intake_key", "SEKOIA_INTAKE_KEY");
@@ -360,6 +376,7 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"30s\")",
             );
         }
+        let retry = self.retry(s);
         self.unknown_keys(s, KEYS);
         SekoiaConfig {
             intake_url,
@@ -367,7 +384,24 @@ impl Reader<'_> {
             batch_max_events,
             batch_max_bytes: batch_max_bytes as usize,
             request_timeout,
+            retry,
         }
+    }
+
+    fn retry(&mut self, s: &mut Section) -> RetryConfig {
+        let initial = self.duration(s, "retry_initial", Duration::from_secs(1));
+        let max = self.duration(s, "retry_max", Duration::from_secs(60));
+        if initial.is_zero() {
+            self.problem(
+                s,
+                "retry_initial",
+                "must be more than 0 (for example \"1s\")",
+            );
+        }
+        if max < initial {
+            self.problem(s, "retry_max", "must not be shorter than retry_initial");
+        }
+        RetryConfig { initial, max }
     }
 
     fn services(&mut self, s: &mut Section) -> Vec<String> {

@@ -40,6 +40,7 @@ pub struct Snapshot {
     pub intake_requests_ok: u64,
     pub intake_requests_failed: u64,
     pub polls_completed: u64,
+    pub polls_paused_queue_full: u64,
     pub last_poll_error: Option<String>,
     pub last_send_error: Option<String>,
 }
@@ -69,6 +70,7 @@ impl Metrics {
             intake_requests_ok: get(&self.intake_requests_ok),
             intake_requests_failed: get(&self.intake_requests_failed),
             polls_completed: get(&self.polls_completed),
+            polls_paused_queue_full: get(&self.polls_paused_queue_full),
             last_poll_error: text(&self.last_poll_error),
             last_send_error: text(&self.last_send_error),
         }

@@ -51,7 +51,7 @@ enum SendOutcome {
 
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
-        let mut storage_retry = transient_backoff();
+        let mut storage_retry = transient_backoff(self.config.retry);
         while !shutdown.is_triggered() {
             match self.forward_next_batch(&shutdown).await {
                 Ok(Some(_)) => storage_retry.reset(),
@@ -115,7 +115,7 @@ impl Forwarder {
         shutdown: &Shutdown,
     ) -> Result<(), ForwardError> {
         let mut pending = vec![batch];
-        let mut retry = transient_backoff();
+        let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
         while let Some(chunk) = pending.pop() {
             loop {

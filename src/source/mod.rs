@@ -22,7 +22,7 @@ use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use tokio::sync::Notify;
 
-use crate::config::JumpcloudConfig;
+use crate::config::{JumpcloudConfig, RetryConfig};
 use crate::metrics::Metrics;
 use crate::queue::{now_ms, Cursor, Queue, QueueError};
 use crate::shutdown::Shutdown;
@@ -59,7 +59,7 @@ enum PollError {
 
 impl Poller {
     pub async fn run(self, shutdown: Shutdown) {
-        let mut retry = transient_backoff();
+        let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
         let mut paused = false;
         let mut last_request: Option<Instant> = None;
@@ -235,11 +235,12 @@ impl Poller {
     }
 }
 
-/// Backoff for passing failures: 1 s doubling to 1 min, jittered, never giving up.
-pub(crate) fn transient_backoff() -> ExponentialBackoff {
+/// Backoff for passing failures: from `retry.initial` doubling to `retry.max`, jittered, never giving up
+/// (`backoff`'s default gives up after 15 minutes: `max_elapsed_time` must be `None`).
+pub(crate) fn transient_backoff(retry: RetryConfig) -> ExponentialBackoff {
     backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_secs(1))
-        .with_max_interval(Duration::from_secs(60))
+        .with_initial_interval(retry.initial)
+        .with_max_interval(retry.max)
         .with_multiplier(2.0)
         .with_randomization_factor(0.3)
         .with_max_elapsed_time(None)

@@ -10,7 +10,9 @@
 //! - ids have each service's real form (ObjectId, upper- or lower-case UUID; LDAP has none) and are unique
 //!   per factory; everything is derived from the seed, so a seed always gives the same events.
 
-use chrono::DateTime;
+use std::fmt::Write;
+
+use chrono::{DateTime, Datelike, Timelike};
 
 use super::jumpcloud::ApiEvent;
 
@@ -329,8 +331,17 @@ impl EventFactory {
         let span = i128::from(to_ns.saturating_sub(from_ns).max(0));
         (0..count)
             .map(|index| {
-                let offset = span * index as i128 / count as i128;
-                let timestamp_ns = from_ns + offset as i64;
+                // Even slots, and a random place inside each, so that sub-second digits look real while
+                // the events stay in order.
+                let slot_start = span * index as i128 / count as i128;
+                let slot_end = span * (index as i128 + 1) / count as i128;
+                let jitter = if slot_end > slot_start {
+                    self.rng
+                        .i64(0..(slot_end - slot_start).min(i64::MAX as i128) as i64)
+                } else {
+                    0
+                };
+                let timestamp_ns = from_ns + slot_start as i64 + jitter;
                 let mut pick = self.rng.u32(..total_weight);
                 let mut service = SERVICES[0];
                 for (name, weight) in SERVICES.iter().zip(WEIGHTS) {
@@ -507,6 +518,10 @@ impl EventFactory {
                 let new_group = self.pick(GROUPS);
                 let from_id = self.object_id(timestamp_ns);
                 let to_id = self.object_id(timestamp_ns);
+                // About a third of user changes carry addresses, which makes them the 2-3 KB events.
+                let with_addresses = self.rng.u8(..3) == 0;
+                let address_ids: Vec<String> =
+                    (0..4).map(|_| self.object_id(timestamp_ns)).collect();
                 o.arr("changes", |changes| {
                     changes.obj(|c| {
                         c.str("field", "displayname")
@@ -532,6 +547,31 @@ impl EventFactory {
                             });
                         });
                     });
+                    if with_addresses {
+                        changes.obj(|c| {
+                            c.str("field", "addresses");
+                            for (side, ids) in
+                                [("from", &address_ids[..2]), ("to", &address_ids[2..])]
+                            {
+                                c.arr(side, |list| {
+                                    for (id, kind) in ids.iter().zip(["home", "work"]) {
+                                        list.obj(|a| {
+                                            a.str("country", "FR")
+                                                .str("poBox", "")
+                                                .str("streetAddress", "54 rue des Petites Écuries")
+                                                .str("postalCode", "75010")
+                                                .str("locality", "Paris")
+                                                .str("id", id)
+                                                .str("_id", id)
+                                                .str("region", "Île-de-France")
+                                                .str("extendedAddress", "")
+                                                .str("type", kind);
+                                        });
+                                    }
+                                });
+                            }
+                        });
+                    }
                     changes.obj(|c| {
                         c.str("field", "description").str("from", "").str(
                             "to",
@@ -880,11 +920,27 @@ pub fn format_timestamp(timestamp_ns: i64) -> String {
     let Some(time) = DateTime::from_timestamp(seconds, nanos) else {
         return "1970-01-01T00:00:00Z".to_string();
     };
-    let mut text = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+    // Written by hand rather than with `format("%Y-%m-%dT%H:%M:%S")`: it is several times faster, and the
+    // benchmarks generate a million events.
+    let mut text = String::with_capacity(30);
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second()
+    );
     if nanos > 0 {
-        let fraction = format!("{nanos:09}");
-        text.push('.');
-        text.push_str(fraction.trim_end_matches('0'));
+        let mut digits = 9;
+        let mut fraction = nanos;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(text, ".{fraction:0digits$}");
     }
     text.push('Z');
     text
@@ -901,22 +957,45 @@ fn hex(rng: &mut fastrand::Rng, digits: usize) -> String {
 /// `\u003c`, `\u003e`, `\u0026`, other non-ASCII kept as UTF-8.
 fn push_go_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Scan bytes and copy runs that need no escape in one go: this is the generator's hot loop. Every
+    // character to escape is ASCII except U+2028 and U+2029 (E2 80 A8 / E2 80 A9 in UTF-8), so a run always
+    // starts and ends on a character boundary.
+    let bytes = text.as_bytes();
+    let mut run_start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let escape = match bytes[at] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b'<' => "\\u003c",
+            b'>' => "\\u003e",
+            b'&' => "\\u0026",
+            0xE2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xA8) => {
+                "\\u2028"
+            }
+            0xE2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xA9) => {
+                "\\u2029"
+            }
+            byte if byte < 0x20 => "",
+            _ => {
+                at += 1;
+                continue;
+            }
+        };
+        out.push_str(&text[run_start..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", bytes[at]);
+            at += 1;
+        } else {
+            out.push_str(escape);
+            at += if bytes[at] == 0xE2 { 3 } else { 1 };
         }
+        run_start = at;
     }
+    out.push_str(&text[run_start..]);
     out.push('"');
 }
 
@@ -941,8 +1020,13 @@ impl<'a> Obj<'a> {
             self.out.push(',');
         }
         self.empty = false;
-        push_go_string(self.out, key);
-        self.out.push(':');
+        // Keys are this module's own plain ASCII literals: no escaping needed (checked in debug builds).
+        debug_assert!(key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'@'));
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
     }
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
@@ -953,7 +1037,7 @@ impl<'a> Obj<'a> {
 
     fn num(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
         self.key(key);
-        self.out.push_str(&value.to_string());
+        let _ = write!(self.out, "{value}");
         self
     }
 
@@ -1019,5 +1103,220 @@ impl Arr<'_> {
         fill(&mut inner);
         inner.close();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::HashSet;
+
+    const START: i64 = 1_686_838_870_343_344_450; // 2023-06-15T14:21:10.34334445Z
+
+    fn parse(raw: &str) -> serde_json::Map<String, Value> {
+        match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(object)) => object,
+            other => panic!("not a JSON object ({other:?}): {raw}"),
+        }
+    }
+
+    #[test]
+    fn every_event_is_valid_json_with_its_timestamp_and_service() {
+        let mut factory = EventFactory::new(42);
+        for service in SERVICES.iter().copied().chain(["password_manager"]) {
+            for i in 0..100 {
+                let event = factory.event(service, START + i * 7_654_321);
+                let object = parse(&event.raw);
+                assert_eq!(object["service"], service);
+                assert!(object["event_type"].is_string());
+                assert!(object["organization"].is_string());
+                assert!(object["initiated_by"].is_object());
+                assert!(object["client_ip"].is_string());
+                let again = ApiEvent::from_raw(event.raw.clone()).unwrap();
+                assert_eq!(again.timestamp_ns, event.timestamp_ns, "{}", event.raw);
+                assert_eq!(again.service, service);
+                // Go writes these three escaped: they never appear bare.
+                assert!(!event.raw.contains(['<', '>', '&']), "{}", event.raw);
+            }
+        }
+    }
+
+    #[test]
+    fn ids_have_each_services_form_and_are_unique() {
+        let mut factory = EventFactory::new(1);
+        let mut seen = HashSet::new();
+        let is_hex = |text: &str| text.chars().all(|c| c.is_ascii_hexdigit());
+        for event in factory.mix(2000, START, START + 60_000_000_000) {
+            let object = parse(&event.raw);
+            match event.service.as_str() {
+                "ldap" => {
+                    assert!(!object.contains_key("id"));
+                    assert!(object["connection_id"].is_string());
+                    assert!(object["operation_number"].is_u64());
+                    continue;
+                }
+                "directory" | "sso" => {
+                    let id = object["id"].as_str().unwrap();
+                    assert!(
+                        id.len() == 24 && is_hex(id) && id == id.to_lowercase(),
+                        "{id}"
+                    );
+                }
+                "radius" => {
+                    let id = object["id"].as_str().unwrap();
+                    assert!(id.len() == 36 && id == id.to_uppercase(), "{id}");
+                }
+                "systems" | "mdm" => {
+                    let id = object["id"].as_str().unwrap();
+                    assert!(id.len() == 36 && id == id.to_lowercase(), "{id}");
+                }
+                other => panic!("unexpected service {other}"),
+            }
+            assert!(
+                seen.insert(object["id"].as_str().unwrap().to_string()),
+                "duplicate id"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_keep_each_services_precision() {
+        let mut factory = EventFactory::new(3);
+        let text = |raw: &str| parse(raw)["timestamp"].as_str().unwrap().to_string();
+        assert_eq!(
+            text(&factory.event("radius", START).raw),
+            "2023-06-15T14:21:10Z"
+        );
+        assert_eq!(
+            text(&factory.event("directory", START).raw),
+            "2023-06-15T14:21:10.343Z"
+        );
+        assert_eq!(
+            text(&factory.event("systems", START).raw),
+            "2023-06-15T14:21:10.343Z"
+        );
+        assert_eq!(
+            text(&factory.event("sso", START).raw),
+            "2023-06-15T14:21:10.34334445Z"
+        );
+        assert_eq!(
+            text(&factory.event("mdm", START + 50).raw),
+            "2023-06-15T14:21:10.3433445Z"
+        );
+        assert_eq!(
+            format_timestamp(1_686_838_870_000_000_000),
+            "2023-06-15T14:21:10Z"
+        );
+        assert_eq!(
+            format_timestamp(1_686_838_870_300_000_000),
+            "2023-06-15T14:21:10.3Z"
+        );
+        assert_eq!(
+            factory.event("radius", START).timestamp_ns,
+            1_686_838_870_000_000_000
+        );
+    }
+
+    #[test]
+    fn go_escapes_and_utf8_survive_literally() {
+        let mut factory = EventFactory::new(8);
+        let raws: Vec<String> = factory
+            .mix(2000, START, START + 3_600_000_000_000)
+            .into_iter()
+            .map(|event| event.raw)
+            .collect();
+        for escape in ["\\u003c", "\\u003e", "\\u0026"] {
+            let with = raws.iter().filter(|raw| raw.contains(escape)).count();
+            assert!(with > 200, "{escape} in only {with} events");
+        }
+        assert!(raws
+            .iter()
+            .any(|raw| raw.contains("José") || raw.contains("Müller")));
+        assert!(raws.iter().any(|raw| raw.contains("Zoë")));
+        // Parsing decodes the escapes: the raw text holds them literally, the value the characters.
+        let sample = raws.iter().find(|raw| raw.contains("\\u0026")).unwrap();
+        let decoded = serde_json::to_string(&parse(sample)).unwrap();
+        assert!(decoded.contains('&') && !decoded.contains("\\u0026"));
+    }
+
+    #[test]
+    fn sizes_look_real() {
+        let mut factory = EventFactory::new(5);
+        let events = factory.mix(2000, START, START + 3_600_000_000_000);
+        let sizes: Vec<usize> = events.iter().map(|event| event.raw.len()).collect();
+        let average = sizes.iter().sum::<usize>() / sizes.len();
+        let smallest = sizes.iter().min().copied().unwrap_or_default();
+        let largest = sizes.iter().max().copied().unwrap_or_default();
+        assert!((700..=1500).contains(&average), "average {average}");
+        assert!(smallest >= 400 && largest <= 3000, "{smallest}..{largest}");
+    }
+
+    #[test]
+    fn mix_spreads_over_the_range_in_order_with_every_service() {
+        let mut factory = EventFactory::new(9);
+        let from = START + 123;
+        let to = from + 10_000_000_000;
+        let events = factory.mix(1000, from, to);
+        assert_eq!(events.len(), 1000);
+        assert!(events
+            .iter()
+            .all(|event| (from..to).contains(&event.timestamp_ns)));
+        let services: HashSet<&str> = events.iter().map(|event| event.service.as_str()).collect();
+        assert_eq!(services.len(), SERVICES.len());
+        assert!(factory.mix(0, from, to).is_empty());
+    }
+
+    #[test]
+    fn same_seed_same_events() {
+        let a = EventFactory::new(77).mix(50, START, START + 1_000_000_000);
+        let b = EventFactory::new(77).mix(50, START, START + 1_000_000_000);
+        let c = EventFactory::new(78).mix(50, START, START + 1_000_000_000);
+        let raws = |events: &[ApiEvent]| {
+            events
+                .iter()
+                .map(|event| event.raw.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(raws(&a), raws(&b));
+        assert_ne!(raws(&a), raws(&c));
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_does() {
+        let mut out = String::new();
+        push_go_string(&mut out, "a\"b\\c\nd\u{1}e<f>g&hé\u{2028}");
+        assert_eq!(out, r#""a\"b\\c\nd\u0001e\u003cf\u003eg\u0026hé\u2028""#);
+        let decoded: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(decoded, "a\"b\\c\nd\u{1}e<f>g&hé\u{2028}");
+    }
+
+    #[test]
+    fn uuids_have_the_version_4_layout() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let id = crate::standin::uuid_text(&mut rng);
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|part| part.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+    }
+
+    #[test]
+    fn big_event_has_the_asked_size_and_stays_valid() {
+        let mut factory = EventFactory::new(4);
+        for bytes in [100, 5_000, 250 * 1024, 250 * 1024 + 1, 300_000] {
+            let event = factory.big_event(START, bytes);
+            let object = parse(&event.raw);
+            assert_eq!(object["service"], "mdm");
+            assert_eq!(object["event_type"], "mdm_command_result");
+            if bytes >= 1000 {
+                assert_eq!(event.raw.len(), bytes);
+            }
+            assert_eq!(ApiEvent::from_raw(event.raw).unwrap().timestamp_ns, START);
+        }
     }
 }

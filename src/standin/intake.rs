@@ -330,3 +330,265 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     let answer = serde_json::json!({ "received": true, "event_ids": ids });
     Ok(json_answer(StatusCode::OK, answer.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standin::test_http::{send, Reply};
+    use std::time::Instant;
+
+    fn batch(key: &str, events: &[&str]) -> String {
+        serde_json::json!({ "intake_key": key, "jsons": events }).to_string()
+    }
+
+    async fn post(intake: &IntakeStandIn, body: &str) -> Option<Reply> {
+        let headers = [("Content-Type", "application/json")];
+        send(
+            intake.local_addr(),
+            "POST",
+            BATCH_PATH,
+            &headers,
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    const EVENT_A: &str =
+        r#"{"service":"sso","ua":"a \u003cb\u003e \u0026 c","name":"José Müller"}"#;
+    const EVENT_B: &str = r#"{"service":"ldap","operation_number":3}"#;
+
+    #[tokio::test]
+    async fn records_accepted_events_in_order_with_one_id_each() {
+        let intake = IntakeStandIn::start(IntakeOptions::default())
+            .await
+            .unwrap();
+        let reply = post(&intake, &batch("demo-intake-key", &[EVENT_A, EVENT_B]))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body_text());
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["received"], true);
+        let ids = answer["event_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[0].as_str().unwrap().len(), 36);
+
+        // A duplicate is kept: the stand-in records what arrives, as the real intake does.
+        let again = post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+            .await
+            .unwrap();
+        assert_eq!(again.status, 200);
+        assert_eq!(intake.received(), vec![EVENT_A, EVENT_B, EVENT_A]);
+        assert_eq!(intake.received_from(2), vec![EVENT_A]);
+        assert_eq!(intake.received_from(9), Vec::<String>::new());
+        assert_eq!(intake.with_received(|events| events.len()), 3);
+        assert_eq!(intake.received_count(), 3);
+        assert_eq!(intake.accepted_batches(), 2);
+        assert_eq!(intake.requests(), 2);
+        assert!(intake.wait_received(3, Duration::from_millis(10)).await);
+        assert!(!intake.wait_received(4, Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_key_bad_json_and_wrong_paths() {
+        let intake = IntakeStandIn::start(IntakeOptions::default())
+            .await
+            .unwrap();
+        let bad_key = post(&intake, &batch("wrong", &[EVENT_A])).await.unwrap();
+        assert_eq!(bad_key.status, 401);
+        assert_eq!(bad_key.body_text(), r#"{"message":"invalid intake key"}"#);
+        let no_key = post(&intake, r#"{"jsons":["{}"]}"#).await.unwrap();
+        assert_eq!(no_key.status, 401);
+
+        for garbage in [
+            "",
+            "nonsense",
+            "{\"intake_key\":\"demo-intake-key\"}",
+            "{\"intake_key\":\"demo-intake-key\",\"jsons\":[{}]}",
+        ] {
+            let reply = post(&intake, garbage).await.unwrap();
+            assert_eq!(reply.status, 400, "{garbage:?}");
+        }
+
+        intake.set_intake_key("rotated");
+        assert_eq!(
+            post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+                .await
+                .unwrap()
+                .status,
+            401
+        );
+        assert_eq!(
+            post(&intake, &batch("rotated", &[EVENT_A]))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+
+        let elsewhere = send(intake.local_addr(), "POST", "/jsons", &[], b"{}")
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status, 404);
+        let get = send(intake.local_addr(), "GET", BATCH_PATH, &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(get.status, 405);
+        assert_eq!(
+            intake.requests(),
+            8,
+            "every POST /batch counts, not the others"
+        );
+        assert_eq!(intake.received_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_oversize_body_or_event_whole() {
+        let options = IntakeOptions {
+            max_event_bytes: 100,
+            max_body_bytes: 4096,
+            ..IntakeOptions::default()
+        };
+        let intake = IntakeStandIn::start(options).await.unwrap();
+        let big_event = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100));
+        let reply = post(&intake, &batch("demo-intake-key", &[EVENT_B, &big_event]))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 413);
+        assert!(
+            reply.body_text().contains("event 1"),
+            "{}",
+            reply.body_text()
+        );
+
+        let exactly = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100 - 10));
+        assert_eq!(exactly.len(), 100);
+        assert_eq!(
+            post(&intake, &batch("demo-intake-key", &[&exactly]))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+
+        // Much larger than the body limit: the client still gets the 413, not a reset.
+        let many: Vec<&str> = vec![EVENT_B; 10_000];
+        let reply = post(&intake, &batch("demo-intake-key", &many))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 413);
+        assert_eq!(intake.received(), vec![exactly]);
+        assert_eq!(intake.accepted_batches(), 1);
+    }
+
+    #[tokio::test]
+    async fn outage_answers_503_without_using_faults() {
+        let intake = IntakeStandIn::start(IntakeOptions::default())
+            .await
+            .unwrap();
+        intake.push_fault(IntakeFault::Status {
+            status: 429,
+            retry_after: Some(2),
+        });
+        intake.set_outage(true);
+        for _ in 0..3 {
+            let reply = post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 503);
+            assert_eq!(reply.header("Retry-After"), None);
+        }
+        intake.set_outage(false);
+        assert_eq!(intake.pending_faults(), 1);
+        assert_eq!(
+            post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+                .await
+                .unwrap()
+                .status,
+            429
+        );
+        assert_eq!(
+            post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(intake.received_count(), 1);
+        assert_eq!(intake.requests(), 5);
+    }
+
+    #[tokio::test]
+    async fn faults_replace_one_answer_each_in_order() {
+        let intake = IntakeStandIn::start(IntakeOptions::default())
+            .await
+            .unwrap();
+        intake.push_fault(IntakeFault::Status {
+            status: 429,
+            retry_after: Some(3),
+        });
+        intake.push_fault(IntakeFault::Status {
+            status: 502,
+            retry_after: None,
+        });
+        intake.push_fault(IntakeFault::CloseConnection);
+        intake.push_fault(IntakeFault::Delay(Duration::from_millis(150)));
+        let body = batch("demo-intake-key", &[EVENT_A]);
+
+        let limited = post(&intake, &body).await.unwrap();
+        assert_eq!(limited.status, 429);
+        assert_eq!(limited.header("Retry-After"), Some("3"));
+        let bad_gateway = post(&intake, &body).await.unwrap();
+        assert_eq!(bad_gateway.status, 502);
+        assert!(
+            post(&intake, &body).await.is_none(),
+            "connection dropped without an answer"
+        );
+        assert_eq!(
+            intake.received_count(),
+            0,
+            "faulted requests record nothing"
+        );
+
+        let started = Instant::now();
+        let delayed = post(&intake, &body).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!(delayed.status, 200);
+        assert_eq!(intake.received(), vec![EVENT_A]);
+        assert_eq!(intake.requests(), 4);
+        assert_eq!(intake.accepted_batches(), 1);
+    }
+
+    #[tokio::test]
+    async fn counting_only_mode_keeps_no_strings() {
+        let options = IntakeOptions {
+            keep_events: false,
+            ..IntakeOptions::default()
+        };
+        let intake = IntakeStandIn::start(options).await.unwrap();
+        let reply = post(&intake, &batch("demo-intake-key", &[EVENT_A, EVENT_B]))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(intake.received_count(), 2);
+        assert!(intake.received().is_empty());
+    }
+
+    #[tokio::test]
+    async fn wait_received_wakes_on_a_later_batch() {
+        let intake = IntakeStandIn::start(IntakeOptions::default())
+            .await
+            .unwrap();
+        let waiter = {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.wait_received(2, Duration::from_secs(5)).await })
+        };
+        post(&intake, &batch("demo-intake-key", &[EVENT_A]))
+            .await
+            .unwrap();
+        post(&intake, &batch("demo-intake-key", &[EVENT_B]))
+            .await
+            .unwrap();
+        assert!(waiter.await.unwrap());
+    }
+}

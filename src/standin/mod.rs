@@ -207,15 +207,17 @@ pub(crate) fn uuid_text(rng: &mut fastrand::Rng) -> String {
     let value = rng.u128(..);
     let value = (value & !(0xF << 76)) | (0x4 << 76); // version 4
     let value = (value & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let hex = format!("{value:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+                                                      // Written digit by digit: `format!` twice per id showed in the event generator's profile.
+    const DIGITS: &[u8] = b"0123456789abcdef";
+    let mut text = String::with_capacity(36);
+    for index in 0..32 {
+        if matches!(index, 8 | 12 | 16 | 20) {
+            text.push('-');
+        }
+        let nibble = (value >> (124 - 4 * index)) & 0xF;
+        text.push(char::from(DIGITS[nibble as usize]));
+    }
+    text
 }
 
 #[cfg(test)]
