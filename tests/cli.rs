@@ -1,0 +1,211 @@
+//! The binary as a user runs it: `validate`, `--help`, bad credentials, and a clean stop on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jcdi_forwarder::standin::EventFactory;
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn validate_lists_every_problem_of_a_broken_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        r#"
+data_dir = "/tmp/jcdi-validate-test"
+[jumpcloud]
+api_key = "${JCDI_TEST_UNSET_VARIABLE}"
+page_size = 0
+poll_interval = "often"
+sevices = ["sso"]
+[sekoia]
+intake_key = ""
+batch_max_bytes = "100GiB"
+"#,
+    )
+    .expect("written");
+    let output = binary()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("JCDI_TEST_UNSET_VARIABLE")
+        .output()
+        .expect("runs");
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(all.contains("6 problems found"), "{all}");
+    for expected in [
+        "jumpcloud.api_key uses ${JCDI_TEST_UNSET_VARIABLE}, but the environment variable JCDI_TEST_UNSET_VARIABLE is not set",
+        "jumpcloud.page_size = 0 is out of range: use 1 to 10000",
+        "jumpcloud.poll_interval = \"often\" is not a duration",
+        "jumpcloud.sevices is not a known key (did you mean \"services\"?)",
+        "sekoia.intake_key is empty: set SEKOIA_INTAKE_KEY",
+        "sekoia.batch_max_bytes = 107374182400 bytes is out of range",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(
+        all.contains(&path.display().to_string()),
+        "names the file: {all}"
+    );
+}
+
+#[test]
+fn validate_accepts_a_good_config_and_checks_the_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("good.toml");
+    let data = dir.path().join("queue");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[jumpcloud]\napi_key = \"${{JK}}\"\n[sekoia]\nintake_key = \"${{SK}}\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("written");
+    let output = binary()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env("JK", "jumpcloud-secret-value")
+        .env("SK", "sekoia-secret-value")
+        .output()
+        .expect("runs");
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("valid"), "{all}");
+    assert!(!all.contains("secret-value"), "no secret printed: {all}");
+    assert!(data.is_dir(), "the data folder was created");
+
+    // A data folder that cannot be created is a problem of its own.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").expect("written");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"b\"\n",
+            blocker.join("queue").display().to_string()
+        ),
+    )
+    .expect("written");
+    let output = binary()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("data_dir = ") && all.contains("cannot create it"),
+        "{all}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let help = binary().arg("--help").output().expect("runs");
+    let all = text(&help);
+    assert!(help.status.success());
+    for command in ["run", "validate", "demo"] {
+        assert!(all.contains(command), "{all}");
+    }
+    let version = binary().arg("--version").output().expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("jcdi-forwarder {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Runs the binary against the stand-ins until `ready`, then sends SIGTERM; returns its stderr.
+async fn run_until(h: &Harness, env: &[(&str, &str)], ready: impl Fn() -> bool) -> String {
+    let config_path = h.dir.path().join("config.toml");
+    std::fs::write(&config_path, h.config_text("", "")).expect("config written");
+    let log_path = h.dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command = binary();
+    command
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("starts");
+    assert!(
+        wait_until(Duration::from_secs(30), ready).await,
+        "the agent got going"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("reaped");
+    assert!(status.success(), "SIGTERM gives exit 0: {status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stops within its deadline"
+    );
+    std::fs::read_to_string(&log_path).expect("log readable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_api_key_gives_one_clear_error_and_no_secret() {
+    let h = Harness::new().await;
+    let wrong = "wrong-api-key-0d1e";
+    let log = run_until(&h, &[("JC_KEY", wrong)], || h.api.requests() >= 1).await;
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one clear error: {log}");
+    assert!(
+        errors[0].contains("JumpCloud rejected the API key (401 Unauthorized")
+            && errors[0].contains("check jumpcloud.api_key (JUMPCLOUD_API_KEY)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(wrong) && !log.contains(API_KEY) && !log.contains(INTAKE_KEY),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_intake_key_gives_one_clear_error_keeps_the_events_and_no_secret() {
+    let h = Harness::new().await;
+    let now = now_ns();
+    h.api
+        .add_events(EventFactory::new(11).mix(50, now - 600 * SECOND, now - 60 * SECOND));
+    let wrong = "wrong-intake-key-9a8b";
+    let log = run_until(&h, &[("SK_KEY", wrong)], || h.intake.requests() >= 1).await;
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one clear error: {log}");
+    assert!(
+        errors[0].contains("Sekoia.io refused the intake key (401 Unauthorized)")
+            && errors[0].contains("check sekoia.intake_key (SEKOIA_INTAKE_KEY)")
+            && errors[0].contains("every event stays queued"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(wrong) && !log.contains(API_KEY) && !log.contains(INTAKE_KEY),
+        "{log}"
+    );
+    assert!(
+        log.contains("agent stopped; queue flushed queued_events=50"),
+        "{log}"
+    );
+    assert_eq!(h.intake.received_count(), 0);
+}
