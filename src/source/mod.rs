@@ -14,6 +14,7 @@
 //! - When the queue is over its size limit, polling pauses; nothing is dropped.
 
 pub mod api;
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
