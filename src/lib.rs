@@ -3,7 +3,8 @@
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
 //! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows,
-//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks.
+//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
+//! [`share`] keeps each stream to its share of the queue.
 
 pub mod agent;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod queue;
+pub mod share;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

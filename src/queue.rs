@@ -91,6 +91,8 @@ pub struct Cursor {
 pub struct CommitOutcome {
     pub queued: u64,
     pub duplicates: u64,
+    /// The raw bytes of the events queued (for the stream's share of the queue).
+    pub queued_bytes: u64,
 }
 
 /// An event read from the head of the queue.
@@ -260,6 +262,7 @@ impl Queue {
                     in_events += 1;
                     in_bytes += bytes;
                     outcome.queued += 1;
+                    outcome.queued_bytes += bytes;
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
@@ -448,6 +451,63 @@ impl Queue {
     }
 }
 
+/// Reading by stream, for a forwarder per stream (several JumpCloud organizations, each to its own intake).
+impl Queue {
+    /// Like [`Queue::read_batch`], but only events of the stream `tag`, and examining at most `max_scan`
+    /// records. Returns the batch and the last sequence number examined: every event of that stream up to
+    /// it is in the batch, so the next read may start after it once the batch is acknowledged.
+    pub fn read_stream_batch(
+        &self,
+        tag: u32,
+        after: Option<u64>,
+        max_events: usize,
+        max_bytes: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut examined = after;
+        for (scanned, entry) in self.events.range(start.to_be_bytes()..).enumerate() {
+            if scanned >= max_scan {
+                break;
+            }
+            let (key, value) = entry?;
+            let seq = read_u64(Some(key));
+            let envelope: Envelope = bincode::deserialize(&value)
+                .map_err(|err| QueueError::Damaged(format!("event #{seq}: {err}")))?;
+            if envelope.stream != tag {
+                examined = Some(seq);
+                continue;
+            }
+            if !batch.is_empty() && bytes + envelope.raw.len() > max_bytes {
+                break;
+            }
+            let event = decode_event(seq, &value)?;
+            bytes += event.raw.len();
+            batch.push(event);
+            examined = Some(seq);
+            if batch.len() >= max_events {
+                break;
+            }
+        }
+        Ok((batch, examined))
+    }
+
+    /// The raw bytes queued per stream tag (one scan of the queue, at start-up).
+    pub fn bytes_by_stream(&self) -> Result<std::collections::HashMap<u32, u64>, QueueError> {
+        let mut usage = std::collections::HashMap::new();
+        for entry in self.events.iter() {
+            let (key, value) = entry?;
+            let envelope: Envelope = bincode::deserialize(&value).map_err(|err| {
+                QueueError::Damaged(format!("event #{}: {err}", read_u64(Some(key))))
+            })?;
+            *usage.entry(envelope.stream).or_insert(0) += envelope.raw.len() as u64;
+        }
+        Ok(usage)
+    }
+}
+
 /// The 4-byte tag that scopes dedup entries and records to one stream.
 pub fn stream_tag(stream: &str) -> u32 {
     xxhash_rust::xxh3::xxh3_64(stream.as_bytes()) as u32
@@ -570,7 +630,8 @@ mod tests {
             outcome,
             CommitOutcome {
                 queued: 2,
-                duplicates: 1
+                duplicates: 1,
+                queued_bytes: (page[0].raw.len() + page[1].raw.len()) as u64,
             }
         );
         let again = q.commit_page("s", &page[..2], cursor(6)).unwrap();
@@ -578,7 +639,8 @@ mod tests {
             again,
             CommitOutcome {
                 queued: 0,
-                duplicates: 2
+                duplicates: 2,
+                queued_bytes: 0,
             }
         );
         assert_eq!(q.cursor("s").unwrap(), Some(cursor(6)));
@@ -656,12 +718,32 @@ mod tests {
         let outcome = q
             .commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
             .unwrap();
-        assert_eq!(
-            outcome,
-            CommitOutcome {
-                queued: 1,
-                duplicates: 1
-            }
-        );
+        assert_eq!((outcome.queued, outcome.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn reading_by_stream_skips_the_others_and_reports_how_far_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        q.commit_page("a", &[event("a1", 1), event("a2", 2)], cursor(3))
+            .unwrap();
+        q.commit_page("b", &[event("b1", 1)], cursor(3)).unwrap();
+        q.commit_page("a", &[event("a3", 3)], cursor(4)).unwrap();
+        let (b, upto) = q
+            .read_stream_batch(stream_tag("b"), None, 10, 1 << 20, 1000)
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(upto, Some(3), "looked at every record");
+        let (a, upto) = q
+            .read_stream_batch(stream_tag("a"), None, 2, 1 << 20, 1000)
+            .unwrap();
+        assert_eq!((a.len(), upto), (2, Some(1)));
+        let (a, upto) = q
+            .read_stream_batch(stream_tag("a"), upto, 10, 1 << 20, 1)
+            .unwrap();
+        assert_eq!((a.len(), upto), (0, Some(2)), "max_scan bounds the work");
+        let usage = q.bytes_by_stream().unwrap();
+        assert_eq!(usage[&stream_tag("b")], b[0].raw.len() as u64);
+        assert_eq!(usage.len(), 2);
     }
 }

@@ -8,7 +8,9 @@
 //!   clearly and retried slowly; the events stay queued.
 //! - 413 splits the batch in two; a single event the intake will never take (over 250 KiB, or refused alone
 //!   with 413) is moved to the dead-letter tree, logged and counted, and never blocks the rest.
-//! - Events are sent in queue order.
+//! - Events are sent in queue order. A forwarder sends only its own stream's events, with that stream's
+//!   intake key and URL: every batch has one destination, and a destination that refuses its key stalls
+//!   only its own stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +24,29 @@ use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError, QueuedEvent};
+use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use crate::source::{rejected_backoff, transient_backoff};
 
 /// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Forwards the queue to one intake until shutdown.
+/// At most this many queued records are examined per read, so that reading past another stream's backlog
+/// never blocks for long.
+const MAX_SCAN: usize = 20_000;
+
+/// The stream a forwarder serves.
+pub struct StreamRoute {
+    /// For logs and metrics labels.
+    pub name: String,
+    /// [`crate::queue::stream_tag`] of the name: the queued events it marks are this forwarder's.
+    pub tag: u32,
+    pub share: Arc<StreamShare>,
+}
+
+/// Forwards one stream's queued events to its intake until shutdown.
 pub struct Forwarder {
+    pub stream: StreamRoute,
     pub config: SekoiaConfig,
     pub http: HttpClient,
     pub queue: Queue,
@@ -52,8 +69,10 @@ enum SendOutcome {
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
         let mut storage_retry = transient_backoff(self.config.retry);
+        // Every event of this stream up to here was sent or dead-lettered (see `read_stream_batch`).
+        let mut position: Option<u64> = None;
         while !shutdown.is_triggered() {
-            match self.forward_next_batch(&shutdown).await {
+            match self.forward_next_batch(&shutdown, &mut position).await {
                 Ok(Some(_)) => storage_retry.reset(),
                 Ok(None) => {
                     tokio::select! {
@@ -74,19 +93,28 @@ impl Forwarder {
                 }
             }
         }
-        tracing::debug!("forwarder stopped");
+        tracing::debug!(stream = %self.stream.name, "forwarder stopped");
     }
 
-    /// Sends the batch at the head of the queue; `Ok(None)` when the queue is empty.
-    async fn forward_next_batch(&self, shutdown: &Shutdown) -> Result<Option<usize>, ForwardError> {
+    /// Sends this stream's next batch after `position`; `Ok(None)` when it has nothing queued.
+    async fn forward_next_batch(
+        &self,
+        shutdown: &Shutdown,
+        position: &mut Option<u64>,
+    ) -> Result<Option<usize>, ForwardError> {
         let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
-        let batch =
-            tokio::task::spawn_blocking(move || queue.read_batch(None, max_events, max_bytes))
-                .await
-                .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))??;
+        let (tag, after) = (self.stream.tag, *position);
+        let (batch, examined) = tokio::task::spawn_blocking(move || {
+            queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
+        })
+        .await
+        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))??;
         if batch.is_empty() {
-            return Ok(None);
+            // Only other streams' events so far: look further at once.
+            let moved = examined != *position;
+            *position = examined;
+            return Ok(moved.then_some(0));
         }
         let count = batch.len();
         let (oversize, sendable): (Vec<_>, Vec<_>) = batch
@@ -105,6 +133,7 @@ impl Forwarder {
         if !sendable.is_empty() {
             self.deliver(sendable, shutdown).await?;
         }
+        *position = examined;
         Ok(Some(count))
     }
 
@@ -133,6 +162,9 @@ impl Forwarder {
                         // Not needed for safety (a lost ack only means a resend), but it keeps the
                         // duplicates after a crash down to the batch in flight.
                         self.queue.flush().await?;
+                        self.stream
+                            .share
+                            .remove(chunk.iter().map(|e| e.raw.len() as u64).sum());
                         Metrics::add(&self.metrics.events_forwarded, chunk.len() as u64);
                         Metrics::set_error(&self.metrics.last_send_error, None);
                         retry.reset();
@@ -168,7 +200,7 @@ impl Forwarder {
                         Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                         let wait = retry_after.map_or(wait, |hint| hint.max(wait));
-                        tracing::warn!(events = chunk.len(), retry_in = ?wait, "sending failed, will retry: {reason}");
+                        tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, "sending failed, will retry: {reason}");
                         Metrics::set_error(&self.metrics.last_send_error, Some(reason));
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
@@ -178,6 +210,7 @@ impl Forwarder {
                         Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
                         tracing::error!(
+                            stream = %self.stream.name,
                             queued_events = self.queue.depth().events,
                             retry_in = ?wait,
                             "{reason}; every event stays queued until it is fixed"
@@ -228,13 +261,17 @@ impl Forwarder {
             s if s.is_success() => SendOutcome::Accepted,
             StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the intake key ({status}): check sekoia.intake_key (SEKOIA_INTAKE_KEY); the intake said: {said}"
+                "Sekoia.io refused the intake key ({status}): check {}; the intake said: {said}",
+                self.key_setting()
             )),
             StatusCode::NOT_FOUND => SendOutcome::Rejected(format!(
-                "Sekoia.io answered 404 for {url}: check sekoia.intake_url (for example \"https://intake.sekoia.io\"); the intake said: {said}"
+                "Sekoia.io answered 404 for {url}: check {}.intake_url (or region; for example \"https://intake.sekoia.io\"); the intake said: {said}",
+                self.config.section
             )),
             StatusCode::BAD_REQUEST => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the batch (400 Bad Request): check sekoia.intake_key and sekoia.intake_url; the intake said: {said}"
+                "Sekoia.io refused the batch (400 Bad Request): check {} and {}.intake_url; the intake said: {said}",
+                self.key_setting(),
+                self.config.section
             )),
             _ => SendOutcome::Transient {
                 reason: format!("Sekoia.io intake answered {status}: {said}"),
@@ -243,18 +280,30 @@ impl Forwarder {
         })
     }
 
+    /// The setting that holds this destination's key, for messages.
+    fn key_setting(&self) -> String {
+        if self.config.section == "sekoia" {
+            "sekoia.intake_key (SEKOIA_INTAKE_KEY)".to_string()
+        } else {
+            format!("{}.intake_key", self.config.section)
+        }
+    }
+
     async fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), ForwardError> {
         tracing::warn!(
+            stream = %self.stream.name,
             seq = event.seq,
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
         let queue = self.queue.clone();
+        let bytes = event.raw.len() as u64;
         let event = event.clone();
         let reason = reason.to_string();
         tokio::task::spawn_blocking(move || queue.dead_letter(&event, &reason))
             .await
             .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
+        self.stream.share.remove(bytes);
         Metrics::add(&self.metrics.events_dead_lettered, 1);
         Ok(())
     }

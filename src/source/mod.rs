@@ -11,7 +11,8 @@
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
 //! - Nothing moves unless the page it covers is durably queued with it (one transaction).
-//! - When the queue is over its size limit, polling pauses; nothing is dropped.
+//! - When the queue is over its size limit, or this stream over its share of it ([`StreamShare`]), polling
+//!   pauses; nothing is dropped.
 
 pub mod api;
 pub mod oauth;
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 use crate::config::{JumpcloudConfig, RetryConfig};
 use crate::metrics::Metrics;
 use crate::queue::{now_ms, Cursor, Queue, QueueError};
+use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
 
@@ -39,6 +41,8 @@ pub struct Poller {
     pub api: ApiClient,
     pub queue: Queue,
     pub max_queue_bytes: u64,
+    /// This stream's share of the queue (with several streams; unlimited with one).
+    pub share: Arc<StreamShare>,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -65,14 +69,16 @@ impl Poller {
         let mut paused = false;
         let mut last_request: Option<Instant> = None;
         while !shutdown.is_triggered() {
-            if self.queue.depth().bytes >= self.max_queue_bytes {
+            if self.queue_full() {
                 if !paused {
                     tracing::warn!(
                         stream = %self.stream,
                         queued_bytes = self.queue.depth().bytes,
                         limit = self.max_queue_bytes,
-                        "queue is full (queue.max_bytes): polling paused until the forwarder drains it; \
-                         nothing is dropped (JumpCloud keeps events for 90 days)"
+                        stream_bytes = self.share.used(),
+                        stream_limit = self.share.limit(),
+                        "queue is full (queue.max_bytes, or this stream's equal share of it): polling paused \
+                         until the forwarder drains it; nothing is dropped (JumpCloud keeps events for 90 days)"
                     );
                     paused = true;
                     Metrics::add(&self.metrics.polls_paused_queue_full, 1);
@@ -191,6 +197,7 @@ impl Poller {
                     .await
                     .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
             self.queue.flush().await?;
+            self.share.add(outcome.queued_bytes);
             Metrics::add(&self.metrics.events_polled, polled);
             Metrics::add(&self.metrics.events_queued, outcome.queued);
             Metrics::add(&self.metrics.events_deduplicated, outcome.duplicates);
@@ -213,13 +220,18 @@ impl Poller {
                 return Err(PollError::StuckCursor);
             }
             search_after = next;
-            if self.queue.depth().bytes >= self.max_queue_bytes || shutdown.is_triggered() {
+            if self.queue_full() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
             }
         }
         self.prune(watermark).await?;
         Ok(())
+    }
+
+    /// The whole queue is at its limit, or this stream at its share.
+    fn queue_full(&self) -> bool {
+        self.queue.depth().bytes >= self.max_queue_bytes || self.share.is_full()
     }
 
     /// Forgets dedup entries too old to be read again.
