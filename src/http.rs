@@ -327,20 +327,23 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The rustls error somewhere in an error's chain (hyper-rustls wraps it in an `io::Error`).
+/// The rustls error somewhere in an error's chain. hyper-rustls nests it in `io::Error`s, whose `source()`
+/// skips the error they wrap: look inside each with `get_ref`.
 fn find_tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    fn inside_io(io: &std::io::Error) -> Option<&rustls::Error> {
+        let inner = io.get_ref()?;
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner.downcast_ref::<std::io::Error>().and_then(inside_io)
+    }
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Some(tls);
-            }
+        if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(inside_io) {
+            return Some(tls);
         }
         current = e.source();
     }
