@@ -488,7 +488,8 @@ impl Reader<'_> {
         };
         if items.is_empty() {
             self.problems.push(
-                "streams is empty: add at least one [[streams]] table, or use the [jumpcloud] form".to_string(),
+                "streams is empty: add at least one [[streams]] table, or use the [jumpcloud] form"
+                    .to_string(),
             );
         }
         let mut streams: Vec<StreamConfig> = Vec::new();
@@ -507,7 +508,9 @@ impl Reader<'_> {
                     self.problem(
                         &s,
                         "name",
-                        &format!("= {name:?} may hold only letters, digits, '-' and '_' (at most 64)"),
+                        &format!(
+                            "= {name:?} may hold only letters, digits, '-' and '_' (at most 64)"
+                        ),
                     );
                     format!("#{index}")
                 }
@@ -1151,19 +1154,16 @@ impl Reader<'_> {
         let from_file = self.string(s, &file_key);
         let value = match (inline, from_file) {
             (Some(_), Some(_)) => {
-                self.problem(
-                    s,
-                    key,
-                    &format!("and {file_key} are both set: keep one"),
-                );
+                self.problem(s, key, &format!("and {file_key} are both set: keep one"));
                 return None;
             }
             (Some(value), None) => value,
             (None, Some(path)) => self.read_secret_file(s, &file_key, Path::new(path.trim()))?,
             (None, None) => {
-                let already = self.problems.iter().any(|p| {
-                    p.starts_with(&s.key(key)) || p.starts_with(&s.key(&file_key))
-                });
+                let already = self
+                    .problems
+                    .iter()
+                    .any(|p| p.starts_with(&s.key(key)) || p.starts_with(&s.key(&file_key)));
                 if required && !already {
                     let var = variable.unwrap_or("VARIABLE");
                     self.problem(
@@ -1178,7 +1178,9 @@ impl Reader<'_> {
         let value = value.trim();
         if value.is_empty() {
             let hint = match variable {
-                Some(var) => format!("set {var} (for the service, in /etc/jcdi-forwarder/jcdi-forwarder.env)"),
+                Some(var) => format!(
+                    "set {var} (for the service, in /etc/jcdi-forwarder/jcdi-forwarder.env)"
+                ),
                 None => "check the variable or file it comes from".to_string(),
             };
             self.problem(s, key, &format!("is empty: {hint}"));
@@ -1407,15 +1409,17 @@ pub fn check_proxy_url(text: &str) -> Result<String, String> {
     } else {
         format!("http://{text}")
     };
-    let uri: http::Uri = full
-        .parse()
-        .map_err(|_| "is not a proxy URL: write it like \"http://proxy.example.com:3128\"".to_string())?;
+    let uri: http::Uri = full.parse().map_err(|_| {
+        "is not a proxy URL: write it like \"http://proxy.example.com:3128\"".to_string()
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err("uses https://: a proxy reached over TLS is not supported; use http:// (the \
+            return Err(
+                "uses https://: a proxy reached over TLS is not supported; use http:// (the \
                         tunnel through it still carries TLS end to end)"
-                .to_string())
+                    .to_string(),
+            )
         }
         Some(other) => {
             return Err(format!(
@@ -1448,17 +1452,15 @@ pub fn redact_url(text: &str) -> String {
 }
 
 /// Reads a PEM bundle of CA certificates; an error says what is wrong with it, for `ca_file`.
-pub fn load_ca_file(
-    path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+pub fn load_ca_file(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     use rustls_pki_types::pem::PemObject;
     let shown = path.display().to_string();
     let iter = rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|err| {
         format!("= {shown:?} cannot be read: {err} (a PEM file of CA certificates is expected)")
     })?;
-    let certs: Vec<_> = iter.collect::<Result<_, _>>().map_err(|err| {
-        format!("= {shown:?} is not a valid PEM bundle: {err}")
-    })?;
+    let certs: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("= {shown:?} is not a valid PEM bundle: {err}"))?;
     if certs.is_empty() {
         return Err(format!(
             "= {shown:?} holds no certificate: a PEM file with \"-----BEGIN CERTIFICATE-----\" blocks is expected"
@@ -1544,7 +1546,10 @@ max_bytes = "10GiB"
     fn the_documented_form_parses() {
         let loaded = Config::parse(ISSUE_FORM, "c.toml", &env).expect("valid");
         let c = loaded.config;
-        assert_eq!(c.jumpcloud.auth, JumpcloudAuth::ApiKey(Secret::new("jc-secret")));
+        assert_eq!(
+            c.jumpcloud.auth,
+            JumpcloudAuth::ApiKey(Secret::new("jc-secret"))
+        );
         assert_eq!(c.streams.len(), 1);
         assert_eq!(c.streams[0].name, DEFAULT_STREAM);
         assert_eq!(c.jumpcloud.org_id.as_deref(), Some("abc"));

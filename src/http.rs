@@ -113,8 +113,8 @@ impl HttpClient {
         }
         let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
         if let Some(path) = &transport.ca_file {
-            let certs = load_ca_file(path)
-                .map_err(|why| format!("{}.ca_file {why}", transport.section))?;
+            let certs =
+                load_ca_file(path).map_err(|why| format!("{}.ca_file {why}", transport.section))?;
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(format!(
@@ -149,8 +149,15 @@ impl HttpClient {
                 no_proxy,
             } => Some(
                 Matcher::builder()
-                    .http(http.as_ref().map_or(String::new(), |u| u.expose().to_string()))
-                    .https(https.as_ref().map_or(String::new(), |u| u.expose().to_string()))
+                    .http(
+                        http.as_ref()
+                            .map_or(String::new(), |u| u.expose().to_string()),
+                    )
+                    .https(
+                        https
+                            .as_ref()
+                            .map_or(String::new(), |u| u.expose().to_string()),
+                    )
                     .no(no_proxy.clone())
                     .build(),
             ),
@@ -237,7 +244,8 @@ struct ProxyConnector {
     route: Option<Arc<Matcher>>,
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
 
 impl Service<Uri> for ProxyConnector {
     type Response = TokioIo<tokio::net::TcpStream>;
@@ -269,17 +277,22 @@ impl Service<Uri> for ProxyConnector {
                 let target = format!(
                     "{}:{}",
                     destination.host().unwrap_or("?"),
-                    destination.port_u16().unwrap_or(match destination.scheme_str() {
-                        Some("http") => 80,
-                        _ => 443,
-                    })
+                    destination
+                        .port_u16()
+                        .unwrap_or(match destination.scheme_str() {
+                            Some("http") => 80,
+                            _ => 443,
+                        })
                 );
                 // The tunnel takes its port from the destination, 443 when it has none: give it the
                 // scheme's port explicitly, so that plain-http destinations get 80.
-                let destination = match format!("{}://{target}", destination.scheme_str().unwrap_or("https")).parse::<Uri>() {
-                    Ok(uri) => uri,
-                    Err(_) => destination,
-                };
+                let destination =
+                    match format!("{}://{target}", destination.scheme_str().unwrap_or("https"))
+                        .parse::<Uri>()
+                    {
+                        Ok(uri) => uri,
+                        Err(_) => destination,
+                    };
                 Box::pin(async move {
                     tunnel
                         .call(destination)
@@ -292,7 +305,11 @@ impl Service<Uri> for ProxyConnector {
 }
 
 /// hyper-util's `TunnelError` is not exported: it is read through its `Display` text, which names the case.
-fn describe_tunnel_error(err: &(dyn std::error::Error + 'static), proxy: &str, target: &str) -> String {
+fn describe_tunnel_error(
+    err: &(dyn std::error::Error + 'static),
+    proxy: &str,
+    target: &str,
+) -> String {
     let text = err.to_string();
     if text.contains("proxy authorization required") {
         format!(
@@ -308,7 +325,10 @@ fn describe_tunnel_error(err: &(dyn std::error::Error + 'static), proxy: &str, t
         let cause = err.source().map(chain).unwrap_or_default();
         format!("cannot connect to the proxy {proxy}: {cause}")
     } else {
-        format!("the proxy {proxy} broke the tunnel to {target}: {}", chain(err))
+        format!(
+            "the proxy {proxy} broke the tunnel to {target}: {}",
+            chain(err)
+        )
     }
 }
 
@@ -390,7 +410,11 @@ pub fn describe_tls_error(err: &rustls::Error, host: &str, section: &str) -> Str
 
 /// hyper's client errors hide the cause (refused, DNS, TLS, proxy) in the source chain: show the whole
 /// chain, and turn a certificate failure into a message that says what to do.
-fn describe_client_error(err: &hyper_util::client::legacy::Error, host: &str, section: &str) -> String {
+fn describe_client_error(
+    err: &hyper_util::client::legacy::Error,
+    host: &str,
+    section: &str,
+) -> String {
     if let Some(tls) = find_tls_error(err) {
         return describe_tls_error(tls, host, section);
     }

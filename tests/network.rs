@@ -88,12 +88,22 @@ async fn a_proxy_with_basic_auth_carries_both_destinations() {
         !format!("{config:?}").contains("pr0xy-s3cret"),
         "proxy credentials never print"
     );
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     wait_all_arrived(&intake, &sent, LONG).await;
     agent.stop().await;
-    assert!(proxy.tunnels_to_port(api.local_addr().port()) >= 1, "API through the proxy: {:?}", proxy.tunnels());
-    assert!(proxy.tunnels_to_port(intake.local_addr().port()) >= 1, "intake through the proxy: {:?}", proxy.tunnels());
+    assert!(
+        proxy.tunnels_to_port(api.local_addr().port()) >= 1,
+        "API through the proxy: {:?}",
+        proxy.tunnels()
+    );
+    assert!(
+        proxy.tunnels_to_port(intake.local_addr().port()) >= 1,
+        "intake through the proxy: {:?}",
+        proxy.tunnels()
+    );
     assert_eq!(proxy.refused(), 0);
 }
 
@@ -112,15 +122,23 @@ async fn wrong_proxy_credentials_say_so_without_showing_them() {
         intake.base_url(),
     );
     let config = parse_with(&text, &HashMap::new());
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     let seen = wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await;
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
     agent.stop().await;
     assert!(seen);
     assert!(error.contains("asks for credentials (407"), "{error}");
-    assert!(error.contains(&proxy.addr.to_string()), "names the proxy: {error}");
-    assert!(!error.contains("wr0ng-pass") && !error.contains("agent:"), "{error}");
+    assert!(
+        error.contains(&proxy.addr.to_string()),
+        "names the proxy: {error}"
+    );
+    assert!(
+        !error.contains("wr0ng-pass") && !error.contains("agent:"),
+        "{error}"
+    );
     assert!(proxy.refused() >= 1);
     assert_eq!(api.requests(), 0);
 }
@@ -146,12 +164,22 @@ async fn the_environment_proxy_is_used_except_for_no_proxy_hosts() {
         ("no_proxy", "example.org, localhost".to_string()),
     ]);
     let config = parse_with(&text, &env);
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     wait_all_arrived(&intake, &sent, LONG).await;
     agent.stop().await;
-    assert_eq!(proxy.tunnels_to_port(api.local_addr().port()), 0, "no_proxy host went direct");
-    assert!(proxy.tunnels_to_port(intake.local_addr().port()) >= 1, "{:?}", proxy.tunnels());
+    assert_eq!(
+        proxy.tunnels_to_port(api.local_addr().port()),
+        0,
+        "no_proxy host went direct"
+    );
+    assert!(
+        proxy.tunnels_to_port(intake.local_addr().port()) >= 1,
+        "{:?}",
+        proxy.tunnels()
+    );
 }
 
 #[test]
@@ -166,9 +194,19 @@ fn proxy_settings_from_the_environment_and_the_file() {
     ]);
     let config = parse_with(base, &env);
     match &config.jumpcloud.transport.proxy {
-        ProxyConfig::Environment { http, https, no_proxy } => {
-            assert_eq!(https.as_ref().map(|s| s.expose()), Some("http://u:p@proxy.corp:3128"));
-            assert_eq!(http.as_ref().map(|s| s.expose()), Some("http://proxy.corp:8080"));
+        ProxyConfig::Environment {
+            http,
+            https,
+            no_proxy,
+        } => {
+            assert_eq!(
+                https.as_ref().map(|s| s.expose()),
+                Some("http://u:p@proxy.corp:3128")
+            );
+            assert_eq!(
+                http.as_ref().map(|s| s.expose()),
+                Some("http://proxy.corp:8080")
+            );
             assert_eq!(no_proxy, ".internal");
         }
         other => panic!("expected the environment's proxy, got {other:?}"),
@@ -177,11 +215,19 @@ fn proxy_settings_from_the_environment_and_the_file() {
     let text = "[jumpcloud]\napi_key = \"k\"\nproxy = \"none\"\n[sekoia]\nintake_key = \"i\"\nproxy = \"http://p.corp:3128\"\n";
     let config = parse_with(text, &env);
     assert_eq!(config.jumpcloud.transport.proxy, ProxyConfig::Direct);
-    assert!(matches!(&config.sekoia.transport.proxy, ProxyConfig::Url(url) if url.expose() == "http://p.corp:3128"));
+    assert!(
+        matches!(&config.sekoia.transport.proxy, ProxyConfig::Url(url) if url.expose() == "http://p.corp:3128")
+    );
     // No variable at all: direct.
-    assert_eq!(parse_with(base, &HashMap::new()).sekoia.transport.proxy, ProxyConfig::Direct);
+    assert_eq!(
+        parse_with(base, &HashMap::new()).sekoia.transport.proxy,
+        ProxyConfig::Direct
+    );
     // Unusable values are problems that never show the credentials.
-    let bad = HashMap::from([("HTTPS_PROXY", "https://u:hunter2@proxy.corp:3128".to_string())]);
+    let bad = HashMap::from([(
+        "HTTPS_PROXY",
+        "https://u:hunter2@proxy.corp:3128".to_string(),
+    )]);
     let err = Config::parse(
         "[jumpcloud]\napi_key = \"k\"\nproxy = \"socks5://u:hunter2@h:1\"\n[sekoia]\nintake_key = \"i\"\n",
         "c.toml",
@@ -189,8 +235,16 @@ fn proxy_settings_from_the_environment_and_the_file() {
     )
     .expect_err("bad proxies")
     .to_string();
-    assert!(err.contains("jumpcloud.proxy = \"socks5://***@h:1\" uses socks5://"), "{err}");
-    assert!(err.contains("the environment variable HTTPS_PROXY = \"https://***@proxy.corp:3128\" uses https://"), "{err}");
+    assert!(
+        err.contains("jumpcloud.proxy = \"socks5://***@h:1\" uses socks5://"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "the environment variable HTTPS_PROXY = \"https://***@proxy.corp:3128\" uses https://"
+        ),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "{err}");
 }
 
@@ -216,17 +270,25 @@ async fn a_private_ca_fails_clearly_without_ca_file_and_works_with_it() {
 
     // Without ca_file: the poller says which host, what is wrong, and which setting fixes it.
     let config = parse_with(&text(""), &HashMap::new());
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await);
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
     agent.stop().await;
     assert!(
-        error.contains("the TLS certificate of localhost is signed by a CA this host does not trust"),
+        error.contains(
+            "the TLS certificate of localhost is signed by a CA this host does not trust"
+        ),
         "{error}"
     );
     assert!(error.contains("jumpcloud.ca_file"), "{error}");
-    assert_eq!(api.requests(), 0, "nothing was sent over an unverified connection");
+    assert_eq!(
+        api.requests(),
+        0,
+        "nothing was sent over an unverified connection"
+    );
 
     // With it: everything arrives.
     let config = parse_with(
@@ -250,8 +312,14 @@ fn a_ca_file_that_is_not_a_pem_bundle_is_a_problem() {
     let err = Config::parse(&text, "c.toml", &|_| None)
         .expect_err("bad CA files")
         .to_string();
-    assert!(err.contains("jumpcloud.ca_file") && err.contains("holds no certificate"), "{err}");
-    assert!(err.contains("sekoia.ca_file = \"/nonexistent/ca.pem\" cannot be read"), "{err}");
+    assert!(
+        err.contains("jumpcloud.ca_file") && err.contains("holds no certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sekoia.ca_file = \"/nonexistent/ca.pem\" cannot be read"),
+        "{err}"
+    );
 }
 
 /// Two organizations, each with its own API stand-in (checking `x-org-id`) and its own intake.
@@ -327,13 +395,21 @@ async fn two_streams_each_reach_only_their_own_intake_and_a_revoked_key_stalls_o
     orgs.api_b.add_events(b.clone());
     let config = orgs.config("", "");
     assert_eq!(config.streams.len(), 2);
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     wait_all_arrived(&orgs.intake_a, &a, LONG).await;
     wait_all_arrived(&orgs.intake_b, &b, LONG).await;
     let (got_a, got_b) = (received_set(&orgs.intake_a), received_set(&orgs.intake_b));
-    assert!(b.iter().all(|e| !got_a.contains(&e.raw)), "no event of globex at acme's intake");
-    assert!(a.iter().all(|e| !got_b.contains(&e.raw)), "no event of acme at globex's intake");
+    assert!(
+        b.iter().all(|e| !got_a.contains(&e.raw)),
+        "no event of globex at acme's intake"
+    );
+    assert!(
+        a.iter().all(|e| !got_b.contains(&e.raw)),
+        "no event of acme at globex's intake"
+    );
     assert_eq!(orgs.intake_a.received_count(), a.len());
     assert_eq!(orgs.intake_b.received_count(), b.len());
 
@@ -346,9 +422,13 @@ async fn two_streams_each_reach_only_their_own_intake_and_a_revoked_key_stalls_o
     // The last-error slot is shared by the streams until metrics get a stream label: count refusals.
     assert!(wait_until(LONG, || agent.metrics.snapshot().api_requests_failed >= 1).await);
     agent.stop().await;
-    assert_eq!(orgs.intake_a.received_count(), a.len(), "nothing more from the revoked stream");
-    assert_eq!(queue.cursor("acme").expect("cursor").is_some(), true);
-    assert_eq!(queue.cursor("globex").expect("cursor").is_some(), true);
+    assert_eq!(
+        orgs.intake_a.received_count(),
+        a.len(),
+        "nothing more from the revoked stream"
+    );
+    assert!(queue.cursor("acme").expect("cursor").is_some());
+    assert!(queue.cursor("globex").expect("cursor").is_some());
     assert_eq!(queue.cursor("default").expect("cursor"), None);
 }
 
@@ -360,10 +440,14 @@ async fn a_stream_whose_intake_refuses_its_key_fills_only_its_share_of_the_queue
     let a = events(31, 600);
     orgs.api_a.add_events(a.clone());
     let config = orgs.config("max_bytes = \"200KiB\"", "page_size = 20");
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     assert!(
-        wait_until(LONG, || agent.metrics.snapshot().polls_paused_queue_full >= 1).await,
+        wait_until(LONG, || agent.metrics.snapshot().polls_paused_queue_full
+            >= 1)
+        .await,
         "acme pauses at its share"
     );
     // globex goes on: events added now arrive although acme's backlog is stuck.
@@ -429,13 +513,21 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
         loaded.warnings
     );
     let config = loaded.config;
-    assert!(matches!(config.jumpcloud.auth, JumpcloudAuth::ServiceAccount { .. }));
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    assert!(matches!(
+        config.jumpcloud.auth,
+        JumpcloudAuth::ServiceAccount { .. }
+    ));
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     wait_all_arrived(&intake, &sent, LONG).await;
 
     // Polling every second with 3-second tokens: renewed ahead of expiry, so none is refused.
-    assert!(wait_until(LONG, || tokens.issued() >= 3).await, "tokens renewed");
+    assert!(
+        wait_until(LONG, || tokens.issued() >= 3).await,
+        "tokens renewed"
+    );
     assert_eq!(tokens.refused(), 0, "a token was used after it expired");
 
     // Revoked early: the 401 makes the agent ask for a new token and carry on at once.
@@ -447,7 +539,11 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     agent.stop().await;
     assert!(tokens.refused() >= 1, "the revoked token was refused once");
     assert_eq!(duplicates(&intake), 0);
-    assert!(snapshot.last_poll_error.is_none(), "{:?}", snapshot.last_poll_error);
+    assert!(
+        snapshot.last_poll_error.is_none(),
+        "{:?}",
+        snapshot.last_poll_error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,12 +570,17 @@ async fn a_refused_client_secret_is_a_clear_configuration_error() {
         intake.base_url(),
     );
     let config = parse_with(&text, &HashMap::new());
-    let queue = jcdi_forwarder::agent::open_queue(&config).await.expect("queue");
+    let queue = jcdi_forwarder::agent::open_queue(&config)
+        .await
+        .expect("queue");
     let agent = RunningAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await);
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
     agent.stop().await;
-    assert!(error.contains("refused the service account (401 Unauthorized)"), "{error}");
+    assert!(
+        error.contains("refused the service account (401 Unauthorized)"),
+        "{error}"
+    );
     assert!(error.contains("jumpcloud.client_secret"), "{error}");
     assert!(!error.contains("wr0ng-s3cret"), "{error}");
     assert_eq!(api.requests(), 0);
@@ -507,7 +608,8 @@ fn secrets_from_files() {
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
         assert!(
             loaded.warnings[0].starts_with("sekoia.intake_key_file = ")
-                && loaded.warnings[0].contains("is readable by group or others (mode 644): chmod 600"),
+                && loaded.warnings[0]
+                    .contains("is readable by group or others (mode 644): chmod 600"),
             "{:?}",
             loaded.warnings
         );
@@ -519,8 +621,14 @@ fn secrets_from_files() {
     let err = Config::parse(&text, "c.toml", &|_| None)
         .expect_err("invalid")
         .to_string();
-    assert!(err.contains("jumpcloud.api_key and api_key_file are both set"), "{err}");
-    assert!(err.contains("sekoia.intake_key_file = \"/nonexistent/key\" cannot be read"), "{err}");
+    assert!(
+        err.contains("jumpcloud.api_key and api_key_file are both set"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sekoia.intake_key_file = \"/nonexistent/key\" cannot be read"),
+        "{err}"
+    );
     assert!(!err.contains("from-a-file"), "{err}");
 }
 
@@ -529,7 +637,10 @@ fn regions_and_overrides() {
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\n[sekoia]\nintake_key = \"i\"\nregion = \"usa1\"\n";
     let c = parse_with(text, &HashMap::new());
     assert_eq!(c.jumpcloud.base_url, "https://api.eu.jumpcloud.com");
-    assert_eq!(c.sekoia.intake_url, "https://intake.usa1.sekoia.io/api/v1/intake-http");
+    assert_eq!(
+        c.sekoia.intake_url,
+        "https://intake.usa1.sekoia.io/api/v1/intake-http"
+    );
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"in\"\n[sekoia]\nintake_key = \"i\"\nregion = \"fra1\"\n";
     let c = parse_with(text, &HashMap::new());
     assert_eq!(c.jumpcloud.base_url, "https://api.in.jumpcloud.com");
@@ -537,7 +648,10 @@ fn regions_and_overrides() {
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\nbase_url = \"https://jc.example\"\n[sekoia]\nintake_key = \"i\"\n";
     let loaded = Config::parse(text, "c", &|_| None).expect("valid");
     assert_eq!(loaded.config.jumpcloud.base_url, "https://jc.example");
-    assert_eq!(loaded.warnings, vec!["jumpcloud.region is ignored: base_url is set and wins"]);
+    assert_eq!(
+        loaded.warnings,
+        vec!["jumpcloud.region is ignored: base_url is set and wins"]
+    );
     let err = Config::parse(
         "[jumpcloud]\napi_key = \"k\"\nregion = \"asia\"\n[sekoia]\nintake_key = \"i\"\nregion = \"fra3\"\n",
         "c",
@@ -545,8 +659,16 @@ fn regions_and_overrides() {
     )
     .expect_err("unknown regions")
     .to_string();
-    assert!(err.contains("jumpcloud.region = \"asia\" is not a JumpCloud region: use one of us, eu, in"), "{err}");
-    assert!(err.contains("sekoia.region = \"fra3\" is not a known Sekoia.io region"), "{err}");
+    assert!(
+        err.contains(
+            "jumpcloud.region = \"asia\" is not a JumpCloud region: use one of us, eu, in"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("sekoia.region = \"fra3\" is not a known Sekoia.io region"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -573,7 +695,9 @@ destination = "nowhere"
 api_key = "k"
 intake_key = "x"
 "#;
-    let err = Config::parse(text, "c.toml", &|_| None).expect_err("invalid").to_string();
+    let err = Config::parse(text, "c.toml", &|_| None)
+        .expect_err("invalid")
+        .to_string();
     for needle in [
         "streams.acme.name is used by two streams",
         "streams.acme.org_id is missing: a service account (client_id) must name the organization",
@@ -592,7 +716,10 @@ intake_key = "x"
     )
     .expect_err("invalid")
     .to_string();
-    assert!(err.contains("[sekoia.acme] is a named destination, used only by [[streams]]"), "{err}");
+    assert!(
+        err.contains("[sekoia.acme] is a named destination, used only by [[streams]]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -615,11 +742,25 @@ fn the_documented_msp_example_parses() {
     let loaded = Config::parse(&doc[start..end], "msp.toml", &|n| env.get(n).cloned())
         .unwrap_or_else(|err| panic!("{err}"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-    let names: Vec<&str> = loaded.config.streams.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = loaded
+        .config
+        .streams
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(names, ["acme", "globex", "initech"]);
     let globex = &loaded.config.streams[1];
-    assert!(matches!(globex.jumpcloud.auth, JumpcloudAuth::ServiceAccount { .. }));
+    assert!(matches!(
+        globex.jumpcloud.auth,
+        JumpcloudAuth::ServiceAccount { .. }
+    ));
     assert_eq!(globex.jumpcloud.base_url, "https://api.eu.jumpcloud.com");
-    assert_eq!(globex.sekoia.intake_url, "https://intake.fra2.sekoia.io/api/v1/intake-http");
-    assert_eq!(loaded.config.streams[0].jumpcloud.auth, JumpcloudAuth::ApiKey(jcdi_forwarder::config::Secret::new("msp")));
+    assert_eq!(
+        globex.sekoia.intake_url,
+        "https://intake.fra2.sekoia.io/api/v1/intake-http"
+    );
+    assert_eq!(
+        loaded.config.streams[0].jumpcloud.auth,
+        JumpcloudAuth::ApiKey(jcdi_forwarder::config::Secret::new("msp"))
+    );
 }

@@ -130,12 +130,12 @@ impl ApiClient {
 
     /// Sends one query and returns the page, checked for completeness.
     pub async fn fetch(&self, query: &EventsQuery<'_>, now_ns: i64) -> Result<Page, FetchError> {
-        let body = Bytes::from(serde_json::to_vec(query).map_err(|err| {
-            FetchError::Transient {
+        let body = Bytes::from(
+            serde_json::to_vec(query).map_err(|err| FetchError::Transient {
                 reason: format!("cannot encode the query: {err}"),
                 retry_after: None,
-            }
-        })?);
+            })?,
+        );
         let mut renewed = false;
         let response = loop {
             let mut headers = self.headers.clone();

@@ -100,7 +100,7 @@ impl TokenSource {
     /// (unless another request already replaced it).
     pub async fn refused(&self, used: &HeaderValue) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|token| &token.header == used) {
+        if cached.as_ref().is_some_and(|token| token.header == *used) {
             *cached = None;
         }
     }
@@ -126,7 +126,10 @@ impl TokenSource {
                 retry_after: None,
             })?;
         let status = response.status;
-        if matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
             return Err(FetchError::Rejected(format!(
                 "JumpCloud's token URL {} refused the service account ({status}): check {section}.client_id \
                  and {section}.client_secret (a deleted service account, or a rotated secret?); the server said: {}",
@@ -164,12 +167,12 @@ impl TokenSource {
         }
         let mut header = HeaderValue::from_str(&format!("Bearer {}", answer.access_token.trim()))
             .map_err(|_| FetchError::Transient {
-                reason: format!(
-                    "the token URL {} gave a token that cannot be sent in a header",
-                    self.token_url
-                ),
-                retry_after: None,
-            })?;
+            reason: format!(
+                "the token URL {} gave a token that cannot be sent in a header",
+                self.token_url
+            ),
+            retry_after: None,
+        })?;
         header.set_sensitive(true);
         let lifetime = answer
             .expires_in
