@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RepeatFilter};
 use crate::queue::{Queue, QueueError, QueuedEvent};
 use crate::shutdown::Shutdown;
 use crate::source::{rejected_backoff, transient_backoff};
@@ -117,12 +117,12 @@ impl Forwarder {
         let mut pending = vec![batch];
         let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
+        let mut repeats = RepeatFilter::default();
         while let Some(chunk) = pending.pop() {
             loop {
                 let outcome = self.send(&chunk, shutdown).await?;
                 match outcome {
                     SendOutcome::Accepted => {
-                        Metrics::add(&self.metrics.intake_requests_ok, 1);
                         let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
                         let queue = self.queue.clone();
                         tokio::task::spawn_blocking(move || queue.ack(&seqs))
@@ -133,14 +133,13 @@ impl Forwarder {
                         // Not needed for safety (a lost ack only means a resend), but it keeps the
                         // duplicates after a crash down to the batch in flight.
                         self.queue.flush().await?;
-                        Metrics::add(&self.metrics.events_forwarded, chunk.len() as u64);
-                        Metrics::set_error(&self.metrics.last_send_error, None);
+                        self.metrics.send_succeeded(chunk.len() as u64);
+                        repeats.reset();
                         retry.reset();
                         rejected.reset();
                         break;
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         self.dead_letter(
                             &chunk[0],
                             "the intake refused the event alone with 413 (too large)",
@@ -149,7 +148,6 @@ impl Forwarder {
                         break;
                     }
                     SendOutcome::TooLarge => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         tracing::info!(
                             events = chunk.len(),
                             "the intake said 413: splitting the batch in two"
@@ -165,24 +163,27 @@ impl Forwarder {
                         reason,
                         retry_after,
                     } => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                         let wait = retry_after.map_or(wait, |hint| hint.max(wait));
-                        tracing::warn!(events = chunk.len(), retry_in = ?wait, "sending failed, will retry: {reason}");
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::warn!(events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
+                        }
+                        self.metrics.send_failed(&reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
                     }
                     SendOutcome::Rejected(reason) => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
-                        tracing::error!(
-                            queued_events = self.queue.depth().events,
-                            retry_in = ?wait,
-                            "{reason}; every event stays queued until it is fixed"
-                        );
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::error!(
+                                queued_events = self.queue.depth().events,
+                                retry_in = ?wait,
+                                repeats = held_back,
+                                "{reason}; every event stays queued until it is fixed"
+                            );
+                        }
+                        self.metrics.send_failed(&reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
@@ -206,6 +207,7 @@ impl Forwarder {
             .http
             .post_json(&url, &[], body, self.config.request_timeout);
         tokio::pin!(request);
+        let asked = std::time::Instant::now();
         let result = tokio::select! {
             result = &mut request => result,
             _ = shutdown.wait() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut request).await {
@@ -216,15 +218,16 @@ impl Forwarder {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
+                self.metrics.intake_request(Outcome::Retry, asked.elapsed());
                 return Ok(SendOutcome::Transient {
                     reason: format!("Sekoia.io intake at {url} did not answer: {err}"),
                     retry_after: None,
-                })
+                });
             }
         };
         let status = response.status;
         let said = response.body_excerpt();
-        Ok(match status {
+        let outcome = match status {
             s if s.is_success() => SendOutcome::Accepted,
             StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
@@ -240,7 +243,15 @@ impl Forwarder {
                 reason: format!("Sekoia.io intake answered {status}: {said}"),
                 retry_after: response.retry_after(),
             },
-        })
+        };
+        let label = match &outcome {
+            SendOutcome::Accepted => Outcome::Ok,
+            SendOutcome::TooLarge => Outcome::TooLarge,
+            SendOutcome::Transient { .. } => Outcome::Retry,
+            SendOutcome::Rejected(_) => Outcome::Rejected,
+        };
+        self.metrics.intake_request(label, asked.elapsed());
+        Ok(outcome)
     }
 
     async fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), ForwardError> {
@@ -255,7 +266,7 @@ impl Forwarder {
         tokio::task::spawn_blocking(move || queue.dead_letter(&event, &reason))
             .await
             .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
-        Metrics::add(&self.metrics.events_dead_lettered, 1);
+        self.metrics.dead_lettered();
         Ok(())
     }
 }
