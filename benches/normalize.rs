@@ -1,6 +1,7 @@
 //! Throughput of the normalizer over a realistic mix: the ten published
 //! sample events, cycled. Two views: `normalize` alone (parse + build the
-//! document) and `normalize_stream` (also serializing each document as a line).
+//! document) and `normalize_stream` (also serializing each document as a line),
+//! plus a reference: a bare `serde_json::Value` parse of the same events.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for raw in &raws {
                 black_box(normalize(black_box(raw)).expect("sample normalizes"));
+            }
+        })
+    });
+
+    // Reference point, not part of the normalizer: parsing the same events
+    // into a `serde_json::Value` and nothing more.
+    group.bench_function("reference_value_parse", |b| {
+        b.iter(|| {
+            for raw in &raws {
+                black_box(
+                    serde_json::from_str::<serde_json::Value>(black_box(raw))
+                        .expect("sample is JSON"),
+                );
             }
         })
     });
