@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         outage_seconds: u64,
     },
+    /// Normalize raw events (one JSON document per line, from FILEs or stdin) to the ECS documents
+    /// Sekoia.io's "Jumpcloud Directory Insights" format produces, one per line on stdout.
+    Normalize {
+        /// Files of raw events; stdin when none (or `-`).
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +82,7 @@ pub fn main() -> ExitCode {
             events,
             outage_seconds,
         } => with_runtime(|| crate::demo::run(events, outage_seconds)),
+        Command::Normalize { files } => crate::normalize::run_cli(&files),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod normalize;
 pub mod queue;
 pub mod shutdown;
 pub mod sink;
