@@ -4,11 +4,12 @@
 //! committed for it), the forwarder finishes or abandons its request within its grace period, and the queue
 //! is flushed before [`run`] returns. Every part is given [`STOP_DEADLINE`] at most.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
@@ -46,6 +47,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let http = HttpClient::new(CONNECT_TIMEOUT).map_err(anyhow::Error::msg)?;
     let api = ApiClient::new(http.clone(), &config.jumpcloud).map_err(anyhow::Error::msg)?;
+    let admin_api = api.clone();
     let wake = Arc::new(Notify::new());
     let depth = queue.depth();
     tracing::info!(
@@ -63,6 +65,7 @@ pub async fn run(
         api,
         queue: queue.clone(),
         max_queue_bytes: config.queue.max_bytes,
+        dedup_window: config.queue.dedup_window,
         metrics: metrics.clone(),
         forwarder_wake: wake.clone(),
     };
@@ -70,10 +73,30 @@ pub async fn run(
         config: config.sekoia.clone(),
         http,
         queue: queue.clone(),
-        metrics,
+        metrics: metrics.clone(),
         wake,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listen) = config.api.listen {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {listen} for metrics and status: {err} (another agent running? \
+                 set [api] listen to a free port, or enabled = false)"
+            )
+        })?;
+        // Port 0 picks a free port (the demo uses it): log the real one.
+        let listen = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%listen, "metrics on http://{listen}/metrics, health on /health, status on /status");
+        let state = Arc::new(AdminState {
+            config: config.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            api: admin_api,
+            shutdown: shutdown.clone(),
+            backfill: Mutex::new(None),
+        });
+        tasks.spawn(crate::admin::serve(listener, state));
+    }
     tasks.spawn(poller.run(shutdown.clone()));
     tasks.spawn(forwarder.run(shutdown.clone()));
 

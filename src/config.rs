@@ -26,6 +26,16 @@ pub struct Config {
     pub jumpcloud: JumpcloudConfig,
     pub sekoia: SekoiaConfig,
     pub queue: QueueConfig,
+    pub api: ApiConfig,
+}
+
+/// The `[api]` section: the local HTTP endpoint for metrics, health, status and admin actions.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `None` when turned off (`enabled = false`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/health` turns 503 when a poller or the forwarder has been failing for longer than this.
+    pub unhealthy_after: Duration,
 }
 
 /// The `[jumpcloud]` section: where and how to poll Directory Insights.
@@ -44,6 +54,8 @@ pub struct JumpcloudConfig {
     pub min_request_interval: Duration,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
+    /// How long JumpCloud keeps events (90 days; 15 on the lowest plan): backfills cannot reach further.
+    pub retention: Duration,
 }
 
 /// The `[sekoia]` section: where and how to forward.
@@ -71,6 +83,9 @@ pub struct RetryConfig {
 pub struct QueueConfig {
     /// When the queued events reach this many bytes, polling pauses; nothing is dropped.
     pub max_bytes: u64,
+    /// How long event ids are remembered for deduplication (at least `overlap` plus an hour is kept
+    /// whatever this says). A backfill within this window sends nothing twice.
+    pub dedup_window: Duration,
 }
 
 /// A secret value (API key, intake key). It is printed as `***` everywhere.
@@ -215,7 +230,7 @@ impl Section {
     }
 }
 
-const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue"];
+const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue", "api"];
 
 impl Reader<'_> {
     fn config(&mut self, table: toml::Table) -> Config {
@@ -227,6 +242,7 @@ impl Reader<'_> {
         let mut jumpcloud = self.section(&mut top, "jumpcloud", true);
         let mut sekoia = self.section(&mut top, "sekoia", true);
         let mut queue = self.section(&mut top, "queue", false);
+        let mut api = self.section(&mut top, "api", false);
         self.unknown_keys(&top, TOP_KEYS);
 
         let jumpcloud = self.jumpcloud(&mut jumpcloud);
@@ -241,12 +257,60 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"10GiB\")",
             );
         }
-        self.unknown_keys(&queue, &["max_bytes"]);
+        let dedup_window =
+            self.duration(&mut queue, "dedup_window", Duration::from_secs(7 * 86_400));
+        self.unknown_keys(&queue, &["max_bytes", "dedup_window"]);
+        let api = self.api(&mut api);
         Config {
             data_dir,
             jumpcloud,
             sekoia,
-            queue: QueueConfig { max_bytes },
+            queue: QueueConfig {
+                max_bytes,
+                dedup_window,
+            },
+            api,
+        }
+    }
+
+    fn api(&mut self, s: &mut Section) -> ApiConfig {
+        let enabled = match s.table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(enabled)) => enabled,
+            Some(other) => {
+                self.problem(s, "enabled", &format!("= {other} must be true or false"));
+                true
+            }
+        };
+        let text = self
+            .string(s, "listen")
+            .unwrap_or_else(|| "127.0.0.1:9464".to_string());
+        let listen = match text.trim().parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn(
+                        s,
+                        "listen",
+                        "is not a loopback address: metrics and status are then reachable from the network \
+                         (admin actions are still refused to other hosts)",
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                self.problem(
+                    s,
+                    "listen",
+                    &format!("= {text:?} is not an address and port such as \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        };
+        let unhealthy_after = self.duration(s, "unhealthy_after", Duration::from_secs(300));
+        self.unknown_keys(s, &["enabled", "listen", "unhealthy_after"]);
+        ApiConfig {
+            listen: listen.filter(|_| enabled),
+            unhealthy_after,
         }
     }
 
@@ -264,6 +328,7 @@ impl Reader<'_> {
             "request_timeout",
             "retry_initial",
             "retry_max",
+            "retention",
         ];
         let base_url = self.url(s, "base_url", "https://api.jumpcloud.com");
         let api_key = self.secret(s, "api_key", "JUMPCLOUD_API_KEY");
@@ -318,6 +383,7 @@ impl Reader<'_> {
             );
         }
         let retry = self.retry(s);
+        let retention = self.duration(s, "retention", Duration::from_secs(90 * 86_400));
         self.unknown_keys(s, KEYS);
         JumpcloudConfig {
             base_url,
@@ -331,6 +397,7 @@ impl Reader<'_> {
             min_request_interval,
             request_timeout,
             retry,
+            retention,
         }
     }
 

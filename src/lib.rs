@@ -2,9 +2,10 @@
 //! to the Sekoia.io HTTP intake, losing none.
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
-//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows,
+//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks.
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabel {
@@ -74,7 +74,7 @@ impl Outcome {
 }
 
 /// The queue's state, read when metrics or status are asked for.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct QueueView {
     pub events: u64,
     pub bytes: u64,
@@ -149,7 +149,7 @@ pub struct Snapshot {
 }
 
 /// Whether the agent is collecting and forwarding normally.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
     pub ok: bool,
     pub reasons: Vec<String>,

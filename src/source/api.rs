@@ -24,7 +24,7 @@ use crate::queue::{event_key, IncomingEvent};
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
 
 /// The request body; `search_after` is the previous page's header, copied verbatim.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct EventsQuery<'a> {
     pub service: &'a [String],
     pub start_time: String,
@@ -117,6 +117,39 @@ impl ApiClient {
             search_after,
             request_id,
         })
+    }
+}
+
+impl ApiClient {
+    /// How many events match `query` (`POST .../events/count`), for progress and backfill sizing.
+    pub async fn count(&self, query: &EventsQuery<'_>) -> Result<u64, FetchError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+            reason: format!("cannot encode the query: {err}"),
+            retry_after: None,
+        })?;
+        let url = format!("{}/count", self.url);
+        let response = self
+            .http
+            .post_json(&url, &self.headers, Bytes::from(body), self.timeout)
+            .await
+            .map_err(|err: HttpError| FetchError::Transient {
+                reason: format!("JumpCloud API at {url} did not answer: {err}"),
+                retry_after: None,
+            })?;
+        if !response.status.is_success() {
+            let request_id = response.header("x-request-id").map(str::to_string);
+            return Err(classify_failure(&response, &url, request_id.as_deref()));
+        }
+        serde_json::from_slice::<Count>(&response.body)
+            .map(|c| c.count)
+            .map_err(|err| FetchError::Transient {
+                reason: format!("JumpCloud sent an unusable count: {err}"),
+                retry_after: None,
+            })
     }
 }
 

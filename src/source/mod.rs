@@ -14,6 +14,7 @@
 //! - When the queue is over its size limit, polling pauses; nothing is dropped.
 
 pub mod api;
+pub mod backfill;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct Poller {
     pub api: ApiClient,
     pub queue: Queue,
     pub max_queue_bytes: u64,
+    /// How long event ids are remembered (`queue.dedup_window`).
+    pub dedup_window: Duration,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -189,10 +192,11 @@ impl Poller {
             let queue = self.queue.clone();
             let stream = self.stream.clone();
             let events = page.events;
-            let outcome =
-                tokio::task::spawn_blocking(move || queue.commit_page(&stream, &events, cursor))
-                    .await
-                    .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
+            let outcome = tokio::task::spawn_blocking(move || {
+                queue.commit_page(&stream, &events, Some(cursor))
+            })
+            .await
+            .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
             self.queue.flush().await?;
             self.metrics
                 .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
@@ -224,9 +228,11 @@ impl Poller {
         Ok(())
     }
 
-    /// Forgets dedup entries too old to be read again.
+    /// Forgets dedup entries too old to be read again: older than the overlap window (plus a margin)
+    /// and than `queue.dedup_window`.
     async fn prune(&self, watermark_ns: i64) -> Result<(), QueueError> {
-        let cutoff = watermark_ns - (self.config.overlap + DEDUP_MARGIN).as_nanos() as i64;
+        let keep = (self.config.overlap + DEDUP_MARGIN).max(self.dedup_window);
+        let cutoff = watermark_ns.saturating_sub(keep.as_nanos() as i64);
         let queue = self.queue.clone();
         let stream = self.stream.clone();
         tokio::task::spawn_blocking(move || {
