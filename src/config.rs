@@ -151,14 +151,17 @@ pub struct Loaded {
 impl Config {
     /// Reads and checks the file at `path`, resolving `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
-            file: file.clone(),
-            problems: vec![format!(
-                "cannot read the file: {err} (pass the right path with --config)"
-            )],
-        })?;
+        let (text, file) = read_file(path)?;
         Config::parse(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], for commands that never use the secrets (`status`, `dead-letter`): an unset
+    /// variable is not an error there, so they work without the service's environment file.
+    pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let (text, file) = read_file(path)?;
+        Config::parse(&text, &file, &|name| {
+            Some(std::env::var(name).unwrap_or_else(|_| "unset".to_string()))
+        })
     }
 
     /// Parses configuration text; `env` resolves `${VAR}` references. `file` names the source in messages.
@@ -188,6 +191,19 @@ impl Config {
                 problems: reader.problems,
             })
         }
+    }
+}
+
+fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(err) => Err(ConfigErrors {
+            file,
+            problems: vec![format!(
+                "cannot read the file: {err} (pass the right path with --config)"
+            )],
+        }),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod normalize;
+pub mod ops;
 pub mod queue;
 pub mod shutdown;
 pub mod sink;

@@ -247,3 +247,24 @@ fn normalize_subcommand_streams_documents_and_reports_bad_lines() {
     assert_eq!(docs[0], sample["expected"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("<stdin>:2:"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_without_secrets() {
+    let h = Harness::new().await;
+    let wrong = "wrong-api-key-json-5c2d";
+    let log = run_until(
+        &h,
+        &[("JC_KEY", wrong), ("JCDI_FORWARDER_LOG_FORMAT", "json")],
+        || h.api.requests() >= 1,
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "ERROR"
+        && l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("JumpCloud rejected the API key"))));
+    assert!(!log.contains(wrong) && !log.contains(API_KEY) && !log.contains(INTAKE_KEY));
+}
