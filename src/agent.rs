@@ -8,11 +8,12 @@
 //! committed for it), the forwarder finishes or abandons its request within its grace period, and the queue
 //! is flushed before [`run`] returns. Every part is given [`STOP_DEADLINE`] at most.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
@@ -82,12 +83,16 @@ pub async fn run(
         n => (config.queue.max_bytes / n).max(1),
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let mut admin_api = None;
     for (stream, tag) in config.streams.iter().zip(tags) {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
             .map_err(anyhow::Error::msg)?;
         let intake_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
             .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
+        if admin_api.is_none() {
+            admin_api = Some(api.clone());
+        }
         let share = Arc::new(StreamShare::new(
             share_limit,
             usage.get(&tag).copied().unwrap_or(0),
@@ -108,6 +113,7 @@ pub async fn run(
             queue: queue.clone(),
             max_queue_bytes: config.queue.max_bytes,
             share: share.clone(),
+            dedup_window: config.queue.dedup_window,
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
         };
@@ -125,6 +131,30 @@ pub async fn run(
         };
         tasks.spawn(poller.run(shutdown.clone()));
         tasks.spawn(forwarder.run(shutdown.clone()));
+    }
+    // The local endpoint's backfill works on the first stream (the only one in the single-section form).
+    let Some(admin_api) = admin_api else {
+        return Err(anyhow::anyhow!("the configuration has no stream"));
+    };
+    if let Some(listen) = config.api.listen {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {listen} for metrics and status: {err} (another agent running? \
+                 set [api] listen to a free port, or enabled = false)"
+            )
+        })?;
+        // Port 0 picks a free port (the demo uses it): log the real one.
+        let listen = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%listen, "metrics on http://{listen}/metrics, health on /health, status on /status");
+        let state = Arc::new(AdminState {
+            config: config.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            api: admin_api,
+            shutdown: shutdown.clone(),
+            backfill: Mutex::new(None),
+        });
+        tasks.spawn(crate::admin::serve(listener, state));
     }
 
     // The parts run until shutdown; one that ends before it has failed (a bug): stop the rest, flush,

@@ -61,6 +61,16 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Every stream, in file order; never empty after a successful parse.
     pub streams: Vec<StreamConfig>,
+    pub api: ApiConfig,
+}
+
+/// The `[api]` section: the local HTTP endpoint for metrics, health, status and admin actions.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `None` when turned off (`enabled = false`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/health` turns 503 when a poller or the forwarder has been failing for longer than this.
+    pub unhealthy_after: Duration,
 }
 
 /// One JumpCloud organization polled into the queue, and the intake its events go to.
@@ -91,6 +101,8 @@ pub struct JumpcloudConfig {
     pub request_timeout: Duration,
     pub retry: RetryConfig,
     pub transport: Transport,
+    /// How long JumpCloud keeps events (90 days; 15 on the lowest plan): backfills cannot reach further.
+    pub retention: Duration,
 }
 
 /// How a stream authenticates to JumpCloud.
@@ -175,6 +187,9 @@ pub struct QueueConfig {
     /// streams, each stream may hold at most its equal share of it (so that one stalled or noisy
     /// organization cannot fill the queue for the others).
     pub max_bytes: u64,
+    /// How long event ids are remembered for deduplication (at least `overlap` plus an hour is kept
+    /// whatever this says). A backfill within this window sends nothing twice.
+    pub dedup_window: Duration,
 }
 
 /// A secret value (API key, intake key, client secret, proxy URL). It is printed as `***` everywhere.
@@ -240,14 +255,17 @@ pub struct Loaded {
 impl Config {
     /// Reads and checks the file at `path`, resolving `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
-            file: file.clone(),
-            problems: vec![format!(
-                "cannot read the file: {err} (pass the right path with --config)"
-            )],
-        })?;
+        let (text, file) = read_file(path)?;
         Config::parse(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], for commands that never use the secrets (`status`, `dead-letter`): an unset
+    /// variable is not an error there, so they work without the service's environment file.
+    pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let (text, file) = read_file(path)?;
+        Config::parse(&text, &file, &|name| {
+            Some(std::env::var(name).unwrap_or_else(|_| "unset".to_string()))
+        })
     }
 
     /// Parses configuration text; `env` resolves `${VAR}` references. `file` names the source in messages.
@@ -278,6 +296,19 @@ impl Config {
                 problems: reader.problems,
             })
         }
+    }
+}
+
+fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(err) => Err(ConfigErrors {
+            file,
+            problems: vec![format!(
+                "cannot read the file: {err} (pass the right path with --config)"
+            )],
+        }),
     }
 }
 
@@ -333,7 +364,7 @@ impl Section {
     }
 }
 
-const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue", "streams"];
+const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue", "streams", "api"];
 
 const JUMPCLOUD_KEYS: &[&str] = &[
     "region",
@@ -356,6 +387,7 @@ const JUMPCLOUD_KEYS: &[&str] = &[
     "retry_max",
     "proxy",
     "ca_file",
+    "retention",
 ];
 
 const SEKOIA_KEYS: &[&str] = &[
@@ -387,6 +419,7 @@ impl Reader<'_> {
         let mut jumpcloud = self.section(&mut top, "jumpcloud", !several);
         let mut sekoia = self.section(&mut top, "sekoia", !several);
         let mut queue = self.section(&mut top, "queue", false);
+        let mut api = self.section(&mut top, "api", false);
         self.unknown_keys(&top, TOP_KEYS);
 
         // Named destinations are the sub-tables of [sekoia]; what remains are its own keys.
@@ -456,7 +489,10 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"10GiB\")",
             );
         }
-        self.unknown_keys(&queue, &["max_bytes"]);
+        let dedup_window =
+            self.duration(&mut queue, "dedup_window", Duration::from_secs(7 * 86_400));
+        self.unknown_keys(&queue, &["max_bytes", "dedup_window"]);
+        let api = self.api(&mut api);
         let (first_jumpcloud, first_sekoia) = match streams.first() {
             Some(first) => (first.jumpcloud.clone(), first.sekoia.clone()),
             None => (jumpcloud, sekoia),
@@ -465,8 +501,53 @@ impl Reader<'_> {
             data_dir,
             jumpcloud: first_jumpcloud,
             sekoia: first_sekoia,
-            queue: QueueConfig { max_bytes },
+            queue: QueueConfig {
+                max_bytes,
+                dedup_window,
+            },
+            api,
             streams,
+        }
+    }
+
+    fn api(&mut self, s: &mut Section) -> ApiConfig {
+        let enabled = match s.table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(enabled)) => enabled,
+            Some(other) => {
+                self.problem(s, "enabled", &format!("= {other} must be true or false"));
+                true
+            }
+        };
+        let text = self
+            .string(s, "listen")
+            .unwrap_or_else(|| "127.0.0.1:9464".to_string());
+        let listen = match text.trim().parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn(
+                        s,
+                        "listen",
+                        "is not a loopback address: metrics and status are then reachable from the network \
+                         (admin actions are still refused to other hosts)",
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                self.problem(
+                    s,
+                    "listen",
+                    &format!("= {text:?} is not an address and port such as \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        };
+        let unhealthy_after = self.duration(s, "unhealthy_after", Duration::from_secs(300));
+        self.unknown_keys(s, &["enabled", "listen", "unhealthy_after"]);
+        ApiConfig {
+            listen: listen.filter(|_| enabled),
+            unhealthy_after,
         }
     }
 
@@ -628,6 +709,7 @@ impl Reader<'_> {
                 max: Duration::from_secs(60),
             },
             transport: Transport::direct(),
+            retention: Duration::from_secs(90 * 86_400),
         };
         let base = base.unwrap_or(&defaults);
         let region_url = self.string(s, "region").and_then(|region| {
@@ -736,6 +818,7 @@ impl Reader<'_> {
             );
         }
         let retry = self.retry(s, base.retry);
+        let retention = self.duration(s, "retention", base.retention);
         let transport = self.transport(s, base);
         let mut known = JUMPCLOUD_KEYS.to_vec();
         known.extend_from_slice(extra_keys);
@@ -754,6 +837,7 @@ impl Reader<'_> {
             request_timeout,
             retry,
             transport,
+            retention,
         }
     }
 

@@ -33,7 +33,9 @@ const FORMAT_VERSION: u8 = 1;
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
 const KEY_OUT: &[u8] = b"stats/out";
+/// (events ever dead-lettered, events since retried or purged): the store holds the difference.
 const KEY_DEAD: &[u8] = b"stats/dead";
+const KEY_LAST_ACK: &[u8] = b"stats/last_ack_ms";
 
 /// sled's page cache; its 1 GiB default would make RSS grow with the database.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -140,7 +142,8 @@ struct Counters {
     in_bytes: AtomicU64,
     out_events: AtomicU64,
     out_bytes: AtomicU64,
-    dead: AtomicU64,
+    dead_in: AtomicU64,
+    dead_out: AtomicU64,
 }
 
 /// The durable queue. Cheap to clone; one per process (sled allows one `Db` per folder).
@@ -190,13 +193,14 @@ impl Queue {
         };
         let (in_events, in_bytes) = read_pair(queue.meta.get(KEY_IN)?);
         let (out_events, out_bytes) = read_pair(queue.meta.get(KEY_OUT)?);
-        let (dead, _) = read_pair(queue.meta.get(KEY_DEAD)?);
+        let (dead_in, dead_out) = read_pair(queue.meta.get(KEY_DEAD)?);
         let c = &queue.counters;
         c.in_events.store(in_events, Ordering::Relaxed);
         c.in_bytes.store(in_bytes, Ordering::Relaxed);
         c.out_events.store(out_events, Ordering::Relaxed);
         c.out_bytes.store(out_bytes, Ordering::Relaxed);
-        c.dead.store(dead, Ordering::Relaxed);
+        c.dead_in.store(dead_in, Ordering::Relaxed);
+        c.dead_out.store(dead_out, Ordering::Relaxed);
         Ok(queue)
     }
 
@@ -219,7 +223,7 @@ impl Queue {
         &self,
         stream: &str,
         events: &[IncomingEvent],
-        cursor: Cursor,
+        cursor: Option<Cursor>,
     ) -> Result<CommitOutcome, QueueError> {
         let tag = stream_tag(stream);
         let now = now_ms();
@@ -241,7 +245,9 @@ impl Queue {
                 event.raw.len() as u64,
             ));
         }
-        let cursor_bytes = bincode::serialize(&cursor)
+        let cursor_bytes = cursor
+            .map(|cursor| bincode::serialize(&cursor))
+            .transpose()
             .map_err(|err| QueueError::Damaged(format!("cannot encode a cursor: {err}")))?;
         let cursor_key = cursor_key(stream);
 
@@ -266,7 +272,9 @@ impl Queue {
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
-                meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
+                if let Some(cursor_bytes) = &cursor_bytes {
+                    meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
+                }
                 Ok::<_, ConflictableTransactionError<QueueError>>((outcome, (in_events, in_bytes)))
             },
         )?;
@@ -308,6 +316,7 @@ impl Queue {
 
     /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
     pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
+        let now = now_ms();
         let totals = (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
             let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
             for seq in seqs {
@@ -317,6 +326,7 @@ impl Queue {
                 }
             }
             meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+            meta_tx.insert(KEY_LAST_ACK, &now.to_be_bytes()[..])?;
             Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
         })?;
         self.counters
@@ -344,7 +354,7 @@ impl Queue {
         let totals = (&self.events, &self.dead, &self.meta).transaction(
             |(events_tx, dead_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
-                let (mut dead, _) = read_pair(meta_tx.get(KEY_DEAD)?);
+                let (mut dead, dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 if let Some(old) = events_tx.remove(&key[..])? {
                     out_events += 1;
                     out_bytes += raw_len(&old);
@@ -352,7 +362,7 @@ impl Queue {
                     dead_tx.insert(&key[..], &record[..])?;
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
-                meta_tx.insert(KEY_DEAD, &pair_bytes(dead, 0)[..])?;
+                meta_tx.insert(KEY_DEAD, &pair_bytes(dead, dead_out)[..])?;
                 Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes, dead))
             },
         )?;
@@ -362,7 +372,7 @@ impl Queue {
         self.counters
             .out_bytes
             .fetch_max(totals.1, Ordering::Relaxed);
-        self.counters.dead.fetch_max(totals.2, Ordering::Relaxed);
+        self.counters.dead_in.fetch_max(totals.2, Ordering::Relaxed);
         Ok(())
     }
 
@@ -382,6 +392,102 @@ impl Queue {
                 Ok(letter)
             })
             .collect()
+    }
+
+    /// Every stream's cursor, by stream name.
+    pub fn cursors(&self) -> Result<Vec<(String, Cursor)>, QueueError> {
+        self.meta
+            .scan_prefix(b"cursor/")
+            .map(|entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[b"cursor/".len()..]).into_owned();
+                let cursor = bincode::deserialize(&value).map_err(|err| {
+                    QueueError::Damaged(format!("cursor of stream {name}: {err}"))
+                })?;
+                Ok((name, cursor))
+            })
+            .collect()
+    }
+
+    /// When the intake last acknowledged a batch (milliseconds since the epoch).
+    pub fn last_ack_ms(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self.meta.get(KEY_LAST_ACK)?.map(|v| read_u64(Some(v))))
+    }
+
+    /// Moves every dead letter back to the tail of the queue, to be sent again (for example after the
+    /// intake's limit was raised). Returns how many were moved.
+    pub fn retry_dead_letters(&self) -> Result<u64, QueueError> {
+        let letters = self.dead_letters()?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut prepared = Vec::with_capacity(letters.len());
+        for letter in &letters {
+            let envelope = Envelope {
+                version: FORMAT_VERSION,
+                stream: letter.stream,
+                timestamp_ns: letter.timestamp_ns,
+                queued_at_ms: now,
+                raw: &letter.raw,
+            };
+            let record = bincode::serialize(&envelope)
+                .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
+            prepared.push((letter.seq.to_be_bytes(), record, letter.raw.len() as u64));
+        }
+        let (moved, totals, dead_out) = (&self.events, &self.dead, &self.meta).transaction(
+            |(events_tx, dead_tx, meta_tx)| {
+                let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
+                let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
+                let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
+                let mut moved = 0;
+                for (dead_key, record, bytes) in &prepared {
+                    if dead_tx.remove(&dead_key[..])?.is_none() {
+                        continue;
+                    }
+                    events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
+                    seq += 1;
+                    in_events += 1;
+                    in_bytes += bytes;
+                    dead_out += 1;
+                    moved += 1;
+                }
+                meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
+                meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
+                meta_tx.insert(KEY_DEAD, &pair_bytes(dead_in, dead_out)[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((
+                    moved,
+                    (in_events, in_bytes),
+                    dead_out,
+                ))
+            },
+        )?;
+        let c = &self.counters;
+        c.in_events.fetch_max(totals.0, Ordering::Relaxed);
+        c.in_bytes.fetch_max(totals.1, Ordering::Relaxed);
+        c.dead_out.fetch_max(dead_out, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// Deletes every dead letter for good. Returns how many were deleted.
+    pub fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        let keys: Vec<sled::IVec> = self.dead.iter().keys().collect::<Result<_, _>>()?;
+        let (purged, dead_out) = (&self.dead, &self.meta).transaction(|(dead_tx, meta_tx)| {
+            let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
+            let mut purged = 0;
+            for key in &keys {
+                if dead_tx.remove(key)?.is_some() {
+                    purged += 1;
+                    dead_out += 1;
+                }
+            }
+            meta_tx.insert(KEY_DEAD, &pair_bytes(dead_in, dead_out)[..])?;
+            Ok::<_, ConflictableTransactionError<QueueError>>((purged, dead_out))
+        })?;
+        self.counters
+            .dead_out
+            .fetch_max(dead_out, Ordering::Relaxed);
+        Ok(purged)
     }
 
     /// Forgets dedup entries of `stream` for events older than `before_ns`, at most `limit` of them.
@@ -426,7 +532,10 @@ impl Queue {
 
     /// How many events were ever dead-lettered and are still kept.
     pub fn dead_letter_count(&self) -> u64 {
-        self.counters.dead.load(Ordering::Relaxed)
+        let c = &self.counters;
+        c.dead_in
+            .load(Ordering::Relaxed)
+            .saturating_sub(c.dead_out.load(Ordering::Relaxed))
     }
 
     /// When the event at the head was queued (milliseconds since the epoch), if the queue is not empty.
@@ -625,7 +734,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
         let page = vec![event("a", 1), event("b", 2), event("a", 1)];
-        let outcome = q.commit_page("s", &page, cursor(5)).unwrap();
+        let outcome = q.commit_page("s", &page, Some(cursor(5))).unwrap();
         assert_eq!(
             outcome,
             CommitOutcome {
@@ -634,7 +743,7 @@ mod tests {
                 queued_bytes: (page[0].raw.len() + page[1].raw.len()) as u64,
             }
         );
-        let again = q.commit_page("s", &page[..2], cursor(6)).unwrap();
+        let again = q.commit_page("s", &page[..2], Some(cursor(6))).unwrap();
         assert_eq!(
             again,
             CommitOutcome {
@@ -646,7 +755,12 @@ mod tests {
         assert_eq!(q.cursor("s").unwrap(), Some(cursor(6)));
         assert_eq!(q.depth().events, 2);
         // Another stream has its own dedup scope.
-        assert_eq!(q.commit_page("t", &page[..1], cursor(1)).unwrap().queued, 1);
+        assert_eq!(
+            q.commit_page("t", &page[..1], Some(cursor(1)))
+                .unwrap()
+                .queued,
+            1
+        );
     }
 
     #[test]
@@ -655,7 +769,7 @@ mod tests {
         {
             let q = Queue::open(dir.path()).unwrap();
             let page: Vec<_> = (0..10).map(|i| event(&format!("e{i}"), i)).collect();
-            q.commit_page("s", &page, cursor(10)).unwrap();
+            q.commit_page("s", &page, Some(cursor(10))).unwrap();
             let batch = q.read_batch(None, 4, 1 << 20).unwrap();
             assert_eq!(batch.len(), 4);
             assert_eq!(batch[0].raw, page[0].raw);
@@ -672,6 +786,18 @@ mod tests {
         assert_eq!(q.dead_letter_count(), 1);
         assert_eq!(q.dead_letters().unwrap()[0].reason, "too big");
         assert_eq!(q.read_batch(None, 100, 1 << 20).unwrap().len(), 5);
+        assert_eq!(q.cursors().unwrap(), vec![("s".to_string(), cursor(10))]);
+        assert!(q.last_ack_ms().unwrap().is_some());
+        // Retry puts the dead letter back at the tail; purge then has nothing left.
+        assert_eq!(q.retry_dead_letters().unwrap(), 1);
+        assert_eq!(q.dead_letter_count(), 0);
+        assert_eq!(q.depth().events, 6);
+        let all = q.read_batch(None, 100, 1 << 20).unwrap();
+        assert_eq!(all.last().unwrap().raw, event("e4", 4).raw);
+        q.dead_letter(&all[0], "again").unwrap();
+        assert_eq!(q.purge_dead_letters().unwrap(), 1);
+        assert_eq!(q.dead_letter_count(), 0);
+        assert!(q.dead_letters().unwrap().is_empty());
     }
 
     #[test]
@@ -702,7 +828,7 @@ mod tests {
     fn byte_limit_keeps_at_least_one_event() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        q.commit_page("s", &[event("a", 1), event("b", 2)], cursor(3))
+        q.commit_page("s", &[event("a", 1), event("b", 2)], Some(cursor(3)))
             .unwrap();
         assert_eq!(q.read_batch(None, 10, 1).unwrap().len(), 1);
     }
@@ -711,12 +837,20 @@ mod tests {
     fn pruning_forgets_old_entries_only() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        q.commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
-            .unwrap();
+        q.commit_page(
+            "s",
+            &[event("old", -5), event("new", 100)],
+            Some(cursor(200)),
+        )
+        .unwrap();
         assert_eq!(q.prune_dedup("s", 50, 1000).unwrap(), 1);
         // The old event is forgotten (queued again), the new one still deduplicated.
         let outcome = q
-            .commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
+            .commit_page(
+                "s",
+                &[event("old", -5), event("new", 100)],
+                Some(cursor(200)),
+            )
             .unwrap();
         assert_eq!((outcome.queued, outcome.duplicates), (1, 1));
     }
@@ -725,10 +859,12 @@ mod tests {
     fn reading_by_stream_skips_the_others_and_reports_how_far_it_looked() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        q.commit_page("a", &[event("a1", 1), event("a2", 2)], cursor(3))
+        q.commit_page("a", &[event("a1", 1), event("a2", 2)], Some(cursor(3)))
             .unwrap();
-        q.commit_page("b", &[event("b1", 1)], cursor(3)).unwrap();
-        q.commit_page("a", &[event("a3", 3)], cursor(4)).unwrap();
+        q.commit_page("b", &[event("b1", 1)], Some(cursor(3)))
+            .unwrap();
+        q.commit_page("a", &[event("a3", 3)], Some(cursor(4)))
+            .unwrap();
         let (b, upto) = q
             .read_stream_batch(stream_tag("b"), None, 10, 1 << 20, 1000)
             .unwrap();

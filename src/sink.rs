@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RepeatFilter};
 use crate::queue::{Queue, QueueError, QueuedEvent};
 use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
@@ -146,12 +146,12 @@ impl Forwarder {
         let mut pending = vec![batch];
         let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
+        let mut repeats = RepeatFilter::default();
         while let Some(chunk) = pending.pop() {
             loop {
                 let outcome = self.send(&chunk, shutdown).await?;
                 match outcome {
                     SendOutcome::Accepted => {
-                        Metrics::add(&self.metrics.intake_requests_ok, 1);
                         let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
                         let queue = self.queue.clone();
                         tokio::task::spawn_blocking(move || queue.ack(&seqs))
@@ -165,14 +165,13 @@ impl Forwarder {
                         self.stream
                             .share
                             .remove(chunk.iter().map(|e| e.raw.len() as u64).sum());
-                        Metrics::add(&self.metrics.events_forwarded, chunk.len() as u64);
-                        Metrics::set_error(&self.metrics.last_send_error, None);
+                        self.metrics.send_succeeded(chunk.len() as u64);
+                        repeats.reset();
                         retry.reset();
                         rejected.reset();
                         break;
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         self.dead_letter(
                             &chunk[0],
                             "the intake refused the event alone with 413 (too large)",
@@ -181,7 +180,6 @@ impl Forwarder {
                         break;
                     }
                     SendOutcome::TooLarge => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         tracing::info!(
                             events = chunk.len(),
                             "the intake said 413: splitting the batch in two"
@@ -197,25 +195,28 @@ impl Forwarder {
                         reason,
                         retry_after,
                     } => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                         let wait = retry_after.map_or(wait, |hint| hint.max(wait));
-                        tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, "sending failed, will retry: {reason}");
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
+                        }
+                        self.metrics.send_failed(&reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
                     }
                     SendOutcome::Rejected(reason) => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
-                        tracing::error!(
-                            stream = %self.stream.name,
-                            queued_events = self.queue.depth().events,
-                            retry_in = ?wait,
-                            "{reason}; every event stays queued until it is fixed"
-                        );
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::error!(
+                                stream = %self.stream.name,
+                                queued_events = self.queue.depth().events,
+                                retry_in = ?wait,
+                                repeats = held_back,
+                                "{reason}; every event stays queued until it is fixed"
+                            );
+                        }
+                        self.metrics.send_failed(&reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
@@ -239,6 +240,7 @@ impl Forwarder {
             .http
             .post_json(&url, &[], body, self.config.request_timeout);
         tokio::pin!(request);
+        let asked = std::time::Instant::now();
         let result = tokio::select! {
             result = &mut request => result,
             _ = shutdown.wait() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut request).await {
@@ -249,15 +251,16 @@ impl Forwarder {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
+                self.metrics.intake_request(Outcome::Retry, asked.elapsed());
                 return Ok(SendOutcome::Transient {
                     reason: format!("Sekoia.io intake at {url} did not answer: {err}"),
                     retry_after: None,
-                })
+                });
             }
         };
         let status = response.status;
         let said = response.body_excerpt();
-        Ok(match status {
+        let outcome = match status {
             s if s.is_success() => SendOutcome::Accepted,
             StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
@@ -277,7 +280,15 @@ impl Forwarder {
                 reason: format!("Sekoia.io intake answered {status}: {said}"),
                 retry_after: response.retry_after(),
             },
-        })
+        };
+        let label = match &outcome {
+            SendOutcome::Accepted => Outcome::Ok,
+            SendOutcome::TooLarge => Outcome::TooLarge,
+            SendOutcome::Transient { .. } => Outcome::Retry,
+            SendOutcome::Rejected(_) => Outcome::Rejected,
+        };
+        self.metrics.intake_request(label, asked.elapsed());
+        Ok(outcome)
     }
 
     /// The setting that holds this destination's key, for messages.
@@ -304,7 +315,7 @@ impl Forwarder {
             .await
             .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
         self.stream.share.remove(bytes);
-        Metrics::add(&self.metrics.events_dead_lettered, 1);
+        self.metrics.dead_lettered();
         Ok(())
     }
 }

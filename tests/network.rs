@@ -27,8 +27,12 @@ const FAST: &str = "poll_interval = \"1s\"\npage_size = 100\ninitial_lookback = 
                     min_request_interval = \"0s\"\nretry_initial = \"100ms\"\nretry_max = \"500ms\"\n";
 const FAST_SEND: &str = "retry_initial = \"100ms\"\nretry_max = \"500ms\"\n";
 
+/// The local metrics endpoint is turned off: tests run in parallel and would all want its port.
+const NO_ENDPOINT: &str = "\n[api]\nenabled = false\n";
+
 fn parse_with(text: &str, env: &HashMap<&str, String>) -> Config {
-    let loaded = Config::parse(text, "test", &|name| env.get(name).cloned())
+    let text = format!("{text}{NO_ENDPOINT}");
+    let loaded = Config::parse(&text, "test", &|name| env.get(name).cloned())
         .unwrap_or_else(|err| panic!("test config is invalid: {err}"));
     loaded.config
 }
@@ -499,7 +503,7 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     let text = format!(
         "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\norg_id = \"{ORG_A}\"\nclient_id = \"svc-client\"\n\
          client_secret_file = {:?}\ntoken_url = \"{}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}",
+         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}{NO_ENDPOINT}",
         queue_dir(&dir),
         api.base_url(),
         secret_path.display().to_string(),

@@ -29,7 +29,7 @@ use super::oauth::TokenSource;
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
 
 /// The request body; `search_after` is the previous page's header, copied verbatim.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct EventsQuery<'a> {
     pub service: &'a [String],
     pub start_time: String,
@@ -136,36 +136,7 @@ impl ApiClient {
                 retry_after: None,
             })?,
         );
-        let mut renewed = false;
-        let response = loop {
-            let mut headers = self.headers.clone();
-            let bearer = match &self.tokens {
-                Some(tokens) => {
-                    let bearer = tokens.bearer().await?;
-                    headers.push((http::header::AUTHORIZATION, bearer.clone()));
-                    Some(bearer)
-                }
-                None => None,
-            };
-            let response = self
-                .http
-                .post_json(&self.url, &headers, body.clone(), self.timeout)
-                .await
-                .map_err(|err: HttpError| FetchError::Transient {
-                    reason: format!("JumpCloud API at {} did not answer: {err}", self.url),
-                    retry_after: None,
-                })?;
-            match (&self.tokens, bearer) {
-                (Some(tokens), Some(bearer))
-                    if response.status == StatusCode::UNAUTHORIZED && !renewed =>
-                {
-                    tracing::info!(section = %self.section, "JumpCloud refused the service account's token (401): getting a new one");
-                    tokens.refused(&bearer).await;
-                    renewed = true;
-                }
-                _ => break response,
-            }
-        };
+        let response = self.post(&self.url, body).await?;
         let request_id = response.header("x-request-id").map(str::to_string);
         if !response.status.is_success() {
             return Err(classify_failure(
@@ -182,6 +153,73 @@ impl ApiClient {
             search_after,
             request_id,
         })
+    }
+
+    /// POSTs `body` with the stream's credentials. A service account's request refused with 401 is sent
+    /// once more with a new token.
+    async fn post(&self, url: &str, body: Bytes) -> Result<Response, FetchError> {
+        let mut renewed = false;
+        loop {
+            let mut headers = self.headers.clone();
+            let bearer = match &self.tokens {
+                Some(tokens) => {
+                    let bearer = tokens.bearer().await?;
+                    headers.push((http::header::AUTHORIZATION, bearer.clone()));
+                    Some(bearer)
+                }
+                None => None,
+            };
+            let response = self
+                .http
+                .post_json(url, &headers, body.clone(), self.timeout)
+                .await
+                .map_err(|err: HttpError| FetchError::Transient {
+                    reason: format!("JumpCloud API at {url} did not answer: {err}"),
+                    retry_after: None,
+                })?;
+            match (&self.tokens, bearer) {
+                (Some(tokens), Some(bearer))
+                    if response.status == StatusCode::UNAUTHORIZED && !renewed =>
+                {
+                    tracing::info!(section = %self.section, "JumpCloud refused the service account's token (401): getting a new one");
+                    tokens.refused(&bearer).await;
+                    renewed = true;
+                }
+                _ => return Ok(response),
+            }
+        }
+    }
+}
+
+impl ApiClient {
+    /// How many events match `query` (`POST .../events/count`), for progress and backfill sizing.
+    pub async fn count(&self, query: &EventsQuery<'_>) -> Result<u64, FetchError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+            reason: format!("cannot encode the query: {err}"),
+            retry_after: None,
+        })?;
+        let url = format!("{}/count", self.url);
+        let response = self.post(&url, Bytes::from(body)).await?;
+        if !response.status.is_success() {
+            let request_id = response.header("x-request-id").map(str::to_string);
+            return Err(classify_failure(
+                &response,
+                &url,
+                request_id.as_deref(),
+                &self.section,
+                self.tokens.is_some(),
+            ));
+        }
+        serde_json::from_slice::<Count>(&response.body)
+            .map(|c| c.count)
+            .map_err(|err| FetchError::Transient {
+                reason: format!("JumpCloud sent an unusable count: {err}"),
+                retry_after: None,
+            })
     }
 }
 

@@ -15,6 +15,7 @@
 //!   pauses; nothing is dropped.
 
 pub mod api;
+pub mod backfill;
 pub mod oauth;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use backoff::ExponentialBackoff;
 use tokio::sync::Notify;
 
 use crate::config::{JumpcloudConfig, RetryConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RepeatFilter};
 use crate::queue::{now_ms, Cursor, Queue, QueueError};
 use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
@@ -43,6 +44,8 @@ pub struct Poller {
     pub max_queue_bytes: u64,
     /// This stream's share of the queue (with several streams; unlimited with one).
     pub share: Arc<StreamShare>,
+    /// How long event ids are remembered (`queue.dedup_window`).
+    pub dedup_window: Duration,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -67,6 +70,7 @@ impl Poller {
         let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
         let mut paused = false;
+        let mut repeats = RepeatFilter::default();
         let mut last_request: Option<Instant> = None;
         while !shutdown.is_triggered() {
             if self.queue_full() {
@@ -81,7 +85,7 @@ impl Poller {
                          until the forwarder drains it; nothing is dropped (JumpCloud keeps events for 90 days)"
                     );
                     paused = true;
-                    Metrics::add(&self.metrics.polls_paused_queue_full, 1);
+                    self.metrics.poll_paused(&self.stream);
                 }
                 if !shutdown.sleep(Duration::from_secs(1)).await {
                     break;
@@ -96,15 +100,17 @@ impl Poller {
                 Ok(()) => {
                     retry.reset();
                     rejected.reset();
-                    Metrics::set_error(&self.metrics.last_poll_error, None);
-                    Metrics::add(&self.metrics.polls_completed, 1);
+                    self.metrics.poll_succeeded(&self.stream);
+                    repeats.reset();
                     self.config.poll_interval
                 }
                 Err(PollError::Shutdown) => break,
                 Err(PollError::Fetch(FetchError::Rejected(reason))) => {
                     let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
-                    tracing::error!(stream = %self.stream, retry_in = ?wait, "{reason}; events already queued are still forwarded");
-                    Metrics::set_error(&self.metrics.last_poll_error, Some(reason));
+                    if let Some(held_back) = repeats.check(&reason) {
+                        tracing::error!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "{reason}; events already queued are still forwarded");
+                    }
+                    self.metrics.poll_failed(&self.stream, &reason);
                     wait
                 }
                 Err(err) => {
@@ -115,8 +121,10 @@ impl Poller {
                     let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                     let wait = hinted.map_or(wait, |hint| hint.max(wait));
                     let reason = err.to_string();
-                    tracing::warn!(stream = %self.stream, retry_in = ?wait, "poll failed: {reason}");
-                    Metrics::set_error(&self.metrics.last_poll_error, Some(reason));
+                    if let Some(held_back) = repeats.check(&reason) {
+                        tracing::warn!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "poll failed: {reason}");
+                    }
+                    self.metrics.poll_failed(&self.stream, &reason);
                     wait
                 }
             };
@@ -158,21 +166,20 @@ impl Poller {
                 sort: "ASC",
                 search_after: search_after.as_deref(),
             };
+            let asked = Instant::now();
             let fetched = tokio::select! {
                 page = self.api.fetch(&query, poll_started_ns) => page,
                 // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
                 _ = shutdown.wait() => return Err(PollError::Shutdown),
             };
-            let page = match fetched {
-                Ok(page) => {
-                    Metrics::add(&self.metrics.api_requests_ok, 1);
-                    page
-                }
-                Err(err) => {
-                    Metrics::add(&self.metrics.api_requests_failed, 1);
-                    return Err(err.into());
-                }
+            let outcome = match &fetched {
+                Ok(_) => Outcome::Ok,
+                Err(FetchError::Rejected(_)) => Outcome::Rejected,
+                Err(FetchError::Transient { .. }) => Outcome::Retry,
             };
+            self.metrics
+                .api_request(&self.stream, outcome, asked.elapsed());
+            let page = fetched?;
             let polled = page.events.len() as u64;
             watermark = if page.full {
                 let last_ms = page
@@ -192,15 +199,15 @@ impl Poller {
             let queue = self.queue.clone();
             let stream = self.stream.clone();
             let events = page.events;
-            let outcome =
-                tokio::task::spawn_blocking(move || queue.commit_page(&stream, &events, cursor))
-                    .await
-                    .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
+            let outcome = tokio::task::spawn_blocking(move || {
+                queue.commit_page(&stream, &events, Some(cursor))
+            })
+            .await
+            .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
             self.queue.flush().await?;
             self.share.add(outcome.queued_bytes);
-            Metrics::add(&self.metrics.events_polled, polled);
-            Metrics::add(&self.metrics.events_queued, outcome.queued);
-            Metrics::add(&self.metrics.events_deduplicated, outcome.duplicates);
+            self.metrics
+                .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
             if outcome.queued > 0 {
                 self.forwarder_wake.notify_one();
             }
@@ -234,9 +241,11 @@ impl Poller {
         self.queue.depth().bytes >= self.max_queue_bytes || self.share.is_full()
     }
 
-    /// Forgets dedup entries too old to be read again.
+    /// Forgets dedup entries too old to be read again: older than the overlap window (plus a margin)
+    /// and than `queue.dedup_window`.
     async fn prune(&self, watermark_ns: i64) -> Result<(), QueueError> {
-        let cutoff = watermark_ns - (self.config.overlap + DEDUP_MARGIN).as_nanos() as i64;
+        let keep = (self.config.overlap + DEDUP_MARGIN).max(self.dedup_window);
+        let cutoff = watermark_ns.saturating_sub(keep.as_nanos() as i64);
         let queue = self.queue.clone();
         let stream = self.stream.clone();
         tokio::task::spawn_blocking(move || {
