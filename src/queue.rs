@@ -36,6 +36,9 @@ const KEY_OUT: &[u8] = b"stats/out";
 /// (events ever dead-lettered, events since retried or purged): the store holds the difference.
 const KEY_DEAD: &[u8] = b"stats/dead";
 const KEY_LAST_ACK: &[u8] = b"stats/last_ack_ms";
+/// Per stream (followed by the 4-byte tag): raw bytes ever queued, and ever removed (sent, dead-lettered).
+const STREAM_IN: &[u8] = b"stats/stream_in/";
+const STREAM_OUT: &[u8] = b"stats/stream_out/";
 
 /// sled's page cache; its 1 GiB default would make RSS grow with the database.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -272,6 +275,7 @@ impl Queue {
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
+                add_stream_bytes(meta_tx, STREAM_IN, tag, outcome.queued_bytes)?;
                 if let Some(cursor_bytes) = &cursor_bytes {
                     meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
                 }
@@ -319,13 +323,23 @@ impl Queue {
         let now = now_ms();
         let totals = (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
             let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+            // A batch is of one stream, but nothing here depends on it.
+            let mut by_stream: Vec<(u32, u64)> = Vec::new();
             for seq in seqs {
                 if let Some(old) = events_tx.remove(&seq.to_be_bytes()[..])? {
+                    let (tag, len) = stream_and_len(&old);
                     out_events += 1;
-                    out_bytes += raw_len(&old);
+                    out_bytes += len;
+                    match by_stream.iter_mut().find(|(t, _)| *t == tag) {
+                        Some((_, bytes)) => *bytes += len,
+                        None => by_stream.push((tag, len)),
+                    }
                 }
             }
             meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+            for (tag, bytes) in &by_stream {
+                add_stream_bytes(meta_tx, STREAM_OUT, *tag, *bytes)?;
+            }
             meta_tx.insert(KEY_LAST_ACK, &now.to_be_bytes()[..])?;
             Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
         })?;
@@ -356,10 +370,12 @@ impl Queue {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
                 let (mut dead, dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 if let Some(old) = events_tx.remove(&key[..])? {
+                    let (tag, len) = stream_and_len(&old);
                     out_events += 1;
-                    out_bytes += raw_len(&old);
+                    out_bytes += len;
                     dead += 1;
                     dead_tx.insert(&key[..], &record[..])?;
+                    add_stream_bytes(meta_tx, STREAM_OUT, tag, len)?;
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
                 meta_tx.insert(KEY_DEAD, &pair_bytes(dead, dead_out)[..])?;
@@ -433,7 +449,12 @@ impl Queue {
             };
             let record = bincode::serialize(&envelope)
                 .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
-            prepared.push((letter.seq.to_be_bytes(), record, letter.raw.len() as u64));
+            prepared.push((
+                letter.seq.to_be_bytes(),
+                record,
+                letter.raw.len() as u64,
+                letter.stream,
+            ));
         }
         let (moved, totals, dead_out) = (&self.events, &self.dead, &self.meta).transaction(
             |(events_tx, dead_tx, meta_tx)| {
@@ -441,10 +462,11 @@ impl Queue {
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 let mut moved = 0;
-                for (dead_key, record, bytes) in &prepared {
+                for (dead_key, record, bytes, tag) in &prepared {
                     if dead_tx.remove(&dead_key[..])?.is_none() {
                         continue;
                     }
+                    add_stream_bytes(meta_tx, STREAM_IN, *tag, *bytes)?;
                     events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
                     seq += 1;
                     in_events += 1;
@@ -605,15 +627,24 @@ impl Queue {
 
     /// The raw bytes queued per stream tag (one scan of the queue, at start-up).
     pub fn bytes_by_stream(&self) -> Result<std::collections::HashMap<u32, u64>, QueueError> {
+        // Read from the per-stream counters, never by scanning the events: a backlog of millions of
+        // events must not slow the start.
         let mut usage = std::collections::HashMap::new();
-        for entry in self.events.iter() {
-            let (key, value) = entry?;
-            let envelope: Envelope = bincode::deserialize(&value).map_err(|err| {
-                QueueError::Damaged(format!("event #{}: {err}", read_u64(Some(key))))
-            })?;
-            *usage.entry(envelope.stream).or_insert(0) += envelope.raw.len() as u64;
+        for (prefix, sign) in [(STREAM_IN, 1i128), (STREAM_OUT, -1i128)] {
+            for entry in self.meta.scan_prefix(prefix) {
+                let (key, value) = entry?;
+                let Ok(tag) = <[u8; 4]>::try_from(&key[prefix.len()..]) else {
+                    continue;
+                };
+                *usage.entry(u32::from_be_bytes(tag)).or_insert(0i128) +=
+                    sign * i128::from(read_u64(Some(value)));
+            }
         }
-        Ok(usage)
+        Ok(usage
+            .into_iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(tag, bytes)| (tag, u64::try_from(bytes).unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -649,9 +680,26 @@ fn decode_event(seq: u64, value: &[u8]) -> Result<QueuedEvent, QueueError> {
     })
 }
 
-/// The raw length of a stored record, for the byte counters (0 if it cannot be read).
-fn raw_len(value: &[u8]) -> u64 {
-    bincode::deserialize::<Envelope>(value).map_or(0, |e| e.raw.len() as u64)
+/// The stream and raw length of a stored record, for the byte counters ((0, 0) if it cannot be read).
+fn stream_and_len(value: &[u8]) -> (u32, u64) {
+    bincode::deserialize::<Envelope>(value).map_or((0, 0), |e| (e.stream, e.raw.len() as u64))
+}
+
+/// Adds `bytes` to one stream's monotonic in- or out-counter (`stats/in/<tag>`, `stats/out/<tag>`).
+fn add_stream_bytes(
+    meta_tx: &sled::transaction::TransactionalTree,
+    prefix: &[u8],
+    tag: u32,
+    bytes: u64,
+) -> Result<(), ConflictableTransactionError<QueueError>> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&tag.to_be_bytes());
+    let total = read_u64(meta_tx.get(&key)?) + bytes;
+    meta_tx.insert(key, &total.to_be_bytes()[..])?;
+    Ok(())
 }
 
 fn cursor_key(stream: &str) -> String {
