@@ -57,6 +57,8 @@ pub struct StreamStatus {
     pub last_poll_ok: Option<String>,
     pub last_error: Option<String>,
     pub failing_for_seconds: Option<u64>,
+    pub last_send_ok: Option<String>,
+    pub last_send_error: Option<String>,
 }
 
 /// The queue's gauges, read now.
@@ -95,10 +97,7 @@ pub fn status(queue: &Queue, config: &Config, live: Option<&Metrics>) -> Status 
     let view = queue_view(queue, config);
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     let cursors = queue.cursors().unwrap_or_default();
-    let (states, last_send_ok_ms, last_send_error) = match live {
-        Some(metrics) => metrics.states(),
-        None => Default::default(),
-    };
+    let states = live.map(Metrics::states).unwrap_or_default();
     let mut names: Vec<String> = cursors.iter().map(|(name, _)| name.clone()).collect();
     names.extend(states.keys().cloned());
     names.sort();
@@ -118,13 +117,20 @@ pub fn status(queue: &Queue, config: &Config, live: Option<&Metrics>) -> Status 
                     .map(time_ms),
                 last_error: state.last_error,
                 failing_for_seconds: state.failing_for_seconds,
+                last_send_ok: state.last_send_ok_ms.map(time_ms),
+                last_send_error: state.last_send_error,
                 name,
             }
         })
         .collect();
-    let last_send_ok = last_send_ok_ms
+    // Across streams: the latest success, and any current error.
+    let last_send_ok = states
+        .values()
+        .filter_map(|s| s.last_send_ok_ms)
+        .max()
         .or_else(|| queue.last_ack_ms().ok().flatten())
         .map(time_ms);
+    let last_send_error = states.values().find_map(|s| s.last_send_error.clone());
     let health = live.map(|metrics| metrics.health(config.api.unhealthy_after, &view));
     Status {
         agent_running: live.is_some(),

@@ -35,11 +35,6 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabel {
     component: &'static str,
 }
@@ -86,7 +81,7 @@ pub struct QueueView {
     pub cursors: BTreeMap<String, f64>,
 }
 
-/// What one stream's poller has been doing.
+/// What one stream's poller and forwarder have been doing.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StreamState {
     pub last_poll_ok_ms: Option<u64>,
@@ -94,14 +89,15 @@ pub struct StreamState {
     #[serde(skip)]
     pub failing_since: Option<Instant>,
     pub failing_for_seconds: Option<u64>,
+    pub last_send_ok_ms: Option<u64>,
+    pub last_send_error: Option<String>,
+    #[serde(skip)]
+    pub send_failing_since: Option<Instant>,
 }
 
 #[derive(Default)]
 struct State {
     streams: BTreeMap<String, StreamState>,
-    last_send_ok_ms: Option<u64>,
-    last_send_error: Option<String>,
-    send_failing_since: Option<Instant>,
 }
 
 /// The counters and state of one agent.
@@ -110,14 +106,14 @@ pub struct Metrics {
     events_polled: Family<StreamLabel, Counter>,
     events_queued: Family<StreamLabel, Counter>,
     events_deduplicated: Family<StreamLabel, Counter>,
-    events_forwarded: Counter,
-    events_dead_lettered: Counter,
+    events_forwarded: Family<StreamLabel, Counter>,
+    events_dead_lettered: Family<StreamLabel, Counter>,
     polls_completed: Family<StreamLabel, Counter>,
     polls_paused_queue_full: Family<StreamLabel, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     api_request_duration: Family<StreamLabel, Histogram>,
-    intake_requests: Family<OutcomeLabel, Counter>,
-    intake_request_duration: Histogram,
+    intake_requests: Family<RequestLabels, Counter>,
+    intake_request_duration: Family<StreamLabel, Histogram>,
     retries: Family<ComponentLabel, Counter>,
     queue_events: Gauge,
     queue_bytes: Gauge,
@@ -173,14 +169,14 @@ impl Metrics {
             events_polled: Family::default(),
             events_queued: Family::default(),
             events_deduplicated: Family::default(),
-            events_forwarded: Counter::default(),
-            events_dead_lettered: Counter::default(),
+            events_forwarded: Family::default(),
+            events_dead_lettered: Family::default(),
             polls_completed: Family::default(),
             polls_paused_queue_full: Family::default(),
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(latency_buckets),
             intake_requests: Family::default(),
-            intake_request_duration: latency_buckets(),
+            intake_request_duration: Family::new_with_constructor(latency_buckets),
             retries: Family::default(),
             queue_events: Gauge::default(),
             queue_bytes: Gauge::default(),
@@ -382,60 +378,66 @@ impl Metrics {
             .inc();
     }
 
-    pub fn intake_request(&self, outcome: Outcome, elapsed: Duration) {
+    pub fn intake_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {
         self.intake_requests
-            .get_or_create(&OutcomeLabel {
+            .get_or_create(&RequestLabels {
+                stream: stream.to_string(),
                 outcome: outcome.label(),
             })
             .inc();
-        self.intake_request_duration.observe(elapsed.as_secs_f64());
+        self.intake_request_duration
+            .get_or_create(&Metrics::stream(stream))
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// The intake accepted `events` events.
-    pub fn send_succeeded(&self, events: u64) {
-        self.events_forwarded.inc_by(events);
+    /// The intake accepted `events` events of `stream`.
+    pub fn send_succeeded(&self, stream: &str, events: u64) {
+        self.events_forwarded
+            .get_or_create(&Metrics::stream(stream))
+            .inc_by(events);
         let now = crate::queue::now_ms();
         self.with_state(|s| {
-            s.last_send_ok_ms = Some(now);
-            s.last_send_error = None;
-            s.send_failing_since = None;
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_send_ok_ms = Some(now);
+            state.last_send_error = None;
+            state.send_failing_since = None;
         });
     }
 
-    /// A send failed; it will be retried.
-    pub fn send_failed(&self, reason: &str) {
+    /// A send of `stream`'s events failed; it will be retried.
+    pub fn send_failed(&self, stream: &str, reason: &str) {
         self.retries
             .get_or_create(&ComponentLabel {
                 component: "forwarder",
             })
             .inc();
         self.with_state(|s| {
-            s.last_send_error = Some(reason.to_string());
-            s.send_failing_since.get_or_insert_with(Instant::now);
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_send_error = Some(reason.to_string());
+            state.send_failing_since.get_or_insert_with(Instant::now);
         });
     }
 
-    pub fn dead_lettered(&self) {
-        self.events_dead_lettered.inc();
+    pub fn dead_lettered(&self, stream: &str) {
+        self.events_dead_lettered
+            .get_or_create(&Metrics::stream(stream))
+            .inc();
     }
 
     /// Totals over every stream.
     pub fn snapshot(&self) -> Snapshot {
-        let (streams, last_poll_error, last_send_error) = self.with_state(|s| {
+        let (mut streams, last_poll_error, last_send_error) = self.with_state(|s| {
             (
                 s.streams.keys().cloned().collect::<Vec<_>>(),
                 s.streams.values().find_map(|st| st.last_error.clone()),
-                s.last_send_error.clone(),
+                s.streams.values().find_map(|st| st.last_send_error.clone()),
             )
         });
         let mut snap = Snapshot {
-            events_forwarded: self.events_forwarded.get(),
-            events_dead_lettered: self.events_dead_lettered.get(),
             last_poll_error,
             last_send_error,
             ..Snapshot::default()
         };
-        let mut streams = streams;
         if streams.is_empty() {
             streams.push(crate::agent::DEFAULT_STREAM.to_string());
         }
@@ -444,78 +446,65 @@ impl Metrics {
             snap.events_polled += self.events_polled.get_or_create(&label).get();
             snap.events_queued += self.events_queued.get_or_create(&label).get();
             snap.events_deduplicated += self.events_deduplicated.get_or_create(&label).get();
+            snap.events_forwarded += self.events_forwarded.get_or_create(&label).get();
+            snap.events_dead_lettered += self.events_dead_lettered.get_or_create(&label).get();
             snap.polls_completed += self.polls_completed.get_or_create(&label).get();
             snap.polls_paused_queue_full +=
                 self.polls_paused_queue_full.get_or_create(&label).get();
-            for outcome in [Outcome::Ok, Outcome::Retry, Outcome::Rejected] {
-                let count = self
-                    .api_requests
+            let count = |family: &Family<RequestLabels, Counter>, outcome: Outcome| {
+                family
                     .get_or_create(&RequestLabels {
                         stream: stream.clone(),
                         outcome: outcome.label(),
                     })
-                    .get();
-                if outcome == Outcome::Ok {
-                    snap.api_requests_ok += count;
-                } else {
-                    snap.api_requests_failed += count;
-                }
-            }
-        }
-        for outcome in [
-            Outcome::Ok,
-            Outcome::Retry,
-            Outcome::Rejected,
-            Outcome::TooLarge,
-        ] {
-            let count = self
-                .intake_requests
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.label(),
-                })
-                .get();
-            if outcome == Outcome::Ok {
-                snap.intake_requests_ok += count;
-            } else {
-                snap.intake_requests_failed += count;
+                    .get()
+            };
+            snap.api_requests_ok += count(&self.api_requests, Outcome::Ok);
+            snap.intake_requests_ok += count(&self.intake_requests, Outcome::Ok);
+            for failed in [Outcome::Retry, Outcome::Rejected, Outcome::TooLarge] {
+                snap.api_requests_failed += count(&self.api_requests, failed);
+                snap.intake_requests_failed += count(&self.intake_requests, failed);
             }
         }
         snap
     }
 
-    /// Each stream's poller state, and the forwarder's last success and error.
-    pub fn states(&self) -> (BTreeMap<String, StreamState>, Option<u64>, Option<String>) {
+    /// Each stream's state, with how long it has been failing.
+    pub fn states(&self) -> BTreeMap<String, StreamState> {
         self.with_state(|s| {
             let mut streams = s.streams.clone();
             for state in streams.values_mut() {
-                state.failing_for_seconds = state.failing_since.map(|t| t.elapsed().as_secs());
+                state.failing_for_seconds = state
+                    .failing_since
+                    .or(state.send_failing_since)
+                    .map(|t| t.elapsed().as_secs());
             }
-            (streams, s.last_send_ok_ms, s.last_send_error.clone())
+            streams
         })
     }
 
-    /// Healthy unless a poller or the forwarder has been failing for longer than `threshold`, or the
+    /// Healthy unless a stream's poller or forwarder has been failing for longer than `threshold`, or the
     /// queue is full.
     pub fn health(&self, threshold: Duration, queue: &QueueView) -> Health {
         let mut reasons = Vec::new();
         self.with_state(|s| {
             for (stream, state) in &s.streams {
-                if let Some(since) = state.failing_since {
-                    if since.elapsed() > threshold {
-                        reasons.push(format!(
-                            "stream {stream}: polling has failed for {} s: {}",
-                            since.elapsed().as_secs(),
-                            state.last_error.as_deref().unwrap_or("unknown error")
-                        ));
-                    }
-                }
-            }
-            if let Some(since) = s.send_failing_since {
-                if since.elapsed() > threshold {
+                let failures = [
+                    ("polling", state.failing_since, &state.last_error),
+                    (
+                        "forwarding",
+                        state.send_failing_since,
+                        &state.last_send_error,
+                    ),
+                ];
+                for (what, since, error) in failures {
+                    let Some(since) = since.filter(|since| since.elapsed() > threshold) else {
+                        continue;
+                    };
                     reasons.push(format!(
-                        "forwarding has failed for {} s: {}",
+                        "stream {stream}: {what} has failed for {} s: {}",
                         since.elapsed().as_secs(),
-                        s.last_send_error.as_deref().unwrap_or("unknown error")
+                        error.as_deref().unwrap_or("unknown error")
                     ));
                 }
             }
@@ -621,7 +610,7 @@ mod tests {
         let m = Metrics::new();
         let queue = QueueView::default();
         assert!(m.health(Duration::ZERO, &queue).ok);
-        m.send_failed("intake down");
+        m.send_failed("default", "intake down");
         std::thread::sleep(Duration::from_millis(5));
         let health = m.health(Duration::ZERO, &queue);
         assert!(!health.ok);
@@ -634,7 +623,7 @@ mod tests {
             m.health(Duration::from_secs(3600), &queue).ok,
             "under the threshold"
         );
-        m.send_succeeded(1);
+        m.send_succeeded("default", 1);
         assert!(m.health(Duration::ZERO, &queue).ok);
         let full = QueueView {
             bytes: 10,

@@ -138,7 +138,16 @@ pub fn render_status(s: &Status, config: &Config) -> String {
             stream.last_poll_ok.as_deref().unwrap_or("never"),
         ));
         if let Some(error) = &stream.last_error {
-            out.push_str(&format!("  last error: {error}\n"));
+            out.push_str(&format!("  last poll error: {error}\n"));
+        }
+        if s.streams.len() > 1 {
+            out.push_str(&format!(
+                "  last successful send {}\n",
+                stream.last_send_ok.as_deref().unwrap_or("never")
+            ));
+        }
+        if let Some(error) = &stream.last_send_error {
+            out.push_str(&format!("  last send error: {error}\n"));
         }
     }
     let q = &s.queue;
@@ -154,9 +163,6 @@ pub fn render_status(s: &Status, config: &Config) -> String {
         "forwarder: last successful send {}\n",
         s.last_send_ok.as_deref().unwrap_or("never")
     ));
-    if let Some(error) = &s.last_send_error {
-        out.push_str(&format!("  last error: {error}\n"));
-    }
     out.push_str(&format!("dead letters: {}", q.dead_letters));
     if q.dead_letters > 0 {
         out.push_str(" (see `jcdi-forwarder dead-letter list`)");

@@ -165,7 +165,8 @@ impl Forwarder {
                         self.stream
                             .share
                             .remove(chunk.iter().map(|e| e.raw.len() as u64).sum());
-                        self.metrics.send_succeeded(chunk.len() as u64);
+                        self.metrics
+                            .send_succeeded(&self.stream.name, chunk.len() as u64);
                         repeats.reset();
                         retry.reset();
                         rejected.reset();
@@ -200,7 +201,7 @@ impl Forwarder {
                         if let Some(held_back) = repeats.check(&reason) {
                             tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
                         }
-                        self.metrics.send_failed(&reason);
+                        self.metrics.send_failed(&self.stream.name, &reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
@@ -216,7 +217,7 @@ impl Forwarder {
                                 "{reason}; every event stays queued until it is fixed"
                             );
                         }
-                        self.metrics.send_failed(&reason);
+                        self.metrics.send_failed(&self.stream.name, &reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
@@ -251,7 +252,8 @@ impl Forwarder {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
-                self.metrics.intake_request(Outcome::Retry, asked.elapsed());
+                self.metrics
+                    .intake_request(&self.stream.name, Outcome::Retry, asked.elapsed());
                 return Ok(SendOutcome::Transient {
                     reason: format!("Sekoia.io intake at {url} did not answer: {err}"),
                     retry_after: None,
@@ -287,7 +289,8 @@ impl Forwarder {
             SendOutcome::Transient { .. } => Outcome::Retry,
             SendOutcome::Rejected(_) => Outcome::Rejected,
         };
-        self.metrics.intake_request(label, asked.elapsed());
+        self.metrics
+            .intake_request(&self.stream.name, label, asked.elapsed());
         Ok(outcome)
     }
 
@@ -315,7 +318,7 @@ impl Forwarder {
             .await
             .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
         self.stream.share.remove(bytes);
-        self.metrics.dead_lettered();
+        self.metrics.dead_lettered(&self.stream.name);
         Ok(())
     }
 }

@@ -83,7 +83,7 @@ async fn metrics_move_consistently_during_a_run() {
         let queued = get("jcdi_forwarder_events_queued_total{stream=\"default\"}");
         let dedup = get("jcdi_forwarder_events_deduplicated_total{stream=\"default\"}");
         assert_eq!(polled, queued + dedup, "polled = queued + deduplicated");
-        assert!(get("jcdi_forwarder_events_forwarded_total") <= queued);
+        assert!(get("jcdi_forwarder_events_forwarded_total{stream=\"default\"}") <= queued);
         seen_polls = get("jcdi_forwarder_polls_completed_total{stream=\"default\"}");
         if h.intake.received_count() == events.len() && seen_polls >= 2.0 {
             break;
@@ -96,7 +96,7 @@ async fn metrics_move_consistently_during_a_run() {
     assert!(wait_until(LONG, || agent.metrics.snapshot().events_forwarded == 700).await);
     let m = scrape(&h).await;
     assert_eq!(
-        m["jcdi_forwarder_events_forwarded_total"],
+        m["jcdi_forwarder_events_forwarded_total{stream=\"default\"}"],
         h.intake.received_count() as f64
     );
     assert_eq!(
@@ -109,7 +109,9 @@ async fn metrics_move_consistently_during_a_run() {
     assert!(m
         .keys()
         .any(|k| k.starts_with("jcdi_forwarder_build_info{version=")));
-    assert!(m.contains_key("jcdi_forwarder_intake_request_duration_seconds_count"));
+    assert!(
+        m.contains_key("jcdi_forwarder_intake_request_duration_seconds_count{stream=\"default\"}")
+    );
     agent.stop().await;
 }
 
