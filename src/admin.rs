@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, StreamConfig};
 use crate::metrics::{Health, Metrics, QueueView};
 use crate::queue::{now_ms, DeadLetter, Queue};
 use crate::shutdown::Shutdown;
@@ -30,7 +30,8 @@ pub struct AdminState {
     pub config: Config,
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
-    pub api: ApiClient,
+    /// Each stream's API client, for backfills.
+    pub apis: Vec<(String, ApiClient)>,
     pub shutdown: Shutdown,
     pub backfill: Mutex<Option<backfill::Progress>>,
 }
@@ -211,6 +212,9 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
 struct BackfillRequest {
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
+    /// Required when there are several streams.
+    #[serde(default)]
+    stream: Option<String>,
 }
 
 async fn route(
@@ -323,6 +327,18 @@ async fn start_backfill(
             Ok(window) => window,
             Err(err) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err})),
         };
+    let target = match pick_stream(&state.config, wanted.stream.as_deref()) {
+        Ok(stream) => match state.apis.iter().find(|(name, _)| *name == stream.name) {
+            Some((_, api)) => (stream.clone(), api.clone()),
+            None => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "unknown stream"}),
+                )
+            }
+        },
+        Err(err) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err})),
+    };
     {
         let Ok(mut current) = state.backfill.lock() else {
             return json(
@@ -343,6 +359,7 @@ async fn start_backfill(
     }
     let task_state = state.clone();
     tokio::spawn(async move {
+        let (stream, api) = target;
         let s = &task_state;
         let report = |progress: &backfill::Progress| {
             if let Ok(mut current) = s.backfill.lock() {
@@ -350,14 +367,10 @@ async fn start_backfill(
             }
         };
         let result = backfill::run(
-            &s.api,
+            &api,
             &s.queue,
-            &s.config.jumpcloud,
-            // The first stream (the only one in the single-section form): `config.jumpcloud` is its.
-            s.config
-                .streams
-                .first()
-                .map_or(crate::agent::DEFAULT_STREAM, |stream| &stream.name),
+            &stream.jumpcloud,
+            &stream.name,
             from_ns,
             to_ns,
             &s.metrics,
@@ -375,6 +388,30 @@ async fn start_backfill(
         }
     });
     json(StatusCode::ACCEPTED, &serde_json::json!({"started": true}))
+}
+
+/// The stream a backfill is for: the one named, or the only one.
+pub fn pick_stream<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a StreamConfig, String> {
+    let names = || {
+        config
+            .streams
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(name) => config
+            .streams
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no stream is named {name:?}; the streams are: {}", names())),
+        None if config.streams.len() == 1 => Ok(&config.streams[0]),
+        None => Err(format!(
+            "there are several streams: name one with --stream ({})",
+            names()
+        )),
+    }
 }
 
 /// A request to the running agent's endpoint: `Ok(None)` when nothing listens there.
@@ -418,4 +455,34 @@ pub async fn ask_agent(
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| format!("the agent at {addr} did not answer within 10 s"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backfill_names_its_stream_when_there_are_several() {
+        let text = r#"
+[jumpcloud]
+api_key = "k"
+[sekoia]
+intake_key = "i"
+[[streams]]
+name = "acme"
+org_id = "a1"
+intake_key = "ia"
+[[streams]]
+name = "globex"
+org_id = "g1"
+intake_key = "ig"
+"#;
+        let config = Config::parse(text, "t", &|_| None).expect("valid").config;
+        let err = pick_stream(&config, None).unwrap_err();
+        assert!(err.contains("--stream (acme, globex)"), "{err}");
+        assert_eq!(pick_stream(&config, Some("globex")).unwrap().name, "globex");
+        assert!(pick_stream(&config, Some("initech"))
+            .unwrap_err()
+            .contains("no stream is named"));
+    }
 }

@@ -83,16 +83,14 @@ pub async fn run(
         n => (config.queue.max_bytes / n).max(1),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    let mut admin_api = None;
+    let mut stream_apis = Vec::new();
     for (stream, tag) in config.streams.iter().zip(tags) {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
             .map_err(anyhow::Error::msg)?;
         let intake_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
             .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
-        if admin_api.is_none() {
-            admin_api = Some(api.clone());
-        }
+        stream_apis.push((stream.name.clone(), api.clone()));
         let share = Arc::new(StreamShare::new(
             share_limit,
             usage.get(&tag).copied().unwrap_or(0),
@@ -132,10 +130,6 @@ pub async fn run(
         tasks.spawn(poller.run(shutdown.clone()));
         tasks.spawn(forwarder.run(shutdown.clone()));
     }
-    // The local endpoint's backfill works on the first stream (the only one in the single-section form).
-    let Some(admin_api) = admin_api else {
-        return Err(anyhow::anyhow!("the configuration has no stream"));
-    };
     if let Some(listen) = config.api.listen {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
             anyhow::anyhow!(
@@ -150,7 +144,7 @@ pub async fn run(
             config: config.clone(),
             queue: queue.clone(),
             metrics: metrics.clone(),
-            api: admin_api,
+            apis: stream_apis,
             shutdown: shutdown.clone(),
             backfill: Mutex::new(None),
         });

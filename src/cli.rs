@@ -90,6 +90,9 @@ pub enum Command {
         /// End of the window (same forms); now when omitted.
         #[arg(long)]
         to: Option<String>,
+        /// The stream to backfill; needed when there are several `[[streams]]`.
+        #[arg(long)]
+        stream: Option<String>,
     },
 }
 
@@ -136,8 +139,13 @@ pub fn main() -> ExitCode {
                 with_runtime(|| crate::ops::dead_letter(c, action))
             })
         }
-        Command::Backfill { config, from, to } => with_config(Config::load(&config), |c| {
-            with_runtime(|| crate::ops::backfill(c, from, to))
+        Command::Backfill {
+            config,
+            from,
+            to,
+            stream,
+        } => with_config(Config::load(&config), |c| {
+            with_runtime(|| crate::ops::backfill(c, stream, from, to))
         }),
     }
 }

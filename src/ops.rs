@@ -333,14 +333,22 @@ fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 /// `backfill --from T [--to T]`.
-pub async fn backfill(config: Config, from: String, to: Option<String>) -> anyhow::Result<()> {
+pub async fn backfill(
+    config: Config,
+    stream: Option<String>,
+    from: String,
+    to: Option<String>,
+) -> anyhow::Result<()> {
+    let stream = admin::pick_stream(&config, stream.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .clone();
     let from = parse_time(&from).context("--from")?;
     let to = match to {
         Some(to) => parse_time(&to).context("--to")?,
         None => chrono::Utc::now(),
     };
     let (from_ns, to_ns) =
-        backfill::check_window(from, to, config.jumpcloud.retention).map_err(anyhow::Error::msg)?;
+        backfill::check_window(from, to, stream.jumpcloud.retention).map_err(anyhow::Error::msg)?;
     if from < chrono::Utc::now() - chrono::Duration::from_std(config.queue.dedup_window)? {
         eprintln!(
             "note: the window starts before queue.dedup_window ({}): events older than that which were \
@@ -372,6 +380,7 @@ pub async fn backfill(config: Config, from: String, to: Option<String>) -> anyho
             let body = serde_json::json!({
                 "from": from.to_rfc3339(),
                 "to": to.to_rfc3339(),
+                "stream": stream.name,
             })
             .to_string();
             let _: serde_json::Value =
@@ -392,10 +401,10 @@ pub async fn backfill(config: Config, from: String, to: Option<String>) -> anyho
         Target::Local(queue) => {
             let http = crate::http::HttpClient::for_transport(
                 Duration::from_secs(10),
-                &config.jumpcloud.transport,
+                &stream.jumpcloud.transport,
             )
             .map_err(anyhow::Error::msg)?;
-            let api = crate::source::api::ApiClient::new(http, &config.jumpcloud)
+            let api = crate::source::api::ApiClient::new(http, &stream.jumpcloud)
                 .map_err(anyhow::Error::msg)?;
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
             let (trigger, shutdown) = crate::shutdown::channel();
@@ -406,12 +415,8 @@ pub async fn backfill(config: Config, from: String, to: Option<String>) -> anyho
             let result = backfill::run(
                 &api,
                 &queue,
-                &config.jumpcloud,
-                // The first stream (the only one in the single-section form): `config.jumpcloud` is its.
-                config
-                    .streams
-                    .first()
-                    .map_or(crate::agent::DEFAULT_STREAM, |s| &s.name),
+                &stream.jumpcloud,
+                &stream.name,
                 from_ns,
                 to_ns,
                 &metrics,
