@@ -83,6 +83,8 @@ pub fn queue_view(queue: &Queue, config: &Config) -> QueueView {
         oldest_age_seconds,
         dead_letters: queue.dead_letter_count(),
         disk_bytes: queue.disk_bytes(),
+        disk_free_bytes: queue.disk_free_bytes(),
+        min_free_disk: config.queue.min_free_disk,
         cursors,
     }
 }

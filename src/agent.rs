@@ -112,6 +112,7 @@ pub async fn run(
             max_queue_bytes: config.queue.max_bytes,
             share: share.clone(),
             dedup_window: config.queue.dedup_window,
+            min_free_disk: config.queue.min_free_disk,
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
         };

@@ -190,6 +190,9 @@ pub struct QueueConfig {
     /// How long event ids are remembered for deduplication (at least `overlap` plus an hour is kept
     /// whatever this says). A backfill within this window sends nothing twice.
     pub dedup_window: Duration,
+    /// While the queue's filesystem has less free space than this and events wait to be forwarded,
+    /// polling pauses: a full disk must never stop the forwarder from draining (0 turns it off).
+    pub min_free_disk: u64,
 }
 
 /// A secret value (API key, intake key, client secret, proxy URL). It is printed as `***` everywhere.
@@ -491,7 +494,10 @@ impl Reader<'_> {
         }
         let dedup_window =
             self.duration(&mut queue, "dedup_window", Duration::from_secs(7 * 86_400));
-        self.unknown_keys(&queue, &["max_bytes", "dedup_window"]);
+        let min_free_disk = self
+            .size(&mut queue, "min_free_disk")
+            .unwrap_or(256 * 1024 * 1024);
+        self.unknown_keys(&queue, &["max_bytes", "dedup_window", "min_free_disk"]);
         let api = self.api(&mut api);
         let (first_jumpcloud, first_sekoia) = match streams.first() {
             Some(first) => (first.jumpcloud.clone(), first.sekoia.clone()),
@@ -504,6 +510,7 @@ impl Reader<'_> {
             queue: QueueConfig {
                 max_bytes,
                 dedup_window,
+                min_free_disk,
             },
             api,
             streams,
@@ -1394,7 +1401,7 @@ impl Reader<'_> {
         let value = s.table.remove(key)?;
         let text = match value {
             toml::Value::String(text) => self.expand(s, key, &text)?,
-            toml::Value::Integer(n) if n > 0 => return Some(n as u64),
+            toml::Value::Integer(n) if n >= 0 => return Some(n as u64),
             other => {
                 self.problem(
                     s,

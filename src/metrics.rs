@@ -77,6 +77,9 @@ pub struct QueueView {
     pub oldest_age_seconds: Option<f64>,
     pub dead_letters: u64,
     pub disk_bytes: u64,
+    /// Free space on the queue's filesystem, and the least polling needs (`queue.min_free_disk`).
+    pub disk_free_bytes: Option<u64>,
+    pub min_free_disk: u64,
     /// Per stream: the cursor's watermark (seconds since the epoch).
     pub cursors: BTreeMap<String, f64>,
 }
@@ -120,6 +123,7 @@ pub struct Metrics {
     queue_limit_bytes: Gauge,
     queue_oldest_age: Gauge<f64, AtomicU64>,
     queue_disk_bytes: Gauge,
+    disk_free_bytes: Gauge,
     dead_letter_events: Gauge,
     cursor_timestamp: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     collection_lag: Family<StreamLabel, Gauge<f64, AtomicU64>>,
@@ -183,6 +187,7 @@ impl Metrics {
             queue_limit_bytes: Gauge::default(),
             queue_oldest_age: Gauge::default(),
             queue_disk_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
             dead_letter_events: Gauge::default(),
             cursor_timestamp: Family::default(),
             collection_lag: Family::default(),
@@ -280,6 +285,12 @@ impl Metrics {
             "Disk space the queue's database occupies",
             Unit::Bytes,
             m.queue_disk_bytes.clone(),
+        );
+        r.register_with_unit(
+            "disk_free",
+            "Free space on the queue's filesystem",
+            Unit::Bytes,
+            m.disk_free_bytes.clone(),
         );
         r.register(
             "dead_letter_events",
@@ -509,6 +520,16 @@ impl Metrics {
                 }
             }
         });
+        if let Some(free) = queue
+            .disk_free_bytes
+            .filter(|free| *free < queue.min_free_disk)
+        {
+            reasons.push(format!(
+                "the queue's disk is almost full ({free} bytes free, under queue.min_free_disk = {}): \
+                 polling is paused until there is room",
+                queue.min_free_disk
+            ));
+        }
         if queue.limit_bytes > 0 && queue.bytes >= queue.limit_bytes {
             reasons.push(format!(
                 "the queue is full ({} of {} bytes): polling is paused until the intake drains it",
@@ -530,6 +551,8 @@ impl Metrics {
         self.queue_oldest_age
             .set(queue.oldest_age_seconds.unwrap_or(0.0));
         self.queue_disk_bytes.set(as_i64(queue.disk_bytes));
+        self.disk_free_bytes
+            .set(as_i64(queue.disk_free_bytes.unwrap_or(0)));
         self.dead_letter_events.set(as_i64(queue.dead_letters));
         let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
         for (stream, watermark) in &queue.cursors {

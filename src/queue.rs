@@ -56,6 +56,11 @@ pub enum QueueError {
          `jcdi-forwarder status` asks it instead); only one process may open a queue"
     )]
     Locked(String),
+    #[error(
+        "the disk of the queue in {0} is full: free some space there (the queue is intact; polling pauses \
+         before the disk fills, below queue.min_free_disk, unless something else fills it)"
+    )]
+    DiskFull(String),
     #[error("queue storage error: {0} (is the disk full or failing?)")]
     Storage(#[from] sled::Error),
     #[error("a queued record is damaged: {0}")]
@@ -164,6 +169,7 @@ pub struct Queue {
 impl Queue {
     /// Opens (or creates) the queue in `dir`.
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
+        remove_incomplete_snapshots(dir);
         let open_error = |source: sled::Error| match &source {
             // sled wraps the EWOULDBLOCK of its file lock in an error of its own wording.
             sled::Error::Io(io)
@@ -171,6 +177,9 @@ impl Queue {
                     || io.to_string().contains("could not acquire lock") =>
             {
                 QueueError::Locked(dir.display().to_string())
+            }
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                QueueError::DiskFull(dir.display().to_string())
             }
             _ => QueueError::Open {
                 dir: dir.display().to_string(),
@@ -576,6 +585,11 @@ impl Queue {
         Ok(())
     }
 
+    /// Free space on the queue's filesystem, if the system says.
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        fs4::available_space(&self.dir).ok()
+    }
+
     /// The bytes the database occupies on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -645,6 +659,31 @@ impl Queue {
             .filter(|(_, bytes)| *bytes > 0)
             .map(|(tag, bytes)| (tag, u64::try_from(bytes).unwrap_or(0)))
             .collect())
+    }
+}
+
+/// sled 0.34 writes a snapshot as `snap.<lsn>.generating` and renames it when complete, but on open it
+/// also considers `.generating` files, and the newest one wins: a snapshot cut short (a full disk, a crash
+/// at that instant) then makes the queue refuse to open ("Read corrupted data"). Such a file is by
+/// definition incomplete and never the one to use: removing it lets sled open from the previous snapshot
+/// and its log, losing nothing.
+fn remove_incomplete_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %entry.path().display(), "removed an incomplete sled snapshot left by an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), "cannot remove an incomplete sled snapshot: {err}")
+                }
+            }
+        }
     }
 }
 
@@ -870,6 +909,22 @@ mod tests {
                 Err(err) => println!("{err}"),
             }
         }
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_does_not_stop_the_queue_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            q.commit_page("s", &[event("a", 1), event("b", 2)], Some(cursor(3)))
+                .unwrap();
+            q.db.flush().unwrap();
+        }
+        // What a snapshot write cut short by a full disk leaves behind.
+        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFFF.generating"), b"cut").unwrap();
+        let q = Queue::open(dir.path()).expect("opens");
+        assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap().len(), 2);
+        assert_eq!(q.cursor("s").unwrap(), Some(cursor(3)));
     }
 
     #[test]

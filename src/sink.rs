@@ -28,6 +28,9 @@ use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use crate::source::{rejected_backoff, transient_backoff};
 
+/// How long the queue's storage may keep failing before the agent stops to be restarted.
+pub const STORAGE_GIVE_UP: Duration = Duration::from_secs(60);
+
 /// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -69,12 +72,17 @@ enum SendOutcome {
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
         let mut storage_retry = transient_backoff(self.config.retry);
+        let mut storage_failing_since: Option<std::time::Instant> = None;
         // Every event of this stream up to here was sent or dead-lettered (see `read_stream_batch`).
         let mut position: Option<u64> = None;
         while !shutdown.is_triggered() {
             match self.forward_next_batch(&shutdown, &mut position).await {
-                Ok(Some(_)) => storage_retry.reset(),
+                Ok(Some(_)) => {
+                    storage_retry.reset();
+                    storage_failing_since = None;
+                }
                 Ok(None) => {
+                    storage_failing_since = None;
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -83,6 +91,18 @@ impl Forwarder {
                 }
                 Err(ForwardError::Stopped) => break,
                 Err(ForwardError::Queue(err)) => {
+                    let since = *storage_failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > STORAGE_GIVE_UP {
+                        // sled stays in error after some failures (a full disk): only reopening it
+                        // recovers. Ending this task stops the agent with an error, and the service
+                        // manager restarts it; everything queued is still on disk.
+                        tracing::error!(
+                            stream = %self.stream.name,
+                            "the queue's storage has failed for over {STORAGE_GIVE_UP:?} ({err}): stopping the \
+                             agent so that it restarts and reopens the queue"
+                        );
+                        break;
+                    }
                     let wait = storage_retry
                         .next_backoff()
                         .unwrap_or(Duration::from_secs(60));

@@ -46,6 +46,8 @@ pub struct Poller {
     pub share: Arc<StreamShare>,
     /// How long event ids are remembered (`queue.dedup_window`).
     pub dedup_window: Duration,
+    /// `queue.min_free_disk`: see [`Poller::no_room`].
+    pub min_free_disk: u64,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -72,8 +74,9 @@ impl Poller {
         let mut paused = false;
         let mut repeats = RepeatFilter::default();
         let mut last_request: Option<Instant> = None;
+        let mut storage_failing_since: Option<Instant> = None;
         while !shutdown.is_triggered() {
-            if self.queue_full() {
+            if let Some(why) = self.no_room() {
                 if !paused {
                     tracing::warn!(
                         stream = %self.stream,
@@ -81,8 +84,8 @@ impl Poller {
                         limit = self.max_queue_bytes,
                         stream_bytes = self.share.used(),
                         stream_limit = self.share.limit(),
-                        "queue is full (queue.max_bytes, or this stream's equal share of it): polling paused \
-                         until the forwarder drains it; nothing is dropped (JumpCloud keeps events for 90 days)"
+                        "{why}: polling paused until the forwarder drains the queue; nothing is dropped \
+                         (JumpCloud keeps events for 90 days)"
                     );
                     paused = true;
                     self.metrics.poll_paused(&self.stream);
@@ -93,13 +96,14 @@ impl Poller {
                 continue;
             }
             if paused {
-                tracing::info!(stream = %self.stream, "queue below its limit again: polling resumes");
+                tracing::info!(stream = %self.stream, "room in the queue again: polling resumes");
                 paused = false;
             }
             let wait = match self.poll_once(&shutdown, &mut last_request).await {
                 Ok(()) => {
                     retry.reset();
                     rejected.reset();
+                    storage_failing_since = None;
                     self.metrics.poll_succeeded(&self.stream);
                     repeats.reset();
                     self.config.poll_interval
@@ -112,6 +116,20 @@ impl Poller {
                     }
                     self.metrics.poll_failed(&self.stream, &reason);
                     wait
+                }
+                Err(PollError::Queue(err))
+                    if storage_failing_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        > crate::sink::STORAGE_GIVE_UP =>
+                {
+                    tracing::error!(
+                        stream = %self.stream,
+                        "the queue's storage has failed for over {:?} ({err}): stopping the agent so that \
+                         it restarts and reopens the queue",
+                        crate::sink::STORAGE_GIVE_UP
+                    );
+                    break;
                 }
                 Err(err) => {
                     let hinted = match &err {
@@ -227,7 +245,7 @@ impl Poller {
                 return Err(PollError::StuckCursor);
             }
             search_after = next;
-            if self.queue_full() || shutdown.is_triggered() {
+            if self.no_room().is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
             }
@@ -236,9 +254,32 @@ impl Poller {
         Ok(())
     }
 
-    /// The whole queue is at its limit, or this stream at its share.
-    fn queue_full(&self) -> bool {
-        self.queue.depth().bytes >= self.max_queue_bytes || self.share.is_full()
+    /// Why polling must pause, if it must: the whole queue is at its limit, this stream at its share, or
+    /// the disk is almost full. A full disk would stop sled from writing acks and even from opening the
+    /// queue, so polling stops while there is still room for the forwarder to drain it.
+    fn no_room(&self) -> Option<String> {
+        if self.queue.depth().bytes >= self.max_queue_bytes {
+            return Some("queue is full (queue.max_bytes)".to_string());
+        }
+        if self.share.is_full() {
+            return Some(
+                "this stream has its equal share of the queue (queue.max_bytes / streams)"
+                    .to_string(),
+            );
+        }
+        if self.min_free_disk > 0 {
+            if let Some(free) = self.queue.disk_free_bytes() {
+                if free < self.min_free_disk {
+                    return Some(format!(
+                        "the disk of {} is almost full ({} free, queue.min_free_disk is {})",
+                        self.queue.dir().display(),
+                        bytesize::ByteSize(free),
+                        bytesize::ByteSize(self.min_free_disk)
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// Forgets dedup entries too old to be read again: older than the overlap window (plus a margin)
