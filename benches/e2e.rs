@@ -181,7 +181,11 @@ impl Bench {
                 }
                 check_alive(&mut child, dir.path());
                 if Instant::now() > deadline {
-                    fail(&mut child, dir.path(), "the events did not all arrive in time");
+                    fail(
+                        &mut child,
+                        dir.path(),
+                        "the events did not all arrive in time",
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -216,12 +220,30 @@ impl Bench {
             );
             runs.push(result);
         }
-        println!("\nthroughput, {n} events, {} runs (min / median / max):", runs.len());
-        summary("events/s end to end", runs.iter().map(|r| r.events_per_second));
-        summary("agent CPU s per million events", runs.iter().map(|r| r.cpu_per_million));
-        summary("agent peak RSS (VmHWM), MB", runs.iter().map(|r| r.peak_rss_mb));
-        summary("seconds to the first forwarded batch", runs.iter().map(|r| r.first_batch));
-        summary("queue on disk at the end, MB", runs.iter().map(|r| r.disk_mb));
+        println!(
+            "\nthroughput, {n} events, {} runs (min / median / max):",
+            runs.len()
+        );
+        summary(
+            "events/s end to end",
+            runs.iter().map(|r| r.events_per_second),
+        );
+        summary(
+            "agent CPU s per million events",
+            runs.iter().map(|r| r.cpu_per_million),
+        );
+        summary(
+            "agent peak RSS (VmHWM), MB",
+            runs.iter().map(|r| r.peak_rss_mb),
+        );
+        summary(
+            "seconds to the first forwarded batch",
+            runs.iter().map(|r| r.first_batch),
+        );
+        summary(
+            "queue on disk at the end, MB",
+            runs.iter().map(|r| r.disk_mb),
+        );
         println!();
     }
 
@@ -292,7 +314,11 @@ impl Bench {
         while intake.accepted_batches() == 0 {
             check_alive(&mut child, dir.path());
             if Instant::now() > deadline {
-                fail(&mut child, dir.path(), "nothing forwarded after the restart");
+                fail(
+                    &mut child,
+                    dir.path(),
+                    "nothing forwarded after the restart",
+                );
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -415,7 +441,10 @@ fn fail(child: &mut Child, dir: &Path, what: &str) -> ! {
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(30).collect();
-    panic!("{what}; the agent's last log lines, newest first:\n{}", tail.join("\n"));
+    panic!(
+        "{what}; the agent's last log lines, newest first:\n{}",
+        tail.join("\n")
+    );
 }
 
 /// SIGTERM (a clean stop), then waits.
@@ -518,7 +547,12 @@ fn disk_usage(dir: &Path) -> u64 {
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default()
 }
 

@@ -1,17 +1,25 @@
 //! The durable queue between the pollers and the forwarder: the only module that knows sled.
 //!
 //! Trees of the one sled database:
-//! - `events`: sequence number (u64, big-endian) → [`Envelope`] (bincode, versioned) holding the raw event bytes.
+//! - `events`: sequence number of a chunk's first event (u64, big-endian) → [`Chunk`] (bincode, versioned): up
+//!   to [`CHUNK_MAX_EVENTS`] consecutive events of one page, raw bytes as received. Event `i` of the chunk at
+//!   key `k` has sequence number `k + i`. (Format 1 records, one event each, are still read.)
+//! - `acked`: chunk key → bitmap of the chunk's events already acknowledged or dead-lettered; the chunk and its
+//!   bitmap are removed together when the last event goes.
 //! - `dedup`: stream tag (4 bytes) + event timestamp (8 bytes, order-preserving) + event key hash (16 bytes) → ().
 //!   Sorted by time within a stream, so pruning is a range scan.
 //! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent.
 //! - `meta`: cursors (`cursor/<stream>`), the next sequence number and the in/out counters.
 //!
+//! Why chunks: sled 0.34 copies and merges a tree node on every insert and remove, so its cost is per
+//! operation, not per byte; one record per event made those copies most of the agent's CPU (BENCHMARKS.md).
+//!
 //! Invariants:
 //! - A page of events, the dedup entries and the stream's new cursor are written in one sled transaction
 //!   ([`Queue::commit_page`]): after a crash both are there or neither, so the poller simply polls again.
-//! - An event leaves `events` only through [`Queue::ack`] (after the intake said 2xx) or
-//!   [`Queue::dead_letter`] (moved, in one transaction). Nothing is ever dropped.
+//! - An event leaves the queue only through [`Queue::ack`] (after the intake said 2xx) or
+//!   [`Queue::dead_letter`] (moved, in one transaction), which set its bit in `acked`; a chunk is removed
+//!   only when every bit is set. Nothing is ever dropped.
 //! - Queue depth comes from persisted counters (`in` written by pollers, `out` by the forwarder, each in the
 //!   same transaction as the change it counts), never from `Tree::len()`, which scans.
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
@@ -24,11 +32,22 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 use sled::Tree;
 
-/// The version of the on-disk record layout; records of another version are refused, not misread.
-const FORMAT_VERSION: u8 = 1;
+/// The version of the on-disk record layout; records of an unknown version are refused, not misread.
+const FORMAT_VERSION: u8 = 2;
+/// Records written before chunks: one [`Envelope`] per event. Read (and acknowledged) as chunks of one.
+const SINGLE_EVENT_VERSION: u8 = 1;
+/// Dead letters keep their first layout.
+const DEAD_LETTER_VERSION: u8 = 1;
+
+/// At most this many events in one chunk, and about this many raw bytes: small enough that acknowledging a
+/// batch rewrites little, and that a chunk stays well below sled's 128 KiB threshold for blob files.
+const CHUNK_MAX_EVENTS: usize = 64;
+const CHUNK_MAX_BYTES: usize = 64 * 1024;
 
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
@@ -114,7 +133,7 @@ pub struct DeadLetter {
     pub raw: String,
 }
 
-/// The record stored for each queued event.
+/// The record of format 1: one event.
 #[derive(Serialize, Deserialize)]
 struct Envelope<'a> {
     version: u8,
@@ -123,6 +142,24 @@ struct Envelope<'a> {
     queued_at_ms: u64,
     #[serde(borrow)]
     raw: &'a str,
+}
+
+/// The record of format 2: consecutive events of one page, borrowed from the stored bytes when read.
+#[derive(Serialize, Deserialize)]
+struct Chunk<'a> {
+    version: u8,
+    stream: u32,
+    queued_at_ms: u64,
+    #[serde(borrow)]
+    events: Vec<ChunkEvent<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChunkEvent<'a> {
+    timestamp_ns: i64,
+    /// Bytes, not `str`: reading a chunk checks UTF-8 only for the events it returns.
+    #[serde(borrow, with = "serde_bytes")]
+    raw: &'a [u8],
 }
 
 /// Depth of the queue.
@@ -146,6 +183,7 @@ struct Counters {
 pub struct Queue {
     db: sled::Db,
     events: Tree,
+    acked: Tree,
     dedup: Tree,
     dead: Tree,
     meta: Tree,
@@ -179,6 +217,7 @@ impl Queue {
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let queue = Queue {
             events: tree("events")?,
+            acked: tree("acked")?,
             dedup: tree("dedup")?,
             dead: tree("dead_letter")?,
             meta: tree("meta")?,
@@ -221,24 +260,11 @@ impl Queue {
     ) -> Result<CommitOutcome, QueueError> {
         let tag = stream_tag(stream);
         let now = now_ms();
-        // Serialize outside the transaction: the closure may run more than once and should stay short.
-        let mut prepared = Vec::with_capacity(events.len());
-        for event in events {
-            let envelope = Envelope {
-                version: FORMAT_VERSION,
-                stream: tag,
-                timestamp_ns: event.timestamp_ns,
-                queued_at_ms: now,
-                raw: &event.raw,
-            };
-            let record = bincode::serialize(&envelope)
-                .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
-            prepared.push((
-                dedup_key(tag, event.timestamp_ns, &event.key),
-                record,
-                event.raw.len() as u64,
-            ));
-        }
+        // Keys outside the transaction: the closure may run more than once and should stay short.
+        let dedup_keys: Vec<[u8; 28]> = events
+            .iter()
+            .map(|event| dedup_key(tag, event.timestamp_ns, &event.key))
+            .collect();
         let cursor_bytes = bincode::serialize(&cursor)
             .map_err(|err| QueueError::Damaged(format!("cannot encode a cursor: {err}")))?;
         let cursor_key = cursor_key(stream);
@@ -248,18 +274,35 @@ impl Queue {
                 let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let mut outcome = CommitOutcome::default();
-                let mut in_page = HashSet::with_capacity(prepared.len());
-                for (dedup, record, bytes) in &prepared {
+                let mut in_page = HashSet::with_capacity(dedup_keys.len());
+                let mut chunk = Chunk {
+                    version: FORMAT_VERSION,
+                    stream: tag,
+                    queued_at_ms: now,
+                    events: Vec::with_capacity(CHUNK_MAX_EVENTS.min(events.len())),
+                };
+                let mut chunk_bytes = 0;
+                for (event, dedup) in events.iter().zip(&dedup_keys) {
                     if !in_page.insert(dedup) || dedup_tx.get(dedup)?.is_some() {
                         outcome.duplicates += 1;
                         continue;
                     }
                     dedup_tx.insert(&dedup[..], &[][..])?;
-                    events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
-                    seq += 1;
+                    chunk.events.push(ChunkEvent {
+                        timestamp_ns: event.timestamp_ns,
+                        raw: event.raw.as_bytes(),
+                    });
+                    chunk_bytes += event.raw.len();
                     in_events += 1;
-                    in_bytes += bytes;
+                    in_bytes += event.raw.len() as u64;
                     outcome.queued += 1;
+                    if chunk.events.len() >= CHUNK_MAX_EVENTS || chunk_bytes >= CHUNK_MAX_BYTES {
+                        seq = write_chunk(events_tx, seq, &mut chunk)?;
+                        chunk_bytes = 0;
+                    }
+                }
+                if !chunk.events.is_empty() {
+                    seq = write_chunk(events_tx, seq, &mut chunk)?;
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
@@ -285,19 +328,39 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Vec<QueuedEvent>, QueueError> {
         let start = after.map_or(0, |seq| seq.saturating_add(1));
+        // The chunk that holds `start` begins at or before it.
+        let from = match self.events.range(..=start.to_be_bytes()).next_back() {
+            Some(entry) => read_u64(Some(entry?.0)),
+            None => start,
+        };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        for entry in self.events.range(start.to_be_bytes()..) {
+        'chunks: for entry in self.events.range(from.to_be_bytes()..) {
             let (key, value) = entry?;
-            let seq = read_u64(Some(key));
-            let event = decode_event(seq, &value)?;
-            if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
-                break;
-            }
-            bytes += event.raw.len();
-            batch.push(event);
-            if batch.len() >= max_events {
-                break;
+            let first = read_u64(Some(key.clone()));
+            let chunk = decode_chunk(first, &value)?;
+            let acked = self.acked.get(&key)?;
+            for (index, event) in chunk.events.iter().enumerate() {
+                let seq = first + index as u64;
+                if seq < start || acked.as_deref().is_some_and(|bits| bit(bits, index)) {
+                    continue;
+                }
+                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
+                    break 'chunks;
+                }
+                let raw = String::from_utf8(event.raw.to_vec())
+                    .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
+                bytes += raw.len();
+                batch.push(QueuedEvent {
+                    seq,
+                    stream: chunk.stream,
+                    timestamp_ns: event.timestamp_ns,
+                    queued_at_ms: chunk.queued_at_ms,
+                    raw,
+                });
+                if batch.len() >= max_events {
+                    break 'chunks;
+                }
             }
         }
         Ok(batch)
@@ -305,17 +368,19 @@ impl Queue {
 
     /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
     pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
-        let totals = (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
-            let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
-            for seq in seqs {
-                if let Some(old) = events_tx.remove(&seq.to_be_bytes()[..])? {
-                    out_events += 1;
-                    out_bytes += raw_len(&old);
+        let groups = self.locate(seqs)?;
+        let totals = (&self.events, &self.acked, &self.meta).transaction(
+            |(events_tx, acked_tx, meta_tx)| {
+                let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+                for (first, indexes) in &groups {
+                    let (events, bytes) = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    out_events += events;
+                    out_bytes += bytes;
                 }
-            }
-            meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
-            Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
-        })?;
+                meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
+            },
+        )?;
         self.counters
             .out_events
             .fetch_max(totals.0, Ordering::Relaxed);
@@ -335,18 +400,22 @@ impl Queue {
             reason: reason.to_string(),
             raw: event.raw.clone(),
         };
-        let record = bincode::serialize(&(FORMAT_VERSION, &letter))
+        let record = bincode::serialize(&(DEAD_LETTER_VERSION, &letter))
             .map_err(|err| QueueError::Damaged(format!("cannot encode a dead letter: {err}")))?;
         let key = event.seq.to_be_bytes();
-        let totals = (&self.events, &self.dead, &self.meta).transaction(
-            |(events_tx, dead_tx, meta_tx)| {
+        let groups = self.locate(&[event.seq])?;
+        let totals = (&self.events, &self.acked, &self.dead, &self.meta).transaction(
+            |(events_tx, acked_tx, dead_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
                 let (mut dead, _) = read_pair(meta_tx.get(KEY_DEAD)?);
-                if let Some(old) = events_tx.remove(&key[..])? {
-                    out_events += 1;
-                    out_bytes += raw_len(&old);
-                    dead += 1;
-                    dead_tx.insert(&key[..], &record[..])?;
+                for (first, indexes) in &groups {
+                    let (events, bytes) = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    if events > 0 {
+                        out_events += events;
+                        out_bytes += bytes;
+                        dead += events;
+                        dead_tx.insert(&key[..], &record[..])?;
+                    }
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
                 meta_tx.insert(KEY_DEAD, &pair_bytes(dead, 0)[..])?;
@@ -363,6 +432,37 @@ impl Queue {
         Ok(())
     }
 
+    /// Groups sequence numbers by the chunk that holds them: (chunk key, indexes in the chunk). Sequences in
+    /// no chunk (already gone) are left out. Done outside transactions, which cannot iterate; it stays right
+    /// inside them because chunk keys never change (a chunk only goes away, which the transaction sees).
+    fn locate(&self, seqs: &[u64]) -> Result<Vec<(u64, Vec<usize>)>, QueueError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut groups: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+        for seq in sorted {
+            if let Some((first, end, indexes)) = groups.last_mut() {
+                if seq < *end {
+                    indexes.push((seq - *first) as usize);
+                    continue;
+                }
+            }
+            let Some(entry) = self.events.range(..=seq.to_be_bytes()).next_back() else {
+                continue;
+            };
+            let (key, value) = entry?;
+            let first = read_u64(Some(key));
+            let end = first + decode_chunk(first, &value)?.events.len() as u64;
+            if seq < end {
+                groups.push((first, end, vec![(seq - first) as usize]));
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(first, _, indexes)| (first, indexes))
+            .collect())
+    }
+
     /// Every dead-lettered event, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead
@@ -371,7 +471,7 @@ impl Queue {
                 let (_, value) = entry?;
                 let (version, letter): (u8, DeadLetter) = bincode::deserialize(&value)
                     .map_err(|err| QueueError::Damaged(format!("dead letter: {err}")))?;
-                if version != FORMAT_VERSION {
+                if version != DEAD_LETTER_VERSION {
                     return Err(QueueError::Damaged(format!(
                         "dead letter of format {version}"
                     )));
@@ -431,7 +531,7 @@ impl Queue {
         match self.events.first()? {
             None => Ok(None),
             Some((key, value)) => Ok(Some(
-                decode_event(read_u64(Some(key)), &value)?.queued_at_ms,
+                decode_chunk(read_u64(Some(key)), &value)?.queued_at_ms,
             )),
         }
     }
@@ -462,27 +562,89 @@ pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
     hash.to_be_bytes()
 }
 
-fn decode_event(seq: u64, value: &[u8]) -> Result<QueuedEvent, QueueError> {
-    let envelope: Envelope = bincode::deserialize(value)
-        .map_err(|err| QueueError::Damaged(format!("event #{seq}: {err}")))?;
-    if envelope.version != FORMAT_VERSION {
-        return Err(QueueError::Damaged(format!(
-            "event #{seq} has record format {}, this version reads {FORMAT_VERSION}",
-            envelope.version
-        )));
+/// Reads a stored record as a chunk, borrowing the raw bytes; a format 1 record is a chunk of one.
+fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueError> {
+    let damaged = |err: bincode::Error| QueueError::Damaged(format!("record #{first}: {err}"));
+    match value.first() {
+        Some(&FORMAT_VERSION) => bincode::deserialize(value).map_err(damaged),
+        Some(&SINGLE_EVENT_VERSION) => {
+            let envelope: Envelope = bincode::deserialize(value).map_err(damaged)?;
+            Ok(Chunk {
+                version: SINGLE_EVENT_VERSION,
+                stream: envelope.stream,
+                queued_at_ms: envelope.queued_at_ms,
+                events: vec![ChunkEvent {
+                    timestamp_ns: envelope.timestamp_ns,
+                    raw: envelope.raw.as_bytes(),
+                }],
+            })
+        }
+        Some(version) => Err(QueueError::Damaged(format!(
+            "record #{first} has format {version}, this version reads {SINGLE_EVENT_VERSION} and {FORMAT_VERSION}"
+        ))),
+        None => Err(QueueError::Damaged(format!("record #{first} is empty"))),
     }
-    Ok(QueuedEvent {
-        seq,
-        stream: envelope.stream,
-        timestamp_ns: envelope.timestamp_ns,
-        queued_at_ms: envelope.queued_at_ms,
-        raw: envelope.raw.to_string(),
-    })
 }
 
-/// The raw length of a stored record, for the byte counters (0 if it cannot be read).
-fn raw_len(value: &[u8]) -> u64 {
-    bincode::deserialize::<Envelope>(value).map_or(0, |e| e.raw.len() as u64)
+/// Stores `chunk` at key `first` (inside a transaction), empties it, and returns the next free sequence.
+fn write_chunk(
+    events_tx: &TransactionalTree,
+    first: u64,
+    chunk: &mut Chunk<'_>,
+) -> Result<u64, ConflictableTransactionError<QueueError>> {
+    let record = bincode::serialize(&*chunk).map_err(|err| {
+        ConflictableTransactionError::Abort(QueueError::Damaged(format!(
+            "cannot encode events: {err}"
+        )))
+    })?;
+    events_tx.insert(&first.to_be_bytes()[..], record)?;
+    let next = first + chunk.events.len() as u64;
+    chunk.events.clear();
+    Ok(next)
+}
+
+/// Marks events of the chunk at `first` as gone (inside a transaction) and removes the chunk with its
+/// bitmap once every event is gone. Returns the events and raw bytes newly marked (events already marked,
+/// or a chunk already removed, count nothing).
+fn mark_gone(
+    events_tx: &TransactionalTree,
+    acked_tx: &TransactionalTree,
+    first: u64,
+    indexes: &[usize],
+) -> Result<(u64, u64), ConflictableTransactionError<QueueError>> {
+    let key = first.to_be_bytes();
+    let Some(value) = events_tx.get(&key[..])? else {
+        return Ok((0, 0));
+    };
+    let chunk = decode_chunk(first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let len = chunk.events.len();
+    let mut bits = acked_tx
+        .get(&key[..])?
+        .map(|bits| bits.to_vec())
+        .unwrap_or_default();
+    bits.resize(len.div_ceil(8), 0);
+    let (mut events, mut bytes) = (0, 0);
+    for &index in indexes {
+        if index < len && !bit(&bits, index) {
+            bits[index / 8] |= 1 << (index % 8);
+            events += 1;
+            bytes += chunk.events[index].raw.len() as u64;
+        }
+    }
+    let gone: u32 = bits.iter().map(|byte| byte.count_ones()).sum();
+    if gone as usize >= len {
+        events_tx.remove(&key[..])?;
+        acked_tx.remove(&key[..])?;
+    } else if events > 0 {
+        acked_tx.insert(&key[..], bits)?;
+    }
+    Ok((events, bytes))
+}
+
+/// Whether bit `index` of a chunk's bitmap is set.
+fn bit(bits: &[u8], index: usize) -> bool {
+    bits.get(index / 8)
+        .is_some_and(|byte| byte & (1 << (index % 8)) != 0)
 }
 
 fn cursor_key(stream: &str) -> String {
@@ -610,6 +772,75 @@ mod tests {
         assert_eq!(q.dead_letter_count(), 1);
         assert_eq!(q.dead_letters().unwrap()[0].reason, "too big");
         assert_eq!(q.read_batch(None, 100, 1 << 20).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn partial_acks_across_chunks_keep_the_rest_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = CHUNK_MAX_EVENTS * 3 + 5;
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            let page: Vec<_> = (0..total)
+                .map(|i| event(&format!("e{i}"), i as i64))
+                .collect();
+            assert_eq!(
+                q.commit_page("s", &page, cursor(1)).unwrap().queued,
+                total as u64
+            );
+            assert!(q.events.len() > 3, "the page is stored in several chunks");
+            let all = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+            let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (0..total as u64).collect::<Vec<_>>());
+            // Every other event, out of order and twice: counted once each.
+            let mut odd: Vec<u64> = seqs.iter().copied().filter(|s| s % 2 == 1).collect();
+            odd.reverse();
+            q.ack(&odd).unwrap();
+            q.ack(&odd).unwrap();
+            assert_eq!(q.depth().events, (total - odd.len()) as u64);
+            // Reading from the middle of a chunk skips what is acknowledged.
+            let rest = q.read_batch(Some(2), 3, usize::MAX).unwrap();
+            let rest: Vec<u64> = rest.iter().map(|e| e.seq).collect();
+            assert_eq!(rest, vec![4, 6, 8]);
+            q.dead_letter(&all[4], "refused").unwrap();
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        let left = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+        assert!(left.iter().all(|e| e.seq % 2 == 0 && e.seq != 4));
+        assert_eq!(left.len() as u64, q.depth().events);
+        let seqs: Vec<u64> = left.iter().map(|e| e.seq).collect();
+        q.ack(&seqs).unwrap();
+        assert_eq!(q.depth(), Depth::default());
+        assert!(
+            q.events.is_empty() && q.acked.is_empty(),
+            "chunks and bitmaps go"
+        );
+        assert_eq!(q.dead_letters().unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn records_of_format_1_are_still_read_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let raw = r#"{"id":"old"}"#;
+        let old = Envelope {
+            version: SINGLE_EVENT_VERSION,
+            stream: stream_tag("s"),
+            timestamp_ns: 5,
+            queued_at_ms: 9,
+            raw,
+        };
+        q.events
+            .insert(7u64.to_be_bytes(), bincode::serialize(&old).unwrap())
+            .unwrap();
+        q.meta.insert(KEY_SEQ, &8u64.to_be_bytes()[..]).unwrap();
+        q.commit_page("s", &[event("new", 6)], cursor(7)).unwrap();
+        let batch = q.read_batch(None, 10, 1 << 20).unwrap();
+        assert_eq!((batch[0].seq, batch[0].raw.as_str()), (7, raw));
+        assert_eq!(batch[0].queued_at_ms, 9);
+        assert_eq!(batch[1].seq, 8);
+        assert_eq!(q.oldest_queued_at_ms().unwrap(), Some(9));
+        q.ack(&[7]).unwrap();
+        assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap()[0].seq, 8);
     }
 
     #[test]
