@@ -38,6 +38,9 @@ pub struct JumpcloudConfig {
     pub services: Vec<String>,
     pub poll_interval: Duration,
     pub page_size: u32,
+    /// The page size after a full page (a backlog is waiting): the API's largest, so catching up takes few
+    /// requests.
+    pub catch_up_page_size: u32,
     pub initial_lookback: Duration,
     pub overlap: Duration,
     /// The least time between two requests of one stream (JumpCloud asks for about 1–2 requests/s per key).
@@ -54,6 +57,8 @@ pub struct SekoiaConfig {
     pub intake_key: Secret,
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
+    /// Batches sent at once (each acknowledged on its own 2xx).
+    pub max_in_flight: usize,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
 }
@@ -258,6 +263,7 @@ impl Reader<'_> {
             "services",
             "poll_interval",
             "page_size",
+            "catch_up_page_size",
             "initial_lookback",
             "overlap",
             "min_request_interval",
@@ -289,6 +295,18 @@ impl Reader<'_> {
                     &format!("= {n} is out of range: use 1 to 10000"),
                 );
                 1000
+            }
+        };
+        let catch_up_page_size = match self.integer(s, "catch_up_page_size") {
+            None => 10_000,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "catch_up_page_size",
+                    &format!("= {n} is out of range: use 1 to 10000"),
+                );
+                10_000
             }
         };
         let initial_lookback = self.duration(s, "initial_lookback", Duration::from_secs(24 * 3600));
@@ -326,6 +344,7 @@ impl Reader<'_> {
             services,
             poll_interval,
             page_size,
+            catch_up_page_size,
             initial_lookback,
             overlap,
             min_request_interval,
@@ -340,6 +359,7 @@ impl Reader<'_> {
             "intake_key",
             "batch_max_events",
             "batch_max_bytes",
+            "max_in_flight",
             "request_timeout",
             "retry_initial",
             "retry_max",
@@ -368,6 +388,18 @@ impl Reader<'_> {
                 ),
             );
         }
+        let max_in_flight = match self.integer(s, "max_in_flight") {
+            None => 2,
+            Some(n) if (1..=16).contains(&n) => n as usize,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "max_in_flight",
+                    &format!("= {n} is out of range: use 1 to 16"),
+                );
+                2
+            }
+        };
         let request_timeout = self.duration(s, "request_timeout", Duration::from_secs(30));
         if request_timeout.is_zero() {
             self.problem(
@@ -383,6 +415,7 @@ impl Reader<'_> {
             intake_key,
             batch_max_events,
             batch_max_bytes: batch_max_bytes as usize,
+            max_in_flight,
             request_timeout,
             retry,
         }
@@ -787,6 +820,8 @@ max_bytes = "10GiB"
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.jumpcloud.services, vec!["all".to_string()]);
         assert_eq!(c.jumpcloud.page_size, 1000);
+        assert_eq!(c.jumpcloud.catch_up_page_size, 10_000);
+        assert_eq!(c.sekoia.max_in_flight, 2);
         assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
     }
 
@@ -808,10 +843,12 @@ data_dr = "/tmp/x"
 [jumpcloud]
 api_key = "${NOPE}"
 page_size = 20000
+catch_up_page_size = 0
 poll_interval = "soon"
 services = []
 [sekoia]
 intake_url = "ftp://x"
+max_in_flight = 17
 [queue]
 max_bytes = "lots"
 "#;
@@ -821,6 +858,8 @@ max_bytes = "lots"
             "data_dr is not a known key (did you mean \"data_dir\"?)",
             "jumpcloud.api_key uses ${NOPE}, but the environment variable NOPE is not set",
             "jumpcloud.page_size = 20000 is out of range",
+            "jumpcloud.catch_up_page_size = 0 is out of range",
+            "sekoia.max_in_flight = 17 is out of range",
             "jumpcloud.poll_interval = \"soon\" is not a duration",
             "jumpcloud.services is empty",
             "sekoia.intake_url = \"ftp://x\" is not an http(s) URL",
@@ -829,7 +868,7 @@ max_bytes = "lots"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 8, "{all}");
+        assert_eq!(err.problems.len(), 10, "{all}");
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!   clearly and retried slowly; the events stay queued.
 //! - 413 splits the batch in two; a single event the intake will never take (over 250 KiB, or refused alone
 //!   with 413) is moved to the dead-letter tree, logged and counted, and never blocks the rest.
-//! - Events are sent in queue order.
+//! - Up to `sekoia.max_in_flight` batches are sent at once: each is read after the one before it (queue order),
+//!   retried on its own and acknowledged on its own 2xx, so batches may arrive (and be acknowledged) a little
+//!   out of order, never before being sent. With 1, events are sent strictly in queue order.
+//! - A batch whose delivery ends without acknowledging (a storage error, shutdown) is read again from the head
+//!   once the batches in flight are done: nothing read is ever skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use backoff::backoff::Backoff;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
@@ -51,44 +56,113 @@ enum SendOutcome {
 
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
-        let mut storage_retry = transient_backoff(self.config.retry);
-        while !shutdown.is_triggered() {
-            match self.forward_next_batch(&shutdown).await {
-                Ok(Some(_)) => storage_retry.reset(),
-                Ok(None) => {
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.wait() => break,
+        let this = Arc::new(self);
+        let max_in_flight = this.config.max_in_flight.max(1);
+        let mut in_flight: JoinSet<Result<(), ForwardError>> = JoinSet::new();
+        // The last sequence handed to a delivery; the next batch is read after it. `None`: from the head.
+        let mut last_read: Option<u64> = None;
+        let mut storage_retry = transient_backoff(this.config.retry);
+        let mut stopping = false;
+        while !stopping && !shutdown.is_triggered() {
+            // Fill the window with the batches that follow the ones in flight.
+            let mut queue_empty = false;
+            let mut storage_error = None;
+            while in_flight.len() < max_in_flight {
+                match this.read_next_batch(last_read).await {
+                    Ok(batch) if batch.is_empty() => {
+                        queue_empty = true;
+                        break;
                     }
-                }
-                Err(ForwardError::Stopped) => break,
-                Err(ForwardError::Queue(err)) => {
-                    let wait = storage_retry
-                        .next_backoff()
-                        .unwrap_or(Duration::from_secs(60));
-                    tracing::error!(retry_in = ?wait, "cannot read or update the queue: {err}");
-                    if !shutdown.sleep(wait).await {
+                    Ok(batch) => {
+                        storage_retry.reset();
+                        last_read = batch.last().map(|event| event.seq);
+                        let forwarder = this.clone();
+                        let shutdown = shutdown.clone();
+                        in_flight.spawn(async move { forwarder.forward(batch, &shutdown).await });
+                    }
+                    Err(err) => {
+                        storage_error = Some(err);
                         break;
                     }
                 }
             }
+            if in_flight.is_empty() {
+                // Everything read so far was acknowledged or dead-lettered, or failed and is still queued:
+                // read from the head again, which also retries whatever a failed delivery left behind.
+                last_read = None;
+                if let Some(err) = storage_error {
+                    if !this.storage_wait(&mut storage_retry, err, &shutdown).await {
+                        break;
+                    }
+                } else if queue_empty {
+                    tokio::select! {
+                        _ = this.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                }
+                continue;
+            }
+            // Wait for a delivery to end, or for new events when the window is not full.
+            let ended = tokio::select! {
+                ended = in_flight.join_next() => ended,
+                _ = this.wake.notified(), if queue_empty => None,
+                _ = shutdown.wait() => None,
+            };
+            match ended {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(ForwardError::Stopped))) => stopping = true,
+                Some(Ok(Err(ForwardError::Queue(err)))) => {
+                    // Let the others end, then start again from the head (see above).
+                    while let Some(other) = in_flight.join_next().await {
+                        if let Ok(Err(ForwardError::Stopped)) = other {
+                            stopping = true;
+                        }
+                    }
+                    last_read = None;
+                    if !stopping && !this.storage_wait(&mut storage_retry, err, &shutdown).await {
+                        break;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::error!("a delivery task failed: {err}; its events stay queued");
+                    while in_flight.join_next().await.is_some() {}
+                    last_read = None;
+                }
+            }
         }
+        // Deliveries finish or abandon their request within their grace period.
+        while in_flight.join_next().await.is_some() {}
         tracing::debug!("forwarder stopped");
     }
 
-    /// Sends the batch at the head of the queue; `Ok(None)` when the queue is empty.
-    async fn forward_next_batch(&self, shutdown: &Shutdown) -> Result<Option<usize>, ForwardError> {
+    /// Logs a storage error and waits before the next try; false when shutdown came first.
+    async fn storage_wait(
+        &self,
+        retry: &mut backoff::ExponentialBackoff,
+        err: QueueError,
+        shutdown: &Shutdown,
+    ) -> bool {
+        let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
+        tracing::error!(retry_in = ?wait, "cannot read or update the queue: {err}");
+        shutdown.sleep(wait).await
+    }
+
+    /// Reads the batch that follows `after` (from the head when `None`).
+    async fn read_next_batch(&self, after: Option<u64>) -> Result<Vec<QueuedEvent>, QueueError> {
         let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
-        let batch =
-            tokio::task::spawn_blocking(move || queue.read_batch(None, max_events, max_bytes))
-                .await
-                .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))??;
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        let count = batch.len();
+        tokio::task::spawn_blocking(move || queue.read_batch(after, max_events, max_bytes))
+            .await
+            .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
+    }
+
+    /// Dead-letters the oversize events of a batch and delivers the rest.
+    async fn forward(
+        &self,
+        batch: Vec<QueuedEvent>,
+        shutdown: &Shutdown,
+    ) -> Result<(), ForwardError> {
         let (oversize, sendable): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|event| event.raw.len() > INTAKE_MAX_EVENT_BYTES);
@@ -105,7 +179,7 @@ impl Forwarder {
         if !sendable.is_empty() {
             self.deliver(sendable, shutdown).await?;
         }
-        Ok(Some(count))
+        Ok(())
     }
 
     /// Delivers a batch, splitting it on 413, until every event is acknowledged or dead-lettered.

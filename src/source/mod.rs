@@ -10,7 +10,10 @@
 //!   those events are delivered, but they do not move the cursor into the future).
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
-//! - Nothing moves unless the page it covers is durably queued with it (one transaction).
+//! - Nothing moves unless the page it covers is queued with it (one transaction). The commit is flushed
+//!   before the next request: a commit lost in a crash takes its cursor with it, and is simply read again.
+//! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
+//!   `search_after` cursor does not depend on the page size).
 //! - When the queue is over its size limit, polling pauses; nothing is dropped.
 
 pub mod api;
@@ -135,6 +138,8 @@ impl Poller {
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
         let start_time = api::format_timestamp(start_ns);
         let mut search_after: Option<Box<serde_json::value::RawValue>> = None;
+        // After a full page more is waiting: ask for the API's largest pages for the rest of this poll.
+        let mut limit = self.config.page_size;
         loop {
             if let Some(at) = last_request {
                 let next = *at + self.config.min_request_interval;
@@ -147,7 +152,7 @@ impl Poller {
                 service: &self.config.services,
                 start_time: start_time.clone(),
                 end_time: None,
-                limit: self.config.page_size,
+                limit,
                 sort: "ASC",
                 search_after: search_after.as_deref(),
             };
@@ -212,6 +217,7 @@ impl Poller {
                 return Err(PollError::StuckCursor);
             }
             search_after = next;
+            limit = limit.max(self.config.catch_up_page_size);
             if self.queue.depth().bytes >= self.max_queue_bytes || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
