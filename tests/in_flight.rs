@@ -56,7 +56,8 @@ async fn batches_are_sent_together_up_to_the_limit() {
     let events = EventFactory::new(22).mix(1000, now - 3600 * SECOND, now - 120 * SECOND);
     h.api.add_events(events.clone());
     for _ in 0..3 {
-        h.intake.push_fault(IntakeFault::Delay(Duration::from_secs(5)));
+        h.intake
+            .push_fault(IntakeFault::Delay(Duration::from_secs(5)));
     }
     let config = h.config("", "max_in_flight = 3\nbatch_max_events = 100");
     let queue = h.open_queue(&config).await;
@@ -68,7 +69,11 @@ async fn batches_are_sent_together_up_to_the_limit() {
         h.intake.requests()
     );
     assert_eq!(h.intake.accepted_batches(), 0);
-    assert_eq!(queue.depth().events, 1000, "nothing acknowledged before a 2xx");
+    assert_eq!(
+        queue.depth().events,
+        1000,
+        "nothing acknowledged before a 2xx"
+    );
     wait_all_arrived(&h.intake, &events, LONG).await;
     agent.stop().await;
     assert_eq!(duplicates(&h.intake), 0);
