@@ -69,7 +69,9 @@ fn enqueue(c: &mut Criterion) {
         b.iter_batched(
             || pages.page(),
             |(events, cursor)| {
-                let outcome = queue.commit_page("bench", &events, cursor).expect("commit");
+                let outcome = queue
+                    .commit_page("bench", &events, Some(cursor))
+                    .expect("commit");
                 assert_eq!(outcome.queued, PAGE as u64);
                 rt.block_on(queue.flush()).expect("flush");
             },
@@ -78,10 +80,14 @@ fn enqueue(c: &mut Criterion) {
     });
 
     let (seen, cursor) = pages.page();
-    queue.commit_page("bench", &seen, cursor).expect("commit");
+    queue
+        .commit_page("bench", &seen, Some(cursor))
+        .expect("commit");
     group.bench_function("enqueue_duplicates", |b| {
         b.iter(|| {
-            let outcome = queue.commit_page("bench", &seen, cursor).expect("commit");
+            let outcome = queue
+                .commit_page("bench", &seen, Some(cursor))
+                .expect("commit");
             assert_eq!(outcome.duplicates, PAGE as u64);
             rt.block_on(queue.flush()).expect("flush");
         })
@@ -103,7 +109,9 @@ fn drain(c: &mut Criterion) {
             // Fill (untimed) with as many pages as the batches to drain.
             for _ in 0..iterations {
                 let (events, cursor) = pages.page();
-                queue.commit_page("bench", &events, cursor).expect("commit");
+                queue
+                    .commit_page("bench", &events, Some(cursor))
+                    .expect("commit");
             }
             rt.block_on(queue.flush()).expect("flush");
             let started = Instant::now();

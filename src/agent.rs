@@ -1,20 +1,26 @@
 //! The agent: wires the pipeline (source → queue → sink) for one configuration and runs it until shutdown.
 //!
+//! Each stream gets its own poller and its own forwarder (its own HTTP clients, with its sections' proxy
+//! and CA settings), sharing the one queue: a stream that fails (revoked key, unreachable intake) stalls
+//! only itself, and with several streams each may fill only its equal share of the queue ([`StreamShare`]).
+//!
 //! Invariants: on shutdown the pollers stop first (an in-flight API request is abandoned: nothing was
 //! committed for it), the forwarder finishes or abandons its request within its grace period, and the queue
 //! is flushed before [`run`] returns. Every part is given [`STOP_DEADLINE`] at most.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::queue::{stream_tag, Queue};
+use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
-use crate::sink::Forwarder;
+use crate::sink::{Forwarder, StreamRoute};
 use crate::source::api::ApiClient;
 use crate::source::Poller;
 
@@ -22,7 +28,7 @@ use crate::source::Poller;
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The name of the stream of the `[jumpcloud]` section (cursor and dedup scope).
-pub const DEFAULT_STREAM: &str = "default";
+pub use crate::config::DEFAULT_STREAM;
 
 /// Opens the queue in the configured folder (creating it), on a blocking thread.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
@@ -44,38 +50,106 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let http = HttpClient::new(CONNECT_TIMEOUT).map_err(anyhow::Error::msg)?;
-    let api = ApiClient::new(http.clone(), &config.jumpcloud).map_err(anyhow::Error::msg)?;
-    let wake = Arc::new(Notify::new());
+    // Each stream's bytes in the queue (for the shares), and events no configured stream will send.
+    let usage = {
+        let queue = queue.clone();
+        tokio::task::spawn_blocking(move || queue.bytes_by_stream()).await??
+    };
+    let tags: Vec<u32> = config.streams.iter().map(|s| stream_tag(&s.name)).collect();
+    let orphaned: u64 = usage
+        .iter()
+        .filter(|(tag, _)| !tags.contains(tag))
+        .map(|(_, bytes)| bytes)
+        .sum();
+    if orphaned > 0 {
+        tracing::warn!(
+            bytes = orphaned,
+            "the queue holds events of streams that are no longer configured: they stay queued, unsent, until \
+             a stream of the same name is configured again (the single [jumpcloud] form is the stream \"default\")"
+        );
+    }
     let depth = queue.depth();
     tracing::info!(
         data_dir = %config.data_dir.display(),
         queued_events = depth.events,
         queued_bytes = depth.bytes,
         dead_letters = queue.dead_letter_count(),
-        api = %config.jumpcloud.base_url,
-        intake = %config.sekoia.intake_url,
+        streams = config.streams.len(),
         "agent started"
     );
-    let poller = Poller {
-        stream: DEFAULT_STREAM.to_string(),
-        config: config.jumpcloud.clone(),
-        api,
-        queue: queue.clone(),
-        max_queue_bytes: config.queue.max_bytes,
-        metrics: metrics.clone(),
-        forwarder_wake: wake.clone(),
-    };
-    let forwarder = Forwarder {
-        config: config.sekoia.clone(),
-        http,
-        queue: queue.clone(),
-        metrics,
-        wake,
+    let share_limit = match config.streams.len() as u64 {
+        0 => return Err(anyhow::anyhow!("the configuration has no stream")),
+        1 => u64::MAX,
+        n => (config.queue.max_bytes / n).max(1),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(poller.run(shutdown.clone()));
-    tasks.spawn(forwarder.run(shutdown.clone()));
+    let mut stream_apis = Vec::new();
+    for (stream, tag) in config.streams.iter().zip(tags) {
+        let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
+            .map_err(anyhow::Error::msg)?;
+        let intake_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
+            .map_err(anyhow::Error::msg)?;
+        let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
+        stream_apis.push((stream.name.clone(), api.clone()));
+        let share = Arc::new(StreamShare::new(
+            share_limit,
+            usage.get(&tag).copied().unwrap_or(0),
+        ));
+        let wake = Arc::new(Notify::new());
+        tracing::info!(
+            stream = %stream.name,
+            api = %stream.jumpcloud.base_url,
+            org_id = stream.jumpcloud.org_id.as_deref().unwrap_or("-"),
+            intake = %stream.sekoia.intake_url,
+            destination = %stream.sekoia.section,
+            "stream configured"
+        );
+        let poller = Poller {
+            stream: stream.name.clone(),
+            config: stream.jumpcloud.clone(),
+            api,
+            queue: queue.clone(),
+            max_queue_bytes: config.queue.max_bytes,
+            share: share.clone(),
+            dedup_window: config.queue.dedup_window,
+            metrics: metrics.clone(),
+            forwarder_wake: wake.clone(),
+        };
+        let forwarder = Forwarder {
+            stream: StreamRoute {
+                name: stream.name.clone(),
+                tag,
+                share,
+            },
+            config: stream.sekoia.clone(),
+            http: intake_http,
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            wake,
+        };
+        tasks.spawn(poller.run(shutdown.clone()));
+        tasks.spawn(forwarder.run(shutdown.clone()));
+    }
+    if let Some(listen) = config.api.listen {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {listen} for metrics and status: {err} (another agent running? \
+                 set [api] listen to a free port, or enabled = false)"
+            )
+        })?;
+        // Port 0 picks a free port (the demo uses it): log the real one.
+        let listen = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%listen, "metrics on http://{listen}/metrics, health on /health, status on /status");
+        let state = Arc::new(AdminState {
+            config: config.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            apis: stream_apis,
+            shutdown: shutdown.clone(),
+            backfill: Mutex::new(None),
+        });
+        tasks.spawn(crate::admin::serve(listener, state));
+    }
 
     // The parts run until shutdown; one that ends before it has failed (a bug): stop the rest, flush,
     // and exit with an error so that the service manager restarts the agent.

@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `demo`, `normalize`. Parses arguments, sets up logging on stderr,
+//! The command line: `run`, `validate`, `demo`, `normalize`, `status`, `dead-letter`, `backfill`. Parses arguments, sets up logging on stderr,
 //! and turns outcomes into exit codes (0 success, 1 failure, 2 usage).
 //!
 //! Invariant: no secret reaches a log line, an error message or `--help` (secrets live only in the
@@ -57,6 +57,58 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         outage_seconds: u64,
     },
+    /// Normalize raw events (one JSON document per line, from FILEs or stdin) to the ECS documents
+    /// Sekoia.io's "Jumpcloud Directory Insights" format produces, one per line on stdout.
+    Normalize {
+        /// Files of raw events; stdin when none (or `-`).
+        files: Vec<PathBuf>,
+    },
+    /// Show per stream the cursor and lag, the last successful poll and send, the queue, the dead letters
+    /// and the last errors. Asks the running agent, else reads the queue on disk.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, export, retry or purge the events the intake will never accept (kept on disk).
+    DeadLetter {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+    /// Re-collect a past window into the queue (deduplicated), e.g. after a misconfiguration. Runs in the
+    /// agent when it is running, else here (the agent forwards the events when it starts).
+    Backfill {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
+        config: PathBuf,
+        /// Start of the window: an RFC 3339 time (2026-11-20T00:00:00Z) or a duration ago (48h).
+        #[arg(long)]
+        from: String,
+        /// End of the window (same forms); now when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// The stream to backfill; needed when there are several `[[streams]]`.
+        #[arg(long)]
+        stream: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// One line per dead letter: sequence, when, size, reason.
+    List,
+    /// Write every dead letter as one JSON object per line (`-` for stdout).
+    Export { file: PathBuf },
+    /// Put every dead letter back at the tail of the queue, to be sent again.
+    Retry,
+    /// Delete every dead letter for good (asks first; --yes does not).
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +128,25 @@ pub fn main() -> ExitCode {
             events,
             outage_seconds,
         } => with_runtime(|| crate::demo::run(events, outage_seconds)),
+        Command::Normalize { files } => crate::normalize::run_cli(&files),
+        Command::Status { config, json } => {
+            with_config(Config::load_without_secrets(&config), |c| {
+                with_runtime(|| crate::ops::status(c, json))
+            })
+        }
+        Command::DeadLetter { config, action } => {
+            with_config(Config::load_without_secrets(&config), |c| {
+                with_runtime(|| crate::ops::dead_letter(c, action))
+            })
+        }
+        Command::Backfill {
+            config,
+            from,
+            to,
+            stream,
+        } => with_config(Config::load(&config), |c| {
+            with_runtime(|| crate::ops::backfill(c, stream, from, to))
+        }),
     }
 }
 
@@ -142,6 +213,20 @@ fn validate(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs `command` with a loaded configuration, or prints every problem.
+fn with_config(
+    loaded: Result<crate::config::Loaded, crate::config::ConfigErrors>,
+    command: impl FnOnce(Config) -> ExitCode,
+) -> ExitCode {
+    match loaded {
+        Ok(loaded) => command(loaded.config),
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     let loaded = match Config::load(path) {
         Ok(loaded) => loaded,
@@ -167,7 +252,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 /// Runs an async main on a multi-threaded runtime and maps its result to an exit code.
-fn with_runtime<F, Fut>(main: F) -> ExitCode
+pub(crate) fn with_runtime<F, Fut>(main: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

@@ -1,14 +1,21 @@
-//! Configuration: reads the TOML file, resolves `${VAR}` / `${VAR:-default}` from the environment, applies
-//! defaults, and checks every value.
+//! Configuration: reads the TOML file, resolves `${VAR}` / `${VAR:-default}` from the environment, reads
+//! `*_file` secrets, applies defaults and region presets, and checks every value.
+//!
+//! Two forms: the single-stream form (`[jumpcloud]` + `[sekoia]`, one stream named `"default"`), and the
+//! several-stream form (`[[streams]]`, each inheriting what it does not set from `[jumpcloud]`, and sent to
+//! `[sekoia]` or a named destination `[sekoia.<name>]`). Both end as a list of [`StreamConfig`].
 //!
 //! Invariants:
 //! - Every problem in a file is reported at once, each naming the file, the key and what to do about it
 //!   ([`ConfigErrors`]); a typo in a key name is an error, never silently ignored.
 //! - Every key that has a sensible default may be omitted; small values (a 1 s poll interval, a zero overlap)
 //!   are accepted with a warning, never refused, so test and lab set-ups keep working.
-//! - Secrets are held in [`Secret`], whose `Debug` and `Display` never show the value.
+//! - Secrets (keys, client secrets, proxy URLs, which may carry credentials) are held in [`Secret`], whose
+//!   `Debug` and `Display` never show the value; messages show proxies without their credentials.
+//! - The process environment is read only through the `env` function given to [`Config::parse`] (`${VAR}`
+//!   and the proxy variables alike), so tests never depend on, nor change, the real environment.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,23 +24,72 @@ use std::time::Duration;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/jcdi-forwarder";
 /// The largest event the Sekoia.io intake accepts; larger ones are dead-lettered, never sent.
 pub const INTAKE_MAX_EVENT_BYTES: usize = 250 * 1024;
+/// The name of the stream of the single-section form (its cursor and dedup scope).
+pub const DEFAULT_STREAM: &str = "default";
+/// JumpCloud's OAuth2 token endpoint for service accounts.
+pub const DEFAULT_TOKEN_URL: &str = "https://admin-oauth.id.jumpcloud.com/oauth2/token";
+
+/// JumpCloud regions (`region = "..."` in a JumpCloud section) and their API hosts.
+pub const JUMPCLOUD_REGIONS: &[(&str, &str)] = &[
+    ("us", "https://api.jumpcloud.com"),
+    ("eu", "https://api.eu.jumpcloud.com"),
+    ("in", "https://api.in.jumpcloud.com"),
+];
+
+/// Sekoia.io regions (`region = "..."` in a Sekoia.io section).
+pub const SEKOIA_REGIONS: &[&str] = &["fra1", "fra2", "mco1", "uae1", "usa1"];
+
+/// The intake base URL of a Sekoia.io region: FRA1 has its own host, the others share one pattern.
+pub fn sekoia_region_url(region: &str) -> String {
+    if region == "fra1" {
+        "https://intake.sekoia.io".to_string()
+    } else {
+        format!("https://intake.{region}.sekoia.io/api/v1/intake-http")
+    }
+}
 
 /// The whole configuration of one agent.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Where the queue (a sled database) lives.
     pub data_dir: PathBuf,
+    /// The first stream's JumpCloud settings (in the single-section form, the only stream), for summaries
+    /// and single-stream tools. The pipeline uses [`Config::streams`].
     pub jumpcloud: JumpcloudConfig,
+    /// The first stream's destination, like `jumpcloud`.
     pub sekoia: SekoiaConfig,
     pub queue: QueueConfig,
+    /// Every stream, in file order; never empty after a successful parse.
+    pub streams: Vec<StreamConfig>,
+    pub api: ApiConfig,
 }
 
-/// The `[jumpcloud]` section: where and how to poll Directory Insights.
+/// The `[api]` section: the local HTTP endpoint for metrics, health, status and admin actions.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `None` when turned off (`enabled = false`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/health` turns 503 when a poller or the forwarder has been failing for longer than this.
+    pub unhealthy_after: Duration,
+}
+
+/// One JumpCloud organization polled into the queue, and the intake its events go to.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    /// Names the cursor, the dedup scope and the metrics label; `"default"` in the single-section form.
+    pub name: String,
+    pub jumpcloud: JumpcloudConfig,
+    pub sekoia: SekoiaConfig,
+}
+
+/// The `[jumpcloud]` section (or one stream): where and how to poll Directory Insights.
 #[derive(Clone, Debug)]
 pub struct JumpcloudConfig {
+    /// Where these settings were written (`jumpcloud`, `streams.acme`), so that messages name the key to fix.
+    pub section: String,
     /// Without a trailing slash, e.g. `https://api.jumpcloud.com`.
     pub base_url: String,
-    pub api_key: Secret,
+    pub auth: JumpcloudAuth,
     pub org_id: Option<String>,
     pub services: Vec<String>,
     pub poll_interval: Duration,
@@ -47,20 +103,78 @@ pub struct JumpcloudConfig {
     pub min_request_interval: Duration,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
+    pub transport: Transport,
+    /// How long JumpCloud keeps events (90 days; 15 on the lowest plan): backfills cannot reach further.
+    pub retention: Duration,
 }
 
-/// The `[sekoia]` section: where and how to forward.
+/// How a stream authenticates to JumpCloud.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JumpcloudAuth {
+    /// `x-api-key` (an administrator's key, or an MSP key with `org_id`).
+    ApiKey(Secret),
+    /// OAuth2 client credentials; the bearer token is fetched from `token_url` and refreshed.
+    ServiceAccount {
+        client_id: String,
+        client_secret: Secret,
+        token_url: String,
+    },
+    /// Not configured (only in `[jumpcloud]` of the several-stream form, where each stream sets its own).
+    Missing,
+}
+
+/// The `[sekoia]` section (or a `[sekoia.<name>]` destination): where and how to forward.
 #[derive(Clone, Debug)]
 pub struct SekoiaConfig {
+    /// Where these settings were written (`sekoia`, `sekoia.acme`), for messages.
+    pub section: String,
     /// Without a trailing slash; `/batch` is appended.
     pub intake_url: String,
     pub intake_key: Secret,
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
-    /// Batches sent at once (each acknowledged on its own 2xx).
+    /// Batches of one stream sent at once (each acknowledged on its own 2xx).
     pub max_in_flight: usize,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
+    pub transport: Transport,
+}
+
+/// How to reach one destination: the proxy and the extra trusted CAs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Transport {
+    pub proxy: ProxyConfig,
+    /// A PEM bundle trusted in addition to the system's roots (a corporate or TLS-inspecting CA).
+    pub ca_file: Option<PathBuf>,
+    /// The section whose `ca_file` and `proxy` fix this transport (`jumpcloud`, `sekoia.acme`).
+    pub section: String,
+}
+
+impl Transport {
+    /// Direct connections, system roots only (the stand-ins' own tools, unit tests).
+    pub fn direct() -> Transport {
+        Transport {
+            proxy: ProxyConfig::Direct,
+            ca_file: None,
+            section: String::new(),
+        }
+    }
+}
+
+/// Which proxy, if any, requests go through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyConfig {
+    /// From `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (upper or lower case), read when the
+    /// configuration is loaded. Each proxy URL may carry credentials.
+    Environment {
+        http: Option<Secret>,
+        https: Option<Secret>,
+        no_proxy: String,
+    },
+    /// `proxy = "http://user:pass@host:port"`: every request of the section goes through it.
+    Url(Secret),
+    /// `proxy = "none"`: direct, whatever the environment says.
+    Direct,
 }
 
 /// Backoff between retries of passing failures: starts at `initial`, doubles (jittered) up to `max`, and
@@ -74,12 +188,17 @@ pub struct RetryConfig {
 /// The `[queue]` section.
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
-    /// When the queued events reach this many bytes, polling pauses; nothing is dropped.
+    /// When the queued events reach this many bytes, polling pauses; nothing is dropped. With several
+    /// streams, each stream may hold at most its equal share of it (so that one stalled or noisy
+    /// organization cannot fill the queue for the others).
     pub max_bytes: u64,
+    /// How long event ids are remembered for deduplication (at least `overlap` plus an hour is kept
+    /// whatever this says). A backfill within this window sends nothing twice.
+    pub dedup_window: Duration,
 }
 
-/// A secret value (API key, intake key). It is printed as `***` everywhere.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret value (API key, intake key, client secret, proxy URL). It is printed as `***` everywhere.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(String);
 
 impl Secret {
@@ -141,14 +260,17 @@ pub struct Loaded {
 impl Config {
     /// Reads and checks the file at `path`, resolving `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
-            file: file.clone(),
-            problems: vec![format!(
-                "cannot read the file: {err} (pass the right path with --config)"
-            )],
-        })?;
+        let (text, file) = read_file(path)?;
         Config::parse(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], for commands that never use the secrets (`status`, `dead-letter`): an unset
+    /// variable is not an error there, so they work without the service's environment file.
+    pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let (text, file) = read_file(path)?;
+        Config::parse(&text, &file, &|name| {
+            Some(std::env::var(name).unwrap_or_else(|_| "unset".to_string()))
+        })
     }
 
     /// Parses configuration text; `env` resolves `${VAR}` references. `file` names the source in messages.
@@ -165,6 +287,7 @@ impl Config {
             env,
             problems: Vec::new(),
             warnings: Vec::new(),
+            env_proxy: None,
         };
         let config = reader.config(table);
         if reader.problems.is_empty() {
@@ -178,6 +301,19 @@ impl Config {
                 problems: reader.problems,
             })
         }
+    }
+}
+
+fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(err) => Err(ConfigErrors {
+            file,
+            problems: vec![format!(
+                "cannot read the file: {err} (pass the right path with --config)"
+            )],
+        }),
     }
 }
 
@@ -202,15 +338,24 @@ struct Reader<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<String>,
     warnings: Vec<String>,
+    /// The proxy settings of the environment, read (and checked) once, when a section first needs them.
+    env_proxy: Option<ProxyConfig>,
 }
 
 /// One table being read; whatever is left in it at the end is an unknown key.
 struct Section {
-    name: &'static str,
+    name: String,
     table: toml::Table,
 }
 
 impl Section {
+    fn new(name: impl Into<String>, table: toml::Table) -> Section {
+        Section {
+            name: name.into(),
+            table,
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         if self.name.is_empty() {
             key.to_string()
@@ -218,24 +363,129 @@ impl Section {
             format!("{}.{key}", self.name)
         }
     }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
 }
 
-const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue"];
+const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue", "streams", "api"];
+
+const JUMPCLOUD_KEYS: &[&str] = &[
+    "region",
+    "base_url",
+    "api_key",
+    "api_key_file",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "token_url",
+    "org_id",
+    "services",
+    "poll_interval",
+    "page_size",
+    "catch_up_page_size",
+    "initial_lookback",
+    "overlap",
+    "min_request_interval",
+    "request_timeout",
+    "retry_initial",
+    "retry_max",
+    "proxy",
+    "ca_file",
+    "retention",
+];
+
+const SEKOIA_KEYS: &[&str] = &[
+    "region",
+    "intake_url",
+    "intake_key",
+    "intake_key_file",
+    "batch_max_events",
+    "batch_max_bytes",
+    "max_in_flight",
+    "request_timeout",
+    "retry_initial",
+    "retry_max",
+    "proxy",
+    "ca_file",
+];
+
+/// Keys of a `[[streams]]` table besides the JumpCloud ones.
+const STREAM_KEYS: &[&str] = &["name", "destination", "intake_key", "intake_key_file"];
 
 impl Reader<'_> {
     fn config(&mut self, table: toml::Table) -> Config {
-        let mut top = Section { name: "", table };
+        let mut top = Section::new("", table);
         let data_dir = self
             .string(&mut top, "data_dir")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let mut jumpcloud = self.section(&mut top, "jumpcloud", true);
-        let mut sekoia = self.section(&mut top, "sekoia", true);
+        let streams_value = top.table.remove("streams");
+        let several = streams_value.is_some();
+        let mut jumpcloud = self.section(&mut top, "jumpcloud", !several);
+        let mut sekoia = self.section(&mut top, "sekoia", !several);
         let mut queue = self.section(&mut top, "queue", false);
+        let mut api = self.section(&mut top, "api", false);
         self.unknown_keys(&top, TOP_KEYS);
 
-        let jumpcloud = self.jumpcloud(&mut jumpcloud);
-        let sekoia = self.sekoia(&mut sekoia);
+        // Named destinations are the sub-tables of [sekoia]; what remains are its own keys.
+        let named: Vec<(String, toml::Table)> = {
+            let names: Vec<String> = sekoia
+                .table
+                .iter()
+                .filter(|(_, value)| value.is_table())
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|name| match sekoia.table.remove(&name) {
+                    Some(toml::Value::Table(table)) => Some((name, table)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let jumpcloud = self.jumpcloud(&mut jumpcloud, None, !several, &[]);
+        let sekoia = self.sekoia(&mut sekoia, None, !several);
+        let streams = if let Some(value) = streams_value {
+            let mut destinations = BTreeMap::new();
+            for (name, table) in named {
+                let mut section = Section::new(format!("sekoia.{name}"), table);
+                if !valid_name(&name) {
+                    self.problems.push(format!(
+                        "[sekoia.{name}]: a destination name may hold only letters, digits, '-' and '_'"
+                    ));
+                }
+                let destination = self.sekoia(&mut section, Some(&sekoia), true);
+                destinations.insert(name, destination);
+            }
+            let streams = self.streams(value, &jumpcloud, &sekoia, &destinations);
+            let used: BTreeSet<&str> = streams
+                .iter()
+                .filter_map(|stream| stream.sekoia.section.strip_prefix("sekoia."))
+                .collect();
+            for name in destinations.keys() {
+                if !used.contains(name.as_str()) {
+                    self.warnings.push(format!(
+                        "[sekoia.{name}] is not the destination of any stream (streams name it with destination = {name:?})"
+                    ));
+                }
+            }
+            streams
+        } else {
+            for (name, _) in named {
+                self.problems.push(format!(
+                    "[sekoia.{name}] is a named destination, used only by [[streams]]: add [[streams]] tables \
+                     (see docs/configuration-network.md), or remove it"
+                ));
+            }
+            vec![StreamConfig {
+                name: DEFAULT_STREAM.to_string(),
+                jumpcloud: jumpcloud.clone(),
+                sekoia: sekoia.clone(),
+            }]
+        };
+
         let max_bytes = self
             .size(&mut queue, "max_bytes")
             .unwrap_or(10 * 1024 * 1024 * 1024);
@@ -246,39 +496,290 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"10GiB\")",
             );
         }
-        self.unknown_keys(&queue, &["max_bytes"]);
+        let dedup_window =
+            self.duration(&mut queue, "dedup_window", Duration::from_secs(7 * 86_400));
+        self.unknown_keys(&queue, &["max_bytes", "dedup_window"]);
+        let api = self.api(&mut api);
+        let (first_jumpcloud, first_sekoia) = match streams.first() {
+            Some(first) => (first.jumpcloud.clone(), first.sekoia.clone()),
+            None => (jumpcloud, sekoia),
+        };
         Config {
             data_dir,
-            jumpcloud,
-            sekoia,
-            queue: QueueConfig { max_bytes },
+            jumpcloud: first_jumpcloud,
+            sekoia: first_sekoia,
+            queue: QueueConfig {
+                max_bytes,
+                dedup_window,
+            },
+            api,
+            streams,
         }
     }
 
-    fn jumpcloud(&mut self, s: &mut Section) -> JumpcloudConfig {
-        const KEYS: &[&str] = &[
-            "base_url",
-            "api_key",
-            "org_id",
-            "services",
-            "poll_interval",
-            "page_size",
-            "catch_up_page_size",
-            "initial_lookback",
-            "overlap",
-            "min_request_interval",
-            "request_timeout",
-            "retry_initial",
-            "retry_max",
-        ];
-        let base_url = self.url(s, "base_url", "https://api.jumpcloud.com");
-        let api_key = self.secret(s, "api_key", "JUMPCLOUD_API_KEY");
-        let org_id = self.string(s, "org_id").filter(|org| !org.is_empty());
-        let services = self.services(s);
-        let poll_interval = self.duration(s, "poll_interval", Duration::from_secs(60));
+    fn api(&mut self, s: &mut Section) -> ApiConfig {
+        let enabled = match s.table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(enabled)) => enabled,
+            Some(other) => {
+                self.problem(s, "enabled", &format!("= {other} must be true or false"));
+                true
+            }
+        };
+        let text = self
+            .string(s, "listen")
+            .unwrap_or_else(|| "127.0.0.1:9464".to_string());
+        let listen = match text.trim().parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn(
+                        s,
+                        "listen",
+                        "is not a loopback address: metrics and status are then reachable from the network \
+                         (admin actions are still refused to other hosts)",
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                self.problem(
+                    s,
+                    "listen",
+                    &format!("= {text:?} is not an address and port such as \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        };
+        let unhealthy_after = self.duration(s, "unhealthy_after", Duration::from_secs(300));
+        self.unknown_keys(s, &["enabled", "listen", "unhealthy_after"]);
+        ApiConfig {
+            listen: listen.filter(|_| enabled),
+            unhealthy_after,
+        }
+    }
+
+    /// Reads `[[streams]]`: each table inherits what it does not set from `[jumpcloud]`, and is sent to a
+    /// named destination, or to `[sekoia]` with its own intake key.
+    fn streams(
+        &mut self,
+        value: toml::Value,
+        jumpcloud: &JumpcloudConfig,
+        sekoia: &SekoiaConfig,
+        destinations: &BTreeMap<String, SekoiaConfig>,
+    ) -> Vec<StreamConfig> {
+        let toml::Value::Array(items) = value else {
+            self.problems.push(
+                "streams must be a list of tables: write each stream as [[streams]] with name = \"...\""
+                    .to_string(),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.problems.push(
+                "streams is empty: add at least one [[streams]] table, or use the [jumpcloud] form"
+                    .to_string(),
+            );
+        }
+        let mut streams: Vec<StreamConfig> = Vec::new();
+        let mut names = BTreeSet::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let toml::Value::Table(table) = item else {
+                self.problems.push(format!(
+                    "streams[{index}] must be a table: write it as [[streams]] followed by its keys"
+                ));
+                continue;
+            };
+            let mut s = Section::new(format!("streams[{index}]"), table);
+            let name = match self.string(&mut s, "name") {
+                Some(name) if valid_name(&name) => name,
+                Some(name) => {
+                    self.problem(
+                        &s,
+                        "name",
+                        &format!(
+                            "= {name:?} may hold only letters, digits, '-' and '_' (at most 64)"
+                        ),
+                    );
+                    format!("#{index}")
+                }
+                None => {
+                    if !self.problems.iter().any(|p| p.starts_with(&s.key("name"))) {
+                        self.problem(
+                            &s,
+                            "name",
+                            "is missing: each stream needs a unique name (it keys the stream's cursor; \
+                             name = \"default\" keeps the cursor of the [jumpcloud] form)",
+                        );
+                    }
+                    format!("#{index}")
+                }
+            };
+            s.name = format!("streams.{name}");
+            if !names.insert(name.clone()) {
+                self.problems.push(format!(
+                    "{} is used by two streams: each stream needs its own name (it keys its cursor)",
+                    s.key("name")
+                ));
+            }
+            let destination = self.string(&mut s, "destination");
+            let own_key = self.secret(&mut s, "intake_key", None, false);
+            let mut config = self.jumpcloud(&mut s, Some(jumpcloud), true, STREAM_KEYS);
+            config.section = s.name.clone();
+            let sekoia = match (destination, own_key) {
+                (Some(_), Some(_)) => {
+                    self.problem(
+                        &s,
+                        "destination",
+                        "and intake_key are both set: name a [sekoia.<name>] destination, or give the stream \
+                         its own intake_key, not both",
+                    );
+                    sekoia.clone()
+                }
+                (Some(destination), None) => match destinations.get(&destination) {
+                    Some(found) => found.clone(),
+                    None => {
+                        let known: Vec<&str> = destinations.keys().map(String::as_str).collect();
+                        self.problem(
+                            &s,
+                            "destination",
+                            &format!(
+                                "= {destination:?} names no [sekoia.{destination}] section (defined: {})",
+                                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            ),
+                        );
+                        sekoia.clone()
+                    }
+                },
+                (None, Some(key)) => SekoiaConfig {
+                    section: s.name.clone(),
+                    intake_key: key,
+                    ..sekoia.clone()
+                },
+                (None, None) => {
+                    if sekoia.intake_key.expose().is_empty() {
+                        self.problem(
+                            &s,
+                            "destination",
+                            "is missing: set destination = \"<name>\" of a [sekoia.<name>] section, or \
+                             intake_key (or intake_key_file) for this stream",
+                        );
+                    }
+                    sekoia.clone()
+                }
+            };
+            streams.push(StreamConfig {
+                name,
+                jumpcloud: config,
+                sekoia,
+            });
+        }
+        // The same organization polled twice is collected twice: almost surely a copy-paste slip.
+        let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+        for stream in &streams {
+            if let Some(org) = &stream.jumpcloud.org_id {
+                let key = (stream.jumpcloud.base_url.clone(), org.clone());
+                if let Some(other) = seen.insert(key, &stream.name) {
+                    self.warnings.push(format!(
+                        "streams.{}.org_id is also the org_id of stream {other:?}: that organization is collected twice",
+                        stream.name
+                    ));
+                }
+            }
+        }
+        streams
+    }
+
+    /// Reads a JumpCloud section. `base` gives the values of keys it does not set (the `[jumpcloud]` section
+    /// for a stream); checks of small values run only on the keys the section sets, so that an inherited
+    /// value is warned about once. `extra_keys` are the other keys this table may hold.
+    fn jumpcloud(
+        &mut self,
+        s: &mut Section,
+        base: Option<&JumpcloudConfig>,
+        auth_required: bool,
+        extra_keys: &[&str],
+    ) -> JumpcloudConfig {
+        let defaults = JumpcloudConfig {
+            section: s.name.clone(),
+            base_url: JUMPCLOUD_REGIONS[0].1.to_string(),
+            auth: JumpcloudAuth::Missing,
+            org_id: None,
+            services: vec!["all".to_string()],
+            poll_interval: Duration::from_secs(60),
+            page_size: 1000,
+            catch_up_page_size: 10_000,
+            initial_lookback: Duration::from_secs(24 * 3600),
+            overlap: Duration::from_secs(600),
+            min_request_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryConfig {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            transport: Transport::direct(),
+            retention: Duration::from_secs(90 * 86_400),
+        };
+        let base = base.unwrap_or(&defaults);
+        let region_url = self.string(s, "region").and_then(|region| {
+            match JUMPCLOUD_REGIONS.iter().find(|(name, _)| *name == region.trim()) {
+                Some((_, url)) => Some(url.to_string()),
+                None => {
+                    let known: Vec<&str> = JUMPCLOUD_REGIONS.iter().map(|(name, _)| *name).collect();
+                    self.problem(
+                        s,
+                        "region",
+                        &format!(
+                            "= {region:?} is not a JumpCloud region: use one of {} (or set base_url)",
+                            known.join(", ")
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let base_url = match (self.url_opt(s, "base_url"), region_url) {
+            (Some(url), Some(_)) => {
+                self.warn(s, "region", "is ignored: base_url is set and wins");
+                url
+            }
+            (Some(url), None) | (None, Some(url)) => url,
+            (None, None) => base.base_url.clone(),
+        };
+        let variable = (s.name == "jumpcloud").then_some("JUMPCLOUD_API_KEY");
+        let auth = self.auth(s, &base.auth, variable);
+        let auth_reported = ["api_key", "client_id", "client_secret"]
+            .iter()
+            .any(|key| self.problems.iter().any(|p| p.starts_with(&s.key(key))));
+        if auth_required && auth == JumpcloudAuth::Missing && !auth_reported {
+            self.problem(
+                s,
+                "api_key",
+                &format!(
+                    "is missing: add api_key = \"${{{var}}}\" and set {var} in the environment (or \
+                     api_key_file = \"PATH\"; or client_id and client_secret for a service account)",
+                    var = variable.unwrap_or("JUMPCLOUD_API_KEY")
+                ),
+            );
+        }
+        let org_id = match self.string(s, "org_id") {
+            Some(org) if org.trim().is_empty() => None,
+            Some(org) => Some(org.trim().to_string()),
+            None => base.org_id.clone(),
+        };
+        if matches!(auth, JumpcloudAuth::ServiceAccount { .. }) && org_id.is_none() {
+            self.problem(
+                s,
+                "org_id",
+                "is missing: a service account (client_id) must name the organization it reads (JumpCloud \
+                 then requires x-org-id)",
+            );
+        }
+        let services = self.services(s, &base.services);
+        let poll_set = s.has("poll_interval");
+        let poll_interval = self.duration(s, "poll_interval", base.poll_interval);
         if poll_interval < Duration::from_secs(1) {
             self.problem(s, "poll_interval", "must be at least \"1s\"");
-        } else if poll_interval < Duration::from_secs(10) {
+        } else if poll_set && poll_interval < Duration::from_secs(10) {
             self.warn(
                 s,
                 "poll_interval",
@@ -286,7 +787,7 @@ impl Reader<'_> {
             );
         }
         let page_size = match self.integer(s, "page_size") {
-            None => 1000,
+            None => base.page_size,
             Some(n) if (1..=10_000).contains(&n) => n as u32,
             Some(n) => {
                 self.problem(
@@ -294,11 +795,11 @@ impl Reader<'_> {
                     "page_size",
                     &format!("= {n} is out of range: use 1 to 10000"),
                 );
-                1000
+                base.page_size
             }
         };
         let catch_up_page_size = match self.integer(s, "catch_up_page_size") {
-            None => 10_000,
+            None => base.catch_up_page_size,
             Some(n) if (1..=10_000).contains(&n) => n as u32,
             Some(n) => {
                 self.problem(
@@ -306,10 +807,10 @@ impl Reader<'_> {
                     "catch_up_page_size",
                     &format!("= {n} is out of range: use 1 to 10000"),
                 );
-                10_000
+                base.catch_up_page_size
             }
         };
-        let initial_lookback = self.duration(s, "initial_lookback", Duration::from_secs(24 * 3600));
+        let initial_lookback = self.duration(s, "initial_lookback", base.initial_lookback);
         if initial_lookback > Duration::from_secs(90 * 24 * 3600) {
             self.warn(
                 s,
@@ -317,8 +818,9 @@ impl Reader<'_> {
                 "is longer than JumpCloud's 90-day retention: older events no longer exist",
             );
         }
-        let overlap = self.duration(s, "overlap", Duration::from_secs(600));
-        if overlap < Duration::from_secs(60) {
+        let overlap_set = s.has("overlap");
+        let overlap = self.duration(s, "overlap", base.overlap);
+        if overlap_set && overlap < Duration::from_secs(60) {
             self.warn(
                 s,
                 "overlap",
@@ -326,8 +828,8 @@ impl Reader<'_> {
             );
         }
         let min_request_interval =
-            self.duration(s, "min_request_interval", Duration::from_millis(500));
-        let request_timeout = self.duration(s, "request_timeout", Duration::from_secs(60));
+            self.duration(s, "min_request_interval", base.min_request_interval);
+        let request_timeout = self.duration(s, "request_timeout", base.request_timeout);
         if request_timeout.is_zero() {
             self.problem(
                 s,
@@ -335,11 +837,16 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"60s\")",
             );
         }
-        let retry = self.retry(s);
-        self.unknown_keys(s, KEYS);
+        let retry = self.retry(s, base.retry);
+        let retention = self.duration(s, "retention", base.retention);
+        let transport = self.transport(s, base);
+        let mut known = JUMPCLOUD_KEYS.to_vec();
+        known.extend_from_slice(extra_keys);
+        self.unknown_keys(s, &known);
         JumpcloudConfig {
+            section: s.name.clone(),
             base_url,
-            api_key,
+            auth,
             org_id,
             services,
             poll_interval,
@@ -350,24 +857,136 @@ impl Reader<'_> {
             min_request_interval,
             request_timeout,
             retry,
+            transport,
+            retention,
         }
     }
 
-    fn sekoia(&mut self, s: &mut Section) -> SekoiaConfig {
-        const KEYS: &[&str] = &[
-            "intake_url",
-            "intake_key",
-            "batch_max_events",
-            "batch_max_bytes",
-            "max_in_flight",
-            "request_timeout",
-            "retry_initial",
-            "retry_max",
-        ];
-        let intake_url = self.url(s, "intake_url", "https://intake.sekoia.io");
-        let intake_key = self.secret(s, "intake_key", "SEKOIA_INTAKE_KEY");
+    /// The API key, or the service account's client credentials, or what `base` has when neither is set.
+    fn auth(
+        &mut self,
+        s: &mut Section,
+        base: &JumpcloudAuth,
+        variable: Option<&str>,
+    ) -> JumpcloudAuth {
+        let api_key = self.secret(s, "api_key", variable, false);
+        let client_id = self
+            .string(s, "client_id")
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty());
+        let client_secret = self.secret(s, "client_secret", None, false);
+        let token_url = self.url_opt(s, "token_url");
+        match (api_key, client_id, client_secret) {
+            (Some(key), None, None) => {
+                if token_url.is_some() {
+                    self.warn(s, "token_url", "is ignored: it serves service accounts (client_id), and this section uses api_key");
+                }
+                JumpcloudAuth::ApiKey(key)
+            }
+            (Some(_), _, _) => {
+                self.problem(
+                    s,
+                    "api_key",
+                    "and client_id/client_secret are both set: use an API key or a service account, not both",
+                );
+                JumpcloudAuth::Missing
+            }
+            (None, Some(client_id), Some(client_secret)) => JumpcloudAuth::ServiceAccount {
+                client_id,
+                client_secret,
+                token_url: token_url.unwrap_or_else(|| match base {
+                    JumpcloudAuth::ServiceAccount { token_url, .. } => token_url.clone(),
+                    _ => DEFAULT_TOKEN_URL.to_string(),
+                }),
+            },
+            (None, Some(_), None) => {
+                self.problem(
+                    s,
+                    "client_secret",
+                    "is missing: a service account needs client_secret (or client_secret_file) with client_id",
+                );
+                JumpcloudAuth::Missing
+            }
+            (None, None, Some(_)) => {
+                self.problem(
+                    s,
+                    "client_id",
+                    "is missing: a service account needs client_id with client_secret",
+                );
+                JumpcloudAuth::Missing
+            }
+            (None, None, None) => match (base, token_url) {
+                (
+                    JumpcloudAuth::ServiceAccount {
+                        client_id,
+                        client_secret,
+                        ..
+                    },
+                    Some(token_url),
+                ) => JumpcloudAuth::ServiceAccount {
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.clone(),
+                    token_url,
+                },
+                (base, _) => base.clone(),
+            },
+        }
+    }
+
+    /// Reads a Sekoia.io section; `base` gives the values of keys it does not set (`[sekoia]` for a named
+    /// destination).
+    fn sekoia(
+        &mut self,
+        s: &mut Section,
+        base: Option<&SekoiaConfig>,
+        key_required: bool,
+    ) -> SekoiaConfig {
+        let defaults = SekoiaConfig {
+            section: s.name.clone(),
+            intake_url: sekoia_region_url("fra1"),
+            intake_key: Secret::new(""),
+            batch_max_events: 1000,
+            batch_max_bytes: 4 * 1024 * 1024,
+            max_in_flight: 2,
+            request_timeout: Duration::from_secs(30),
+            retry: RetryConfig {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            transport: Transport::direct(),
+        };
+        let base = base.unwrap_or(&defaults);
+        let region_url = self.string(s, "region").and_then(|region| {
+            let region = region.trim().to_ascii_lowercase();
+            if SEKOIA_REGIONS.contains(&region.as_str()) {
+                Some(sekoia_region_url(&region))
+            } else {
+                self.problem(
+                    s,
+                    "region",
+                    &format!(
+                        "= {region:?} is not a known Sekoia.io region: use one of {}, or set intake_url",
+                        SEKOIA_REGIONS.join(", ")
+                    ),
+                );
+                None
+            }
+        });
+        let intake_url = match (self.url_opt(s, "intake_url"), region_url) {
+            (Some(url), Some(_)) => {
+                self.warn(s, "region", "is ignored: intake_url is set and wins");
+                url
+            }
+            (Some(url), None) | (None, Some(url)) => url,
+            (None, None) => base.intake_url.clone(),
+        };
+        let variable = (s.name == "sekoia").then_some("SEKOIA_INTAKE_KEY");
+        let intake_key = match self.secret(s, "intake_key", variable, key_required) {
+            Some(key) => key,
+            None => base.intake_key.clone(),
+        };
         let batch_max_events = match self.integer(s, "batch_max_events") {
-            None => 1000,
+            None => base.batch_max_events,
             Some(n) if (1..=100_000).contains(&n) => n as usize,
             Some(n) => {
                 self.problem(
@@ -375,10 +994,12 @@ impl Reader<'_> {
                     "batch_max_events",
                     &format!("= {n} is out of range: use 1 to 100000"),
                 );
-                1000
+                base.batch_max_events
             }
         };
-        let batch_max_bytes = self.size(s, "batch_max_bytes").unwrap_or(4 * 1024 * 1024);
+        let batch_max_bytes = self
+            .size(s, "batch_max_bytes")
+            .unwrap_or(base.batch_max_bytes as u64);
         if batch_max_bytes < INTAKE_MAX_EVENT_BYTES as u64 || batch_max_bytes > 9 * 1024 * 1024 {
             self.problem(
                 s,
@@ -389,7 +1010,7 @@ impl Reader<'_> {
             );
         }
         let max_in_flight = match self.integer(s, "max_in_flight") {
-            None => 2,
+            None => base.max_in_flight,
             Some(n) if (1..=16).contains(&n) => n as usize,
             Some(n) => {
                 self.problem(
@@ -397,10 +1018,10 @@ impl Reader<'_> {
                     "max_in_flight",
                     &format!("= {n} is out of range: use 1 to 16"),
                 );
-                2
+                base.max_in_flight
             }
         };
-        let request_timeout = self.duration(s, "request_timeout", Duration::from_secs(30));
+        let request_timeout = self.duration(s, "request_timeout", base.request_timeout);
         if request_timeout.is_zero() {
             self.problem(
                 s,
@@ -408,9 +1029,11 @@ impl Reader<'_> {
                 "must be more than 0 (for example \"30s\")",
             );
         }
-        let retry = self.retry(s);
-        self.unknown_keys(s, KEYS);
+        let retry = self.retry(s, base.retry);
+        let transport = self.transport_of(s, &base.transport, base.section == s.name);
+        self.unknown_keys(s, SEKOIA_KEYS);
         SekoiaConfig {
+            section: s.name.clone(),
             intake_url,
             intake_key,
             batch_max_events,
@@ -418,12 +1041,13 @@ impl Reader<'_> {
             max_in_flight,
             request_timeout,
             retry,
+            transport,
         }
     }
 
-    fn retry(&mut self, s: &mut Section) -> RetryConfig {
-        let initial = self.duration(s, "retry_initial", Duration::from_secs(1));
-        let max = self.duration(s, "retry_max", Duration::from_secs(60));
+    fn retry(&mut self, s: &mut Section, base: RetryConfig) -> RetryConfig {
+        let initial = self.duration(s, "retry_initial", base.initial);
+        let max = self.duration(s, "retry_max", base.max);
         if initial.is_zero() {
             self.problem(
                 s,
@@ -437,8 +1061,103 @@ impl Reader<'_> {
         RetryConfig { initial, max }
     }
 
-    fn services(&mut self, s: &mut Section) -> Vec<String> {
-        let default = vec!["all".to_string()];
+    fn transport(&mut self, s: &mut Section, base: &JumpcloudConfig) -> Transport {
+        let own = base.section == s.name;
+        self.transport_of(s, &base.transport, own)
+    }
+
+    /// `proxy` and `ca_file` of a section, else those of `base`; a section without a base of its own
+    /// (`own`) takes the proxy from the environment.
+    fn transport_of(&mut self, s: &mut Section, base: &Transport, own: bool) -> Transport {
+        let proxy = match self.string(s, "proxy") {
+            Some(text) => match text.trim() {
+                "" | "none" | "direct" => ProxyConfig::Direct,
+                url => match check_proxy_url(url) {
+                    Ok(url) => ProxyConfig::Url(Secret::new(url)),
+                    Err(why) => {
+                        self.problem(s, "proxy", &format!("= {:?} {why}", redact_url(url)));
+                        ProxyConfig::Direct
+                    }
+                },
+            },
+            None if own => self.environment_proxy(),
+            None => base.proxy.clone(),
+        };
+        let ca_set = s.has("ca_file");
+        let ca_file = match self.string(s, "ca_file") {
+            Some(path) if path.trim().is_empty() => None,
+            Some(path) => {
+                let path = PathBuf::from(path.trim());
+                match load_ca_file(&path) {
+                    Ok(_) => Some(path),
+                    Err(why) => {
+                        self.problem(s, "ca_file", &why);
+                        None
+                    }
+                }
+            }
+            None if own => None,
+            None => base.ca_file.clone(),
+        };
+        // The setting to fix is where the value was written, or the section itself when it inherits none.
+        let section = if !ca_set && !own && base.ca_file.is_some() {
+            base.section.clone()
+        } else {
+            s.name.clone()
+        };
+        Transport {
+            proxy,
+            ca_file,
+            section,
+        }
+    }
+
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, upper case first then lower case, as curl
+    /// reads them. A proxy URL that cannot be used is a problem: silently going direct would fail later
+    /// with a less clear message.
+    fn environment_proxy(&mut self) -> ProxyConfig {
+        if let Some(proxy) = &self.env_proxy {
+            return proxy.clone();
+        }
+        let read = |reader: &mut Self, names: [&str; 2]| -> Option<Secret> {
+            let (name, value) = names.iter().find_map(|name| {
+                (reader.env)(name)
+                    .filter(|value| !value.trim().is_empty())
+                    .map(|value| (*name, value))
+            })?;
+            match check_proxy_url(value.trim()) {
+                Ok(url) => Some(Secret::new(url)),
+                Err(why) => {
+                    reader.problems.push(format!(
+                        "the environment variable {name} = {:?} {why}",
+                        redact_url(value.trim())
+                    ));
+                    None
+                }
+            }
+        };
+        let all = read(self, ["ALL_PROXY", "all_proxy"]);
+        let https = read(self, ["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone());
+        let http = read(self, ["HTTP_PROXY", "http_proxy"]).or(all);
+        let no_proxy = ["NO_PROXY", "no_proxy"]
+            .iter()
+            .find_map(|name| (self.env)(name))
+            .unwrap_or_default();
+        let proxy = if https.is_none() && http.is_none() {
+            ProxyConfig::Direct
+        } else {
+            ProxyConfig::Environment {
+                http,
+                https,
+                no_proxy,
+            }
+        };
+        self.env_proxy = Some(proxy.clone());
+        proxy
+    }
+
+    fn services(&mut self, s: &mut Section, default: &[String]) -> Vec<String> {
+        let default = default.to_vec();
         let Some(value) = s.table.remove("services") else {
             return default;
         };
@@ -489,14 +1208,11 @@ impl Reader<'_> {
 
     fn section(&mut self, top: &mut Section, name: &'static str, required: bool) -> Section {
         match top.table.remove(name) {
-            Some(toml::Value::Table(table)) => Section { name, table },
+            Some(toml::Value::Table(table)) => Section::new(name, table),
             Some(_) => {
                 self.problems
                     .push(format!("{name} must be a table: write it as [{name}]"));
-                Section {
-                    name,
-                    table: toml::Table::new(),
-                }
+                Section::new(name, toml::Table::new())
             }
             None => {
                 if required {
@@ -504,10 +1220,7 @@ impl Reader<'_> {
                         "[{name}] section is missing (see the README's configuration reference)"
                     ));
                 }
-                Section {
-                    name,
-                    table: toml::Table::new(),
-                }
+                Section::new(name, toml::Table::new())
             }
         }
     }
@@ -545,32 +1258,88 @@ impl Reader<'_> {
         }
     }
 
-    fn secret(&mut self, s: &mut Section, key: &str, variable: &str) -> Secret {
-        match self.string(s, key) {
-            Some(value) if !value.trim().is_empty() => Secret(value.trim().to_string()),
-            Some(_) => {
-                self.problem(
-                    s,
-                    key,
-                    &format!("is empty: set {variable} (for the service, in /etc/jcdi-forwarder/jcdi-forwarder.env)"),
-                );
-                Secret(String::new())
+    /// A secret from `key` (with `${VAR}`) or from the file named by `key_file`. `None` when neither is
+    /// set (a problem when `required`); an empty value is always a problem. `variable` names the usual
+    /// environment variable, for the hint.
+    fn secret(
+        &mut self,
+        s: &mut Section,
+        key: &str,
+        variable: Option<&str>,
+        required: bool,
+    ) -> Option<Secret> {
+        let file_key = format!("{key}_file");
+        let inline = self.string(s, key);
+        let from_file = self.string(s, &file_key);
+        let value = match (inline, from_file) {
+            (Some(_), Some(_)) => {
+                self.problem(s, key, &format!("and {file_key} are both set: keep one"));
+                return None;
             }
-            None => {
-                if !self.problems.iter().any(|p| p.starts_with(&s.key(key))) {
+            (Some(value), None) => value,
+            (None, Some(path)) => self.read_secret_file(s, &file_key, Path::new(path.trim()))?,
+            (None, None) => {
+                let already = self
+                    .problems
+                    .iter()
+                    .any(|p| p.starts_with(&s.key(key)) || p.starts_with(&s.key(&file_key)));
+                if required && !already {
+                    let var = variable.unwrap_or("VARIABLE");
                     self.problem(
                         s,
                         key,
-                        &format!("is missing: add {key} = \"${{{variable}}}\" and set {variable} in the environment"),
+                        &format!("is missing: add {key} = \"${{{var}}}\" and set {var} in the environment (or {file_key} = \"PATH\")"),
                     );
                 }
-                Secret(String::new())
+                return None;
+            }
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            let hint = match variable {
+                Some(var) => format!(
+                    "set {var} (for the service, in /etc/jcdi-forwarder/jcdi-forwarder.env)"
+                ),
+                None => "check the variable or file it comes from".to_string(),
+            };
+            self.problem(s, key, &format!("is empty: {hint}"));
+            return None;
+        }
+        Some(Secret(value.to_string()))
+    }
+
+    /// Reads a secret file (trailing newline removed). A file others may read is a warning: the secret is
+    /// then as exposed as if it were written in the configuration.
+    fn read_secret_file(&mut self, s: &Section, key: &str, path: &Path) -> Option<String> {
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                if let Some(mode) = loose_mode(path) {
+                    self.warn(
+                        s,
+                        key,
+                        &format!(
+                            "= {shown:?} is readable by group or others (mode {mode:o}): chmod 600 it, owned by \
+                             the agent's user (or use systemd's LoadCredential=)"
+                        ),
+                    );
+                }
+                Some(text)
+            }
+            Err(err) => {
+                self.problem(
+                    s,
+                    key,
+                    &format!("= {shown:?} cannot be read: {err} (check the path and that the agent's user may read it)"),
+                );
+                None
             }
         }
     }
 
-    fn url(&mut self, s: &mut Section, key: &str, default: &str) -> String {
-        let url = self.string(s, key).unwrap_or_else(|| default.to_string());
+    /// An http(s) URL without trailing slash, checked; `None` when the key is absent.
+    fn url_opt(&mut self, s: &mut Section, key: &str) -> Option<String> {
+        let url = self.string(s, key)?;
         let url = url.trim().trim_end_matches('/').to_string();
         match url.parse::<http::Uri>() {
             Ok(uri)
@@ -595,10 +1364,10 @@ impl Reader<'_> {
             _ => self.problem(
                 s,
                 key,
-                &format!("= {url:?} is not an http(s) URL (for example {default:?})"),
+                &format!("= {url:?} is not an http(s) URL (for example \"https://…\")"),
             ),
         }
-        url
+        Some(url)
     }
 
     fn integer(&mut self, s: &mut Section, key: &str) -> Option<i64> {
@@ -741,6 +1510,97 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
+/// A name usable as a stream or destination name: it keys cursors and labels metrics.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks a proxy URL and returns it with a scheme (`host:3128` means `http://host:3128`, as curl reads it).
+/// Only plain-http proxies are supported: the tunnel they open (CONNECT) still carries TLS end to end.
+pub fn check_proxy_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let full = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let uri: http::Uri = full.parse().map_err(|_| {
+        "is not a proxy URL: write it like \"http://proxy.example.com:3128\"".to_string()
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "uses https://: a proxy reached over TLS is not supported; use http:// (the \
+                        tunnel through it still carries TLS end to end)"
+                    .to_string(),
+            )
+        }
+        Some(other) => {
+            return Err(format!(
+                "uses {other}://: only HTTP proxies (CONNECT) are supported; write http://host:port"
+            ))
+        }
+        None => {}
+    }
+    let host_ok = uri
+        .authority()
+        .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
+        .is_some_and(|host_port| !host_port.is_empty() && !host_port.starts_with(':'));
+    if !host_ok {
+        return Err("has no host: write it like \"http://proxy.example.com:3128\"".to_string());
+    }
+    Ok(full)
+}
+
+/// A URL as it may be shown: without the `user:password@` part.
+pub fn redact_url(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => text.to_string(),
+    }
+}
+
+/// Reads a PEM bundle of CA certificates; an error says what is wrong with it, for `ca_file`.
+pub fn load_ca_file(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let shown = path.display().to_string();
+    let iter = rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|err| {
+        format!("= {shown:?} cannot be read: {err} (a PEM file of CA certificates is expected)")
+    })?;
+    let certs: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("= {shown:?} is not a valid PEM bundle: {err}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "= {shown:?} holds no certificate: a PEM file with \"-----BEGIN CERTIFICATE-----\" blocks is expected"
+        ));
+    }
+    Ok(certs)
+}
+
+/// The file's mode when group or others may read it.
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
 /// The known key nearest to a misspelt one, if any is near enough to be a likely typo.
 fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     known
@@ -805,7 +1665,12 @@ max_bytes = "10GiB"
     fn the_documented_form_parses() {
         let loaded = Config::parse(ISSUE_FORM, "c.toml", &env).expect("valid");
         let c = loaded.config;
-        assert_eq!(c.jumpcloud.api_key.expose(), "jc-secret");
+        assert_eq!(
+            c.jumpcloud.auth,
+            JumpcloudAuth::ApiKey(Secret::new("jc-secret"))
+        );
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.streams[0].name, DEFAULT_STREAM);
         assert_eq!(c.jumpcloud.org_id.as_deref(), Some("abc"));
         assert_eq!(c.jumpcloud.overlap, Duration::from_secs(600));
         assert_eq!(c.sekoia.batch_max_bytes, 4 * 1024 * 1024);
@@ -823,6 +1688,50 @@ max_bytes = "10GiB"
         assert_eq!(c.jumpcloud.catch_up_page_size, 10_000);
         assert_eq!(c.sekoia.max_in_flight, 2);
         assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
+    }
+
+    #[test]
+    fn catch_up_pages_and_batches_in_flight_per_stream_and_destination() {
+        let text = r#"
+[jumpcloud]
+catch_up_page_size = 3000
+[sekoia]
+intake_key = "k"
+max_in_flight = 4
+[sekoia.other]
+intake_key = "o"
+max_in_flight = 1
+[[streams]]
+name = "a"
+api_key = "a"
+[[streams]]
+name = "b"
+api_key = "b"
+catch_up_page_size = 500
+destination = "other"
+"#;
+        let c = Config::parse(text, "c.toml", &env).expect("valid").config;
+        let (a, b) = (&c.streams[0], &c.streams[1]);
+        assert_eq!(
+            a.jumpcloud.catch_up_page_size, 3000,
+            "inherited from [jumpcloud]"
+        );
+        assert_eq!(b.jumpcloud.catch_up_page_size, 500);
+        assert_eq!(a.sekoia.max_in_flight, 4);
+        assert_eq!(b.sekoia.max_in_flight, 1);
+        let bad = "[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"b\"\n[sekoia.x]\nmax_in_flight = 0\n\
+                   [[streams]]\nname = \"s\"\napi_key = \"c\"\ncatch_up_page_size = 10001\ndestination = \"x\"\n";
+        let all = Config::parse(bad, "c.toml", &env)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            all.contains("sekoia.x.max_in_flight = 0 is out of range: use 1 to 16"),
+            "{all}"
+        );
+        assert!(
+            all.contains("streams.s.catch_up_page_size = 10001 is out of range: use 1 to 10000"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ intake_key = "demo-intake-key"
 batch_max_events = 1000
 [queue]
 max_bytes = "1GiB"
+[api]
+listen = "127.0.0.1:0"
 "#,
         data_dir = data.path().display().to_string(),
         api = api.base_url(),

@@ -2,16 +2,21 @@
 //! to the Sekoia.io HTTP intake, losing none.
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
-//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows,
-//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks.
+//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
+//! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
+//! [`share`] keeps each stream to its share of the queue.
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod normalize;
+pub mod ops;
 pub mod queue;
+pub mod share;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -1,33 +1,132 @@
-//! Internal metrics: counters named after what they count, shared by the pipeline's parts and read by the
-//! demo's progress line, `status` and the tests.
+//! Internal metrics and health: counters named after what they count, per-stream where there are several
+//! streams, exposed in the Prometheus/OpenMetrics text format (`jcdi_forwarder_<name>_<unit>[_total]`) by
+//! the local endpoint ([`crate::admin`]), and read by `status`, the demo and the tests.
 //!
-//! Invariants: counters only grow; `events_polled == events_queued + events_deduplicated` once a page is
-//! committed (both are added after the commit, never before).
+//! Invariants:
+//! - Counters only grow; `events_polled == events_queued + events_deduplicated` for every stream once a
+//!   page is committed (all three are added together, after the commit).
+//! - Labels have low cardinality: stream names (from the configuration), outcomes and components only.
+//! - The last error texts never hold a secret (the pipeline never puts one in an error).
+//! - Gauges describing the queue are computed when read ([`Metrics::encode`]), never cached.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Counters of one agent.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub events_polled: AtomicU64,
-    pub events_queued: AtomicU64,
-    pub events_deduplicated: AtomicU64,
-    pub events_forwarded: AtomicU64,
-    pub events_dead_lettered: AtomicU64,
-    pub api_requests_ok: AtomicU64,
-    pub api_requests_failed: AtomicU64,
-    pub intake_requests_ok: AtomicU64,
-    pub intake_requests_failed: AtomicU64,
-    pub polls_completed: AtomicU64,
-    pub polls_paused_queue_full: AtomicU64,
-    /// The last error of the poller, as shown to the user (never holds a secret).
-    pub last_poll_error: Mutex<Option<String>>,
-    /// The last error of the forwarder, as shown to the user (never holds a secret).
-    pub last_send_error: Mutex<Option<String>>,
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: String,
 }
 
-/// A copy of the counters at one instant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    stream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// How a request ended, for the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx with a usable answer.
+    Ok,
+    /// A failure worth retrying soon (timeouts, resets, 429, 5xx, unusable pages).
+    Retry,
+    /// A configuration error (bad key, bad URL, bad service name).
+    Rejected,
+    /// The intake said 413: the batch is split.
+    TooLarge,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry => "retry",
+            Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
+        }
+    }
+}
+
+/// The queue's state, read when metrics or status are asked for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueueView {
+    pub events: u64,
+    pub bytes: u64,
+    pub limit_bytes: u64,
+    pub oldest_age_seconds: Option<f64>,
+    pub dead_letters: u64,
+    pub disk_bytes: u64,
+    /// Per stream: the cursor's watermark (seconds since the epoch).
+    pub cursors: BTreeMap<String, f64>,
+}
+
+/// What one stream's poller and forwarder have been doing.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StreamState {
+    pub last_poll_ok_ms: Option<u64>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub failing_since: Option<Instant>,
+    pub failing_for_seconds: Option<u64>,
+    pub last_send_ok_ms: Option<u64>,
+    pub last_send_error: Option<String>,
+    #[serde(skip)]
+    pub send_failing_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    streams: BTreeMap<String, StreamState>,
+}
+
+/// The counters and state of one agent.
+pub struct Metrics {
+    registry: Registry,
+    events_polled: Family<StreamLabel, Counter>,
+    events_queued: Family<StreamLabel, Counter>,
+    events_deduplicated: Family<StreamLabel, Counter>,
+    events_forwarded: Family<StreamLabel, Counter>,
+    events_dead_lettered: Family<StreamLabel, Counter>,
+    polls_completed: Family<StreamLabel, Counter>,
+    polls_paused_queue_full: Family<StreamLabel, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
+    api_request_duration: Family<StreamLabel, Histogram>,
+    intake_requests: Family<RequestLabels, Counter>,
+    intake_request_duration: Family<StreamLabel, Histogram>,
+    retries: Family<ComponentLabel, Counter>,
+    queue_events: Gauge,
+    queue_bytes: Gauge,
+    queue_limit_bytes: Gauge,
+    queue_oldest_age: Gauge<f64, AtomicU64>,
+    queue_disk_bytes: Gauge,
+    dead_letter_events: Gauge,
+    cursor_timestamp: Family<StreamLabel, Gauge<f64, AtomicU64>>,
+    collection_lag: Family<StreamLabel, Gauge<f64, AtomicU64>>,
+    state: Mutex<State>,
+}
+
+/// Totals at one instant (all streams added up), for the demo, `status` and the tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub events_polled: u64,
@@ -45,34 +144,501 @@ pub struct Snapshot {
     pub last_send_error: Option<String>,
 }
 
+/// Whether the agent is collecting and forwarding normally.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub reasons: Vec<String>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 5 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("jcdi_forwarder");
+        let m = Metrics {
+            events_polled: Family::default(),
+            events_queued: Family::default(),
+            events_deduplicated: Family::default(),
+            events_forwarded: Family::default(),
+            events_dead_lettered: Family::default(),
+            polls_completed: Family::default(),
+            polls_paused_queue_full: Family::default(),
+            api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(latency_buckets),
+            intake_requests: Family::default(),
+            intake_request_duration: Family::new_with_constructor(latency_buckets),
+            retries: Family::default(),
+            queue_events: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            queue_limit_bytes: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            queue_disk_bytes: Gauge::default(),
+            dead_letter_events: Gauge::default(),
+            cursor_timestamp: Family::default(),
+            collection_lag: Family::default(),
+            state: Mutex::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "events_polled",
+            "Events read from JumpCloud",
+            m.events_polled.clone(),
+        );
+        r.register(
+            "events_queued",
+            "Events written to the queue (new ones)",
+            m.events_queued.clone(),
+        );
+        r.register(
+            "events_deduplicated",
+            "Events read again and recognised as already queued or sent",
+            m.events_deduplicated.clone(),
+        );
+        r.register(
+            "events_forwarded",
+            "Events the intake accepted (2xx)",
+            m.events_forwarded.clone(),
+        );
+        r.register(
+            "events_dead_lettered",
+            "Events moved to the dead-letter store (never sent, kept on disk)",
+            m.events_dead_lettered.clone(),
+        );
+        r.register(
+            "polls_completed",
+            "Polls that read every page",
+            m.polls_completed.clone(),
+        );
+        r.register(
+            "polls_paused_queue_full",
+            "Times polling paused because the queue reached queue.max_bytes",
+            m.polls_paused_queue_full.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests to the JumpCloud API by outcome",
+            m.api_requests.clone(),
+        );
+        r.register_with_unit(
+            "api_request_duration",
+            "Time of JumpCloud API requests",
+            Unit::Seconds,
+            m.api_request_duration.clone(),
+        );
+        r.register(
+            "intake_requests",
+            "Requests to the Sekoia.io intake by outcome",
+            m.intake_requests.clone(),
+        );
+        r.register_with_unit(
+            "intake_request_duration",
+            "Time of Sekoia.io intake requests",
+            Unit::Seconds,
+            m.intake_request_duration.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries after a failure, by component",
+            m.retries.clone(),
+        );
+        r.register(
+            "queue_events",
+            "Events waiting in the queue",
+            m.queue_events.clone(),
+        );
+        r.register_with_unit(
+            "queue",
+            "Raw bytes waiting in the queue",
+            Unit::Bytes,
+            m.queue_bytes.clone(),
+        );
+        r.register_with_unit(
+            "queue_limit",
+            "queue.max_bytes: polling pauses at this size",
+            Unit::Bytes,
+            m.queue_limit_bytes.clone(),
+        );
+        r.register_with_unit(
+            "queue_oldest_event_age",
+            "Time the oldest queued event has waited",
+            Unit::Seconds,
+            m.queue_oldest_age.clone(),
+        );
+        r.register_with_unit(
+            "queue_disk",
+            "Disk space the queue's database occupies",
+            Unit::Bytes,
+            m.queue_disk_bytes.clone(),
+        );
+        r.register(
+            "dead_letter_events",
+            "Events kept in the dead-letter store",
+            m.dead_letter_events.clone(),
+        );
+        r.register_with_unit(
+            "cursor_timestamp",
+            "The stream's cursor: events before it are collected",
+            Unit::Seconds,
+            m.cursor_timestamp.clone(),
+        );
+        r.register_with_unit(
+            "collection_lag",
+            "How far the stream's cursor is behind the clock",
+            Unit::Seconds,
+            m.collection_lag.clone(),
+        );
+        r.register(
+            "build",
+            "The agent's version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics { registry, ..m }
     }
 
-    pub fn set_error(slot: &Mutex<Option<String>>, error: Option<String>) {
-        if let Ok(mut slot) = slot.lock() {
-            *slot = error;
+    fn stream(stream: &str) -> StreamLabel {
+        StreamLabel {
+            stream: stream.to_string(),
         }
     }
 
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut state)
+    }
+
+    /// A page was committed: `polled` events read, `queued` new, `duplicates` already known.
+    pub fn page_committed(&self, stream: &str, polled: u64, queued: u64, duplicates: u64) {
+        let label = Metrics::stream(stream);
+        self.events_polled.get_or_create(&label).inc_by(polled);
+        self.events_queued.get_or_create(&label).inc_by(queued);
+        self.events_deduplicated
+            .get_or_create(&label)
+            .inc_by(duplicates);
+    }
+
+    pub fn api_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                stream: stream.to_string(),
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.api_request_duration
+            .get_or_create(&Metrics::stream(stream))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A poll read every page.
+    pub fn poll_succeeded(&self, stream: &str) {
+        self.polls_completed
+            .get_or_create(&Metrics::stream(stream))
+            .inc();
+        let now = crate::queue::now_ms();
+        self.with_state(|s| {
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_poll_ok_ms = Some(now);
+            state.last_error = None;
+            state.failing_since = None;
+        });
+    }
+
+    /// A poll failed; it will be retried.
+    pub fn poll_failed(&self, stream: &str, reason: &str) {
+        self.retries
+            .get_or_create(&ComponentLabel {
+                component: "poller",
+            })
+            .inc();
+        self.with_state(|s| {
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_error = Some(reason.to_string());
+            state.failing_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    pub fn poll_paused(&self, stream: &str) {
+        self.polls_paused_queue_full
+            .get_or_create(&Metrics::stream(stream))
+            .inc();
+    }
+
+    pub fn intake_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {
+        self.intake_requests
+            .get_or_create(&RequestLabels {
+                stream: stream.to_string(),
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.intake_request_duration
+            .get_or_create(&Metrics::stream(stream))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The intake accepted `events` events of `stream`.
+    pub fn send_succeeded(&self, stream: &str, events: u64) {
+        self.events_forwarded
+            .get_or_create(&Metrics::stream(stream))
+            .inc_by(events);
+        let now = crate::queue::now_ms();
+        self.with_state(|s| {
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_send_ok_ms = Some(now);
+            state.last_send_error = None;
+            state.send_failing_since = None;
+        });
+    }
+
+    /// A send of `stream`'s events failed; it will be retried.
+    pub fn send_failed(&self, stream: &str, reason: &str) {
+        self.retries
+            .get_or_create(&ComponentLabel {
+                component: "forwarder",
+            })
+            .inc();
+        self.with_state(|s| {
+            let state = s.streams.entry(stream.to_string()).or_default();
+            state.last_send_error = Some(reason.to_string());
+            state.send_failing_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    pub fn dead_lettered(&self, stream: &str) {
+        self.events_dead_lettered
+            .get_or_create(&Metrics::stream(stream))
+            .inc();
+    }
+
+    /// Totals over every stream.
     pub fn snapshot(&self) -> Snapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let text = |slot: &Mutex<Option<String>>| slot.lock().ok().and_then(|s| s.clone());
-        Snapshot {
-            events_polled: get(&self.events_polled),
-            events_queued: get(&self.events_queued),
-            events_deduplicated: get(&self.events_deduplicated),
-            events_forwarded: get(&self.events_forwarded),
-            events_dead_lettered: get(&self.events_dead_lettered),
-            api_requests_ok: get(&self.api_requests_ok),
-            api_requests_failed: get(&self.api_requests_failed),
-            intake_requests_ok: get(&self.intake_requests_ok),
-            intake_requests_failed: get(&self.intake_requests_failed),
-            polls_completed: get(&self.polls_completed),
-            polls_paused_queue_full: get(&self.polls_paused_queue_full),
-            last_poll_error: text(&self.last_poll_error),
-            last_send_error: text(&self.last_send_error),
+        let (mut streams, last_poll_error, last_send_error) = self.with_state(|s| {
+            (
+                s.streams.keys().cloned().collect::<Vec<_>>(),
+                s.streams.values().find_map(|st| st.last_error.clone()),
+                s.streams.values().find_map(|st| st.last_send_error.clone()),
+            )
+        });
+        let mut snap = Snapshot {
+            last_poll_error,
+            last_send_error,
+            ..Snapshot::default()
+        };
+        if streams.is_empty() {
+            streams.push(crate::agent::DEFAULT_STREAM.to_string());
         }
+        for stream in &streams {
+            let label = Metrics::stream(stream);
+            snap.events_polled += self.events_polled.get_or_create(&label).get();
+            snap.events_queued += self.events_queued.get_or_create(&label).get();
+            snap.events_deduplicated += self.events_deduplicated.get_or_create(&label).get();
+            snap.events_forwarded += self.events_forwarded.get_or_create(&label).get();
+            snap.events_dead_lettered += self.events_dead_lettered.get_or_create(&label).get();
+            snap.polls_completed += self.polls_completed.get_or_create(&label).get();
+            snap.polls_paused_queue_full +=
+                self.polls_paused_queue_full.get_or_create(&label).get();
+            let count = |family: &Family<RequestLabels, Counter>, outcome: Outcome| {
+                family
+                    .get_or_create(&RequestLabels {
+                        stream: stream.clone(),
+                        outcome: outcome.label(),
+                    })
+                    .get()
+            };
+            snap.api_requests_ok += count(&self.api_requests, Outcome::Ok);
+            snap.intake_requests_ok += count(&self.intake_requests, Outcome::Ok);
+            for failed in [Outcome::Retry, Outcome::Rejected, Outcome::TooLarge] {
+                snap.api_requests_failed += count(&self.api_requests, failed);
+                snap.intake_requests_failed += count(&self.intake_requests, failed);
+            }
+        }
+        snap
+    }
+
+    /// Each stream's state, with how long it has been failing.
+    pub fn states(&self) -> BTreeMap<String, StreamState> {
+        self.with_state(|s| {
+            let mut streams = s.streams.clone();
+            for state in streams.values_mut() {
+                state.failing_for_seconds = state
+                    .failing_since
+                    .or(state.send_failing_since)
+                    .map(|t| t.elapsed().as_secs());
+            }
+            streams
+        })
+    }
+
+    /// Healthy unless a stream's poller or forwarder has been failing for longer than `threshold`, or the
+    /// queue is full.
+    pub fn health(&self, threshold: Duration, queue: &QueueView) -> Health {
+        let mut reasons = Vec::new();
+        self.with_state(|s| {
+            for (stream, state) in &s.streams {
+                let failures = [
+                    ("polling", state.failing_since, &state.last_error),
+                    (
+                        "forwarding",
+                        state.send_failing_since,
+                        &state.last_send_error,
+                    ),
+                ];
+                for (what, since, error) in failures {
+                    let Some(since) = since.filter(|since| since.elapsed() > threshold) else {
+                        continue;
+                    };
+                    reasons.push(format!(
+                        "stream {stream}: {what} has failed for {} s: {}",
+                        since.elapsed().as_secs(),
+                        error.as_deref().unwrap_or("unknown error")
+                    ));
+                }
+            }
+        });
+        if queue.limit_bytes > 0 && queue.bytes >= queue.limit_bytes {
+            reasons.push(format!(
+                "the queue is full ({} of {} bytes): polling is paused until the intake drains it",
+                queue.bytes, queue.limit_bytes
+            ));
+        }
+        Health {
+            ok: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// The OpenMetrics text of every metric, with the queue's gauges set from `queue`.
+    pub fn encode(&self, queue: &QueueView) -> String {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_events.set(as_i64(queue.events));
+        self.queue_bytes.set(as_i64(queue.bytes));
+        self.queue_limit_bytes.set(as_i64(queue.limit_bytes));
+        self.queue_oldest_age
+            .set(queue.oldest_age_seconds.unwrap_or(0.0));
+        self.queue_disk_bytes.set(as_i64(queue.disk_bytes));
+        self.dead_letter_events.set(as_i64(queue.dead_letters));
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        for (stream, watermark) in &queue.cursors {
+            let label = Metrics::stream(stream);
+            self.cursor_timestamp.get_or_create(&label).set(*watermark);
+            self.collection_lag
+                .get_or_create(&label)
+                .set((now - watermark).max(0.0));
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Counts repeats of the same message so that a failure retried every second is logged once per
+/// [`RepeatFilter::EVERY`], with the number of repeats, rather than thousands of times.
+#[derive(Default)]
+pub struct RepeatFilter {
+    last: Option<(String, Instant)>,
+    repeats: AtomicU64,
+}
+
+impl RepeatFilter {
+    pub const EVERY: Duration = Duration::from_secs(300);
+
+    /// Whether to log `message` now, and how many identical messages were held back before it.
+    pub fn check(&mut self, message: &str) -> Option<u64> {
+        match &self.last {
+            Some((last, at)) if last == message && at.elapsed() < Self::EVERY => {
+                self.repeats.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                self.last = Some((message.to_string(), Instant::now()));
+                Some(self.repeats.swap(0, Ordering::Relaxed))
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.last = None;
+        self.repeats.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_has_the_conventional_names() {
+        let m = Metrics::new();
+        m.page_committed("default", 10, 7, 3);
+        m.api_request("default", Outcome::Ok, Duration::from_millis(20));
+        let text = m.encode(&QueueView {
+            events: 7,
+            limit_bytes: 100,
+            ..QueueView::default()
+        });
+        for line in [
+            "jcdi_forwarder_events_polled_total{stream=\"default\"} 10",
+            "jcdi_forwarder_events_queued_total{stream=\"default\"} 7",
+            "jcdi_forwarder_events_deduplicated_total{stream=\"default\"} 3",
+            "jcdi_forwarder_queue_events 7",
+            "jcdi_forwarder_queue_limit_bytes 100",
+            "jcdi_forwarder_build_info{version=\"",
+            "jcdi_forwarder_api_requests_total{stream=\"default\",outcome=\"ok\"} 1",
+            "jcdi_forwarder_api_request_duration_seconds_bucket{",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn health_turns_bad_after_the_threshold_and_back() {
+        let m = Metrics::new();
+        let queue = QueueView::default();
+        assert!(m.health(Duration::ZERO, &queue).ok);
+        m.send_failed("default", "intake down");
+        std::thread::sleep(Duration::from_millis(5));
+        let health = m.health(Duration::ZERO, &queue);
+        assert!(!health.ok);
+        assert!(
+            health.reasons[0].contains("intake down"),
+            "{:?}",
+            health.reasons
+        );
+        assert!(
+            m.health(Duration::from_secs(3600), &queue).ok,
+            "under the threshold"
+        );
+        m.send_succeeded("default", 1);
+        assert!(m.health(Duration::ZERO, &queue).ok);
+        let full = QueueView {
+            bytes: 10,
+            limit_bytes: 10,
+            ..QueueView::default()
+        };
+        assert!(!m.health(Duration::ZERO, &full).ok);
+    }
+
+    #[test]
+    fn repeats_are_held_back() {
+        let mut filter = RepeatFilter::default();
+        assert_eq!(filter.check("a"), Some(0));
+        assert_eq!(filter.check("a"), None);
+        assert_eq!(filter.check("a"), None);
+        assert_eq!(filter.check("b"), Some(2));
     }
 }

@@ -3,13 +3,18 @@
 //! Trees of the one sled database:
 //! - `events`: sequence number of a chunk's first event (u64, big-endian) → [`Chunk`] (bincode, versioned): up
 //!   to [`CHUNK_MAX_EVENTS`] consecutive events of one page, raw bytes as received. Event `i` of the chunk at
-//!   key `k` has sequence number `k + i`. (Format 1 records, one event each, are still read.)
+//!   key `k` has sequence number `k + i`. A page belongs to one stream, so a chunk holds one stream's events
+//!   (its tag is in the chunk's header): [`Queue::read_stream_batch`] skips other streams' chunks whole.
+//!   Dead letters retried are written as chunks too (consecutive letters of one stream together). (Format 1
+//!   records, one event each, are still read, as chunks of one.)
 //! - `acked`: chunk key → bitmap of the chunk's events already acknowledged or dead-lettered; the chunk and its
 //!   bitmap are removed together when the last event goes.
 //! - `dedup`: stream tag (4 bytes) + event timestamp (8 bytes, order-preserving) + event key hash (16 bytes) → ().
 //!   Sorted by time within a stream, so pruning is a range scan.
 //! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent.
-//! - `meta`: cursors (`cursor/<stream>`), the next sequence number and the in/out counters.
+//! - `meta`: cursors (`cursor/<stream>`), the next sequence number, the in/out counters and the per-stream
+//!   byte counters (`stats/stream_in/<tag>`, `stats/stream_out/<tag>`: an ack or dead-letter counts only the
+//!   bytes of the events it newly marks in a chunk).
 //!
 //! Why chunks: sled 0.34 copies and merges a tree node on every insert and remove, so its cost is per
 //! operation, not per byte; one record per event made those copies most of the agent's CPU (BENCHMARKS.md).
@@ -52,7 +57,12 @@ const CHUNK_MAX_BYTES: usize = 64 * 1024;
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
 const KEY_OUT: &[u8] = b"stats/out";
+/// (events ever dead-lettered, events since retried or purged): the store holds the difference.
 const KEY_DEAD: &[u8] = b"stats/dead";
+const KEY_LAST_ACK: &[u8] = b"stats/last_ack_ms";
+/// Per stream (followed by the 4-byte tag): raw bytes ever queued, and ever removed (sent, dead-lettered).
+const STREAM_IN: &[u8] = b"stats/stream_in/";
+const STREAM_OUT: &[u8] = b"stats/stream_out/";
 
 /// sled's page cache; its 1 GiB default would make RSS grow with the database.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -110,6 +120,8 @@ pub struct Cursor {
 pub struct CommitOutcome {
     pub queued: u64,
     pub duplicates: u64,
+    /// The raw bytes of the events queued (for the stream's share of the queue).
+    pub queued_bytes: u64,
 }
 
 /// An event read from the head of the queue.
@@ -175,7 +187,8 @@ struct Counters {
     in_bytes: AtomicU64,
     out_events: AtomicU64,
     out_bytes: AtomicU64,
-    dead: AtomicU64,
+    dead_in: AtomicU64,
+    dead_out: AtomicU64,
 }
 
 /// The durable queue. Cheap to clone; one per process (sled allows one `Db` per folder).
@@ -227,13 +240,14 @@ impl Queue {
         };
         let (in_events, in_bytes) = read_pair(queue.meta.get(KEY_IN)?);
         let (out_events, out_bytes) = read_pair(queue.meta.get(KEY_OUT)?);
-        let (dead, _) = read_pair(queue.meta.get(KEY_DEAD)?);
+        let (dead_in, dead_out) = read_pair(queue.meta.get(KEY_DEAD)?);
         let c = &queue.counters;
         c.in_events.store(in_events, Ordering::Relaxed);
         c.in_bytes.store(in_bytes, Ordering::Relaxed);
         c.out_events.store(out_events, Ordering::Relaxed);
         c.out_bytes.store(out_bytes, Ordering::Relaxed);
-        c.dead.store(dead, Ordering::Relaxed);
+        c.dead_in.store(dead_in, Ordering::Relaxed);
+        c.dead_out.store(dead_out, Ordering::Relaxed);
         Ok(queue)
     }
 
@@ -256,7 +270,7 @@ impl Queue {
         &self,
         stream: &str,
         events: &[IncomingEvent],
-        cursor: Cursor,
+        cursor: Option<Cursor>,
     ) -> Result<CommitOutcome, QueueError> {
         let tag = stream_tag(stream);
         let now = now_ms();
@@ -265,7 +279,9 @@ impl Queue {
             .iter()
             .map(|event| dedup_key(tag, event.timestamp_ns, &event.key))
             .collect();
-        let cursor_bytes = bincode::serialize(&cursor)
+        let cursor_bytes = cursor
+            .map(|cursor| bincode::serialize(&cursor))
+            .transpose()
             .map_err(|err| QueueError::Damaged(format!("cannot encode a cursor: {err}")))?;
         let cursor_key = cursor_key(stream);
 
@@ -296,6 +312,7 @@ impl Queue {
                     in_events += 1;
                     in_bytes += event.raw.len() as u64;
                     outcome.queued += 1;
+                    outcome.queued_bytes += event.raw.len() as u64;
                     if chunk.events.len() >= CHUNK_MAX_EVENTS || chunk_bytes >= CHUNK_MAX_BYTES {
                         seq = write_chunk(events_tx, seq, &mut chunk)?;
                         chunk_bytes = 0;
@@ -306,7 +323,10 @@ impl Queue {
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
-                meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
+                add_stream_bytes(meta_tx, STREAM_IN, tag, outcome.queued_bytes)?;
+                if let Some(cursor_bytes) = &cursor_bytes {
+                    meta_tx.insert(cursor_key.as_bytes(), &cursor_bytes[..])?;
+                }
                 Ok::<_, ConflictableTransactionError<QueueError>>((outcome, (in_events, in_bytes)))
             },
         )?;
@@ -368,16 +388,27 @@ impl Queue {
 
     /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
     pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
+        let now = now_ms();
         let groups = self.locate(seqs)?;
         let totals = (&self.events, &self.acked, &self.meta).transaction(
             |(events_tx, acked_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+                // A batch is of one stream (and so is a chunk), but nothing here depends on it.
+                let mut by_stream: Vec<(u32, u64)> = Vec::new();
                 for (first, indexes) in &groups {
-                    let (events, bytes) = mark_gone(events_tx, acked_tx, *first, indexes)?;
-                    out_events += events;
-                    out_bytes += bytes;
+                    let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    out_events += gone.events;
+                    out_bytes += gone.bytes;
+                    match by_stream.iter_mut().find(|(t, _)| *t == gone.stream) {
+                        Some((_, bytes)) => *bytes += gone.bytes,
+                        None => by_stream.push((gone.stream, gone.bytes)),
+                    }
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+                for (tag, bytes) in &by_stream {
+                    add_stream_bytes(meta_tx, STREAM_OUT, *tag, *bytes)?;
+                }
+                meta_tx.insert(KEY_LAST_ACK, &now.to_be_bytes()[..])?;
                 Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
             },
         )?;
@@ -407,18 +438,19 @@ impl Queue {
         let totals = (&self.events, &self.acked, &self.dead, &self.meta).transaction(
             |(events_tx, acked_tx, dead_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
-                let (mut dead, _) = read_pair(meta_tx.get(KEY_DEAD)?);
+                let (mut dead, dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 for (first, indexes) in &groups {
-                    let (events, bytes) = mark_gone(events_tx, acked_tx, *first, indexes)?;
-                    if events > 0 {
-                        out_events += events;
-                        out_bytes += bytes;
-                        dead += events;
+                    let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    if gone.events > 0 {
+                        out_events += gone.events;
+                        out_bytes += gone.bytes;
+                        dead += gone.events;
                         dead_tx.insert(&key[..], &record[..])?;
+                        add_stream_bytes(meta_tx, STREAM_OUT, gone.stream, gone.bytes)?;
                     }
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
-                meta_tx.insert(KEY_DEAD, &pair_bytes(dead, 0)[..])?;
+                meta_tx.insert(KEY_DEAD, &pair_bytes(dead, dead_out)[..])?;
                 Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes, dead))
             },
         )?;
@@ -428,7 +460,7 @@ impl Queue {
         self.counters
             .out_bytes
             .fetch_max(totals.1, Ordering::Relaxed);
-        self.counters.dead.fetch_max(totals.2, Ordering::Relaxed);
+        self.counters.dead_in.fetch_max(totals.2, Ordering::Relaxed);
         Ok(())
     }
 
@@ -481,6 +513,117 @@ impl Queue {
             .collect()
     }
 
+    /// Every stream's cursor, by stream name.
+    pub fn cursors(&self) -> Result<Vec<(String, Cursor)>, QueueError> {
+        self.meta
+            .scan_prefix(b"cursor/")
+            .map(|entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[b"cursor/".len()..]).into_owned();
+                let cursor = bincode::deserialize(&value).map_err(|err| {
+                    QueueError::Damaged(format!("cursor of stream {name}: {err}"))
+                })?;
+                Ok((name, cursor))
+            })
+            .collect()
+    }
+
+    /// When the intake last acknowledged a batch (milliseconds since the epoch).
+    pub fn last_ack_ms(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self.meta.get(KEY_LAST_ACK)?.map(|v| read_u64(Some(v))))
+    }
+
+    /// Moves every dead letter back to the tail of the queue, to be sent again (for example after the
+    /// intake's limit was raised). Returns how many were moved.
+    pub fn retry_dead_letters(&self) -> Result<u64, QueueError> {
+        let letters = self.dead_letters()?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let keys: Vec<[u8; 8]> = letters.iter().map(|l| l.seq.to_be_bytes()).collect();
+        // Written as ordinary chunks of format 2 under new sequence numbers at the tail: consecutive letters
+        // of one stream share a chunk (a chunk never mixes streams, so a stream's forwarder can skip the
+        // others' chunks whole), in the order they were dead-lettered.
+        let (moved, totals, dead_out) = (&self.events, &self.dead, &self.meta).transaction(
+            |(events_tx, dead_tx, meta_tx)| {
+                let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
+                let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
+                let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
+                let mut moved = 0;
+                let mut chunk = Chunk {
+                    version: FORMAT_VERSION,
+                    stream: 0,
+                    queued_at_ms: now,
+                    events: Vec::new(),
+                };
+                let mut chunk_bytes = 0;
+                for (letter, dead_key) in letters.iter().zip(&keys) {
+                    if dead_tx.remove(&dead_key[..])?.is_none() {
+                        continue;
+                    }
+                    if !chunk.events.is_empty()
+                        && (chunk.stream != letter.stream
+                            || chunk.events.len() >= CHUNK_MAX_EVENTS
+                            || chunk_bytes >= CHUNK_MAX_BYTES)
+                    {
+                        seq = write_chunk(events_tx, seq, &mut chunk)?;
+                        chunk_bytes = 0;
+                    }
+                    chunk.stream = letter.stream;
+                    chunk.events.push(ChunkEvent {
+                        timestamp_ns: letter.timestamp_ns,
+                        raw: letter.raw.as_bytes(),
+                    });
+                    let bytes = letter.raw.len() as u64;
+                    chunk_bytes += letter.raw.len();
+                    add_stream_bytes(meta_tx, STREAM_IN, letter.stream, bytes)?;
+                    in_events += 1;
+                    in_bytes += bytes;
+                    dead_out += 1;
+                    moved += 1;
+                }
+                if !chunk.events.is_empty() {
+                    seq = write_chunk(events_tx, seq, &mut chunk)?;
+                }
+                meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
+                meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
+                meta_tx.insert(KEY_DEAD, &pair_bytes(dead_in, dead_out)[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((
+                    moved,
+                    (in_events, in_bytes),
+                    dead_out,
+                ))
+            },
+        )?;
+        let c = &self.counters;
+        c.in_events.fetch_max(totals.0, Ordering::Relaxed);
+        c.in_bytes.fetch_max(totals.1, Ordering::Relaxed);
+        c.dead_out.fetch_max(dead_out, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// Deletes every dead letter for good. Returns how many were deleted.
+    pub fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        let keys: Vec<sled::IVec> = self.dead.iter().keys().collect::<Result<_, _>>()?;
+        let (purged, dead_out) = (&self.dead, &self.meta).transaction(|(dead_tx, meta_tx)| {
+            let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
+            let mut purged = 0;
+            for key in &keys {
+                if dead_tx.remove(key)?.is_some() {
+                    purged += 1;
+                    dead_out += 1;
+                }
+            }
+            meta_tx.insert(KEY_DEAD, &pair_bytes(dead_in, dead_out)[..])?;
+            Ok::<_, ConflictableTransactionError<QueueError>>((purged, dead_out))
+        })?;
+        self.counters
+            .dead_out
+            .fetch_max(dead_out, Ordering::Relaxed);
+        Ok(purged)
+    }
+
     /// Forgets dedup entries of `stream` for events older than `before_ns`, at most `limit` of them.
     /// Returns how many were removed. Safe to interrupt: it only forgets, in key order.
     pub fn prune_dedup(
@@ -523,7 +666,10 @@ impl Queue {
 
     /// How many events were ever dead-lettered and are still kept.
     pub fn dead_letter_count(&self) -> u64 {
-        self.counters.dead.load(Ordering::Relaxed)
+        let c = &self.counters;
+        c.dead_in
+            .load(Ordering::Relaxed)
+            .saturating_sub(c.dead_out.load(Ordering::Relaxed))
     }
 
     /// When the event at the head was queued (milliseconds since the epoch), if the queue is not empty.
@@ -545,6 +691,98 @@ impl Queue {
     /// The bytes the database occupies on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Reading by stream, for a forwarder per stream (several JumpCloud organizations, each to its own intake).
+impl Queue {
+    /// Like [`Queue::read_batch`], but only events of the stream `tag`, and examining at most `max_scan`
+    /// records. Returns the batch and the last sequence number examined: every event of that stream up to
+    /// it is in the batch, so the next read may start after it once the batch is acknowledged.
+    pub fn read_stream_batch(
+        &self,
+        tag: u32,
+        after: Option<u64>,
+        max_events: usize,
+        max_bytes: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        // The chunk that holds `start` begins at or before it.
+        let from = match self.events.range(..=start.to_be_bytes()).next_back() {
+            Some(entry) => read_u64(Some(entry?.0)),
+            None => start,
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut examined = after;
+        // `max_scan` counts records (chunks): a chunk holds one stream's events, so another stream's chunk
+        // is skipped whole from its header, without decoding its events.
+        'chunks: for (scanned, entry) in self.events.range(from.to_be_bytes()..).enumerate() {
+            if scanned >= max_scan {
+                break;
+            }
+            let (key, value) = entry?;
+            let first = read_u64(Some(key.clone()));
+            let header = chunk_header(first, &value)?;
+            let last = first + header.count.saturating_sub(1);
+            if header.stream != tag {
+                examined = examined.max(Some(last));
+                continue;
+            }
+            let chunk = decode_chunk(first, &value)?;
+            let acked = self.acked.get(&key)?;
+            for (index, event) in chunk.events.iter().enumerate() {
+                let seq = first + index as u64;
+                if seq < start {
+                    continue;
+                }
+                if acked.as_deref().is_some_and(|bits| bit(bits, index)) {
+                    examined = Some(seq);
+                    continue;
+                }
+                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
+                    break 'chunks;
+                }
+                let raw = String::from_utf8(event.raw.to_vec())
+                    .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
+                bytes += raw.len();
+                batch.push(QueuedEvent {
+                    seq,
+                    stream: chunk.stream,
+                    timestamp_ns: event.timestamp_ns,
+                    queued_at_ms: chunk.queued_at_ms,
+                    raw,
+                });
+                examined = Some(seq);
+                if batch.len() >= max_events {
+                    break 'chunks;
+                }
+            }
+        }
+        Ok((batch, examined))
+    }
+
+    /// The raw bytes queued per stream tag (one scan of the queue, at start-up).
+    pub fn bytes_by_stream(&self) -> Result<std::collections::HashMap<u32, u64>, QueueError> {
+        // Read from the per-stream counters, never by scanning the events: a backlog of millions of
+        // events must not slow the start.
+        let mut usage = std::collections::HashMap::new();
+        for (prefix, sign) in [(STREAM_IN, 1i128), (STREAM_OUT, -1i128)] {
+            for entry in self.meta.scan_prefix(prefix) {
+                let (key, value) = entry?;
+                let Ok(tag) = <[u8; 4]>::try_from(&key[prefix.len()..]) else {
+                    continue;
+                };
+                *usage.entry(u32::from_be_bytes(tag)).or_insert(0i128) +=
+                    sign * i128::from(read_u64(Some(value)));
+            }
+        }
+        Ok(usage
+            .into_iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(tag, bytes)| (tag, u64::try_from(bytes).unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -586,6 +824,43 @@ fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueError> {
     }
 }
 
+/// The fixed start of a stored record: enough to skip another stream's chunk without decoding its events.
+struct ChunkHeader {
+    stream: u32,
+    /// How many events the record holds (acknowledged ones included).
+    count: u64,
+}
+
+/// Reads a record's stream and event count (bincode writes a chunk's version, stream, queued_at_ms, then
+/// the length of its events as a u64, before any event; trailing bytes are allowed).
+fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, QueueError> {
+    #[derive(Deserialize)]
+    struct Header {
+        version: u8,
+        stream: u32,
+        _queued_at_ms: u64,
+        count: u64,
+    }
+    match value.first() {
+        Some(&FORMAT_VERSION) => {
+            let header: Header = bincode::deserialize(value)
+                .map_err(|err| QueueError::Damaged(format!("record #{first}: {err}")))?;
+            debug_assert_eq!(header.version, FORMAT_VERSION);
+            Ok(ChunkHeader {
+                stream: header.stream,
+                count: header.count,
+            })
+        }
+        _ => {
+            let chunk = decode_chunk(first, value)?;
+            Ok(ChunkHeader {
+                stream: chunk.stream,
+                count: chunk.events.len() as u64,
+            })
+        }
+    }
+}
+
 /// Stores `chunk` at key `first` (inside a transaction), empties it, and returns the next free sequence.
 fn write_chunk(
     events_tx: &TransactionalTree,
@@ -604,17 +879,17 @@ fn write_chunk(
 }
 
 /// Marks events of the chunk at `first` as gone (inside a transaction) and removes the chunk with its
-/// bitmap once every event is gone. Returns the events and raw bytes newly marked (events already marked,
-/// or a chunk already removed, count nothing).
+/// bitmap once every event is gone. Returns the events and raw bytes newly marked, with the chunk's stream
+/// (events already marked, or a chunk already removed, count nothing).
 fn mark_gone(
     events_tx: &TransactionalTree,
     acked_tx: &TransactionalTree,
     first: u64,
     indexes: &[usize],
-) -> Result<(u64, u64), ConflictableTransactionError<QueueError>> {
+) -> Result<Gone, ConflictableTransactionError<QueueError>> {
     let key = first.to_be_bytes();
     let Some(value) = events_tx.get(&key[..])? else {
-        return Ok((0, 0));
+        return Ok(Gone::default());
     };
     let chunk = decode_chunk(first, &value).map_err(ConflictableTransactionError::Abort)?;
     let len = chunk.events.len();
@@ -638,13 +913,42 @@ fn mark_gone(
     } else if events > 0 {
         acked_tx.insert(&key[..], bits)?;
     }
-    Ok((events, bytes))
+    Ok(Gone {
+        stream: chunk.stream,
+        events,
+        bytes,
+    })
+}
+
+/// What [`mark_gone`] removed from one chunk.
+#[derive(Default)]
+struct Gone {
+    stream: u32,
+    events: u64,
+    bytes: u64,
 }
 
 /// Whether bit `index` of a chunk's bitmap is set.
 fn bit(bits: &[u8], index: usize) -> bool {
     bits.get(index / 8)
         .is_some_and(|byte| byte & (1 << (index % 8)) != 0)
+}
+
+/// Adds `bytes` to one stream's monotonic in- or out-counter (`stats/in/<tag>`, `stats/out/<tag>`).
+fn add_stream_bytes(
+    meta_tx: &sled::transaction::TransactionalTree,
+    prefix: &[u8],
+    tag: u32,
+    bytes: u64,
+) -> Result<(), ConflictableTransactionError<QueueError>> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&tag.to_be_bytes());
+    let total = read_u64(meta_tx.get(&key)?) + bytes;
+    meta_tx.insert(key, &total.to_be_bytes()[..])?;
+    Ok(())
 }
 
 fn cursor_key(stream: &str) -> String {
@@ -727,26 +1031,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
         let page = vec![event("a", 1), event("b", 2), event("a", 1)];
-        let outcome = q.commit_page("s", &page, cursor(5)).unwrap();
+        let outcome = q.commit_page("s", &page, Some(cursor(5))).unwrap();
         assert_eq!(
             outcome,
             CommitOutcome {
                 queued: 2,
-                duplicates: 1
+                duplicates: 1,
+                queued_bytes: (page[0].raw.len() + page[1].raw.len()) as u64,
             }
         );
-        let again = q.commit_page("s", &page[..2], cursor(6)).unwrap();
+        let again = q.commit_page("s", &page[..2], Some(cursor(6))).unwrap();
         assert_eq!(
             again,
             CommitOutcome {
                 queued: 0,
-                duplicates: 2
+                duplicates: 2,
+                queued_bytes: 0,
             }
         );
         assert_eq!(q.cursor("s").unwrap(), Some(cursor(6)));
         assert_eq!(q.depth().events, 2);
         // Another stream has its own dedup scope.
-        assert_eq!(q.commit_page("t", &page[..1], cursor(1)).unwrap().queued, 1);
+        assert_eq!(
+            q.commit_page("t", &page[..1], Some(cursor(1)))
+                .unwrap()
+                .queued,
+            1
+        );
     }
 
     #[test]
@@ -755,7 +1066,7 @@ mod tests {
         {
             let q = Queue::open(dir.path()).unwrap();
             let page: Vec<_> = (0..10).map(|i| event(&format!("e{i}"), i)).collect();
-            q.commit_page("s", &page, cursor(10)).unwrap();
+            q.commit_page("s", &page, Some(cursor(10))).unwrap();
             let batch = q.read_batch(None, 4, 1 << 20).unwrap();
             assert_eq!(batch.len(), 4);
             assert_eq!(batch[0].raw, page[0].raw);
@@ -772,6 +1083,18 @@ mod tests {
         assert_eq!(q.dead_letter_count(), 1);
         assert_eq!(q.dead_letters().unwrap()[0].reason, "too big");
         assert_eq!(q.read_batch(None, 100, 1 << 20).unwrap().len(), 5);
+        assert_eq!(q.cursors().unwrap(), vec![("s".to_string(), cursor(10))]);
+        assert!(q.last_ack_ms().unwrap().is_some());
+        // Retry puts the dead letter back at the tail; purge then has nothing left.
+        assert_eq!(q.retry_dead_letters().unwrap(), 1);
+        assert_eq!(q.dead_letter_count(), 0);
+        assert_eq!(q.depth().events, 6);
+        let all = q.read_batch(None, 100, 1 << 20).unwrap();
+        assert_eq!(all.last().unwrap().raw, event("e4", 4).raw);
+        q.dead_letter(&all[0], "again").unwrap();
+        assert_eq!(q.purge_dead_letters().unwrap(), 1);
+        assert_eq!(q.dead_letter_count(), 0);
+        assert!(q.dead_letters().unwrap().is_empty());
     }
 
     #[test]
@@ -784,7 +1107,7 @@ mod tests {
                 .map(|i| event(&format!("e{i}"), i as i64))
                 .collect();
             assert_eq!(
-                q.commit_page("s", &page, cursor(1)).unwrap().queued,
+                q.commit_page("s", &page, Some(cursor(1))).unwrap().queued,
                 total as u64
             );
             assert!(q.events.len() > 3, "the page is stored in several chunks");
@@ -833,7 +1156,8 @@ mod tests {
             .insert(7u64.to_be_bytes(), bincode::serialize(&old).unwrap())
             .unwrap();
         q.meta.insert(KEY_SEQ, &8u64.to_be_bytes()[..]).unwrap();
-        q.commit_page("s", &[event("new", 6)], cursor(7)).unwrap();
+        q.commit_page("s", &[event("new", 6)], Some(cursor(7)))
+            .unwrap();
         let batch = q.read_batch(None, 10, 1 << 20).unwrap();
         assert_eq!((batch[0].seq, batch[0].raw.as_str()), (7, raw));
         assert_eq!(batch[0].queued_at_ms, 9);
@@ -871,7 +1195,7 @@ mod tests {
     fn byte_limit_keeps_at_least_one_event() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        q.commit_page("s", &[event("a", 1), event("b", 2)], cursor(3))
+        q.commit_page("s", &[event("a", 1), event("b", 2)], Some(cursor(3)))
             .unwrap();
         assert_eq!(q.read_batch(None, 10, 1).unwrap().len(), 1);
     }
@@ -880,19 +1204,128 @@ mod tests {
     fn pruning_forgets_old_entries_only() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        q.commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
-            .unwrap();
+        q.commit_page(
+            "s",
+            &[event("old", -5), event("new", 100)],
+            Some(cursor(200)),
+        )
+        .unwrap();
         assert_eq!(q.prune_dedup("s", 50, 1000).unwrap(), 1);
         // The old event is forgotten (queued again), the new one still deduplicated.
         let outcome = q
-            .commit_page("s", &[event("old", -5), event("new", 100)], cursor(200))
+            .commit_page(
+                "s",
+                &[event("old", -5), event("new", 100)],
+                Some(cursor(200)),
+            )
             .unwrap();
+        assert_eq!((outcome.queued, outcome.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn reading_by_stream_skips_the_others_and_reports_how_far_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        q.commit_page("a", &[event("a1", 1), event("a2", 2)], Some(cursor(3)))
+            .unwrap();
+        q.commit_page("b", &[event("b1", 1)], Some(cursor(3)))
+            .unwrap();
+        q.commit_page("a", &[event("a3", 3)], Some(cursor(4)))
+            .unwrap();
+        let (b, upto) = q
+            .read_stream_batch(stream_tag("b"), None, 10, 1 << 20, 1000)
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(upto, Some(3), "looked at every record");
+        let (a, upto) = q
+            .read_stream_batch(stream_tag("a"), None, 2, 1 << 20, 1000)
+            .unwrap();
+        assert_eq!((a.len(), upto), (2, Some(1)));
+        let (a, upto) = q
+            .read_stream_batch(stream_tag("a"), upto, 10, 1 << 20, 1)
+            .unwrap();
+        assert_eq!((a.len(), upto), (0, Some(2)), "max_scan bounds the work");
+        let usage = q.bytes_by_stream().unwrap();
+        assert_eq!(usage[&stream_tag("b")], b[0].raw.len() as u64);
+        assert_eq!(usage.len(), 2);
+    }
+
+    #[test]
+    fn chunks_are_per_stream_and_stream_counters_follow_acks_dead_letters_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ta, tb) = (stream_tag("a"), stream_tag("b"));
+        let n = CHUNK_MAX_EVENTS + 10;
+        let page_a: Vec<_> = (0..n).map(|i| event(&format!("a{i}"), i as i64)).collect();
+        let page_b: Vec<_> = (0..n).map(|i| event(&format!("b{i}"), i as i64)).collect();
+        let bytes = |page: &[IncomingEvent]| page.iter().map(|e| e.raw.len() as u64).sum::<u64>();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            q.commit_page("a", &page_a, Some(cursor(1))).unwrap();
+            q.commit_page("b", &page_b, Some(cursor(1))).unwrap();
+            q.commit_page("a", &page_a[..0], None).unwrap();
+            assert_eq!(
+                q.events.len(),
+                4,
+                "two chunks per page, none mixing streams"
+            );
+            // b's forwarder skips a's chunks whole: within the scan limit of 3 records it gets b's events.
+            let (b, upto) = q.read_stream_batch(tb, None, 10, 1 << 20, 3).unwrap();
+            assert_eq!(b.len(), 10);
+            assert!(b.iter().all(|e| e.stream == tb));
+            assert_eq!(b[0].seq, n as u64);
+            assert_eq!(upto, Some(b[9].seq));
+            // Partial acks of a chunk count only the newly acknowledged bytes, per stream.
+            let seqs: Vec<u64> = b.iter().map(|e| e.seq).collect();
+            q.ack(&seqs[..5]).unwrap();
+            q.ack(&seqs).unwrap();
+            let first_ten = bytes(&page_b[..10]);
+            let usage = q.bytes_by_stream().unwrap();
+            assert_eq!(usage[&tb], bytes(&page_b) - first_ten);
+            assert_eq!(usage[&ta], bytes(&page_a));
+            // Reading on skips the acknowledged ones.
+            let (b2, _) = q.read_stream_batch(tb, None, 1, 1 << 20, 100).unwrap();
+            assert_eq!(b2[0].seq, n as u64 + 10);
+            // A dead letter leaves its stream's bytes too, and only once.
+            q.dead_letter(&b2[0], "refused").unwrap();
+            q.dead_letter(&b2[0], "refused").unwrap();
+            let usage = q.bytes_by_stream().unwrap();
+            assert_eq!(
+                usage[&tb],
+                bytes(&page_b) - first_ten - b2[0].raw.len() as u64
+            );
+            assert_eq!(q.dead_letter_count(), 1);
+            // And one of a's, so the retry has two streams to put back.
+            let (a, _) = q.read_stream_batch(ta, None, 1, 1 << 20, 100).unwrap();
+            q.dead_letter(&a[0], "refused").unwrap();
+            assert_eq!(q.depth().events, 2 * n as u64 - 12);
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.depth().events, 2 * n as u64 - 12);
+        assert_eq!(q.retry_dead_letters().unwrap(), 2);
+        assert_eq!(q.depth().events, 2 * n as u64 - 10);
+        assert_eq!(q.dead_letter_count(), 0);
+        let usage = q.bytes_by_stream().unwrap();
+        assert_eq!(usage[&tb], bytes(&page_b) - bytes(&page_b[..10]));
+        assert_eq!(usage[&ta], bytes(&page_a));
+        // The retried events are read back by their own stream's forwarder, at the tail, once each.
+        let (all_a, _) = q
+            .read_stream_batch(ta, None, usize::MAX, usize::MAX, usize::MAX)
+            .unwrap();
+        let (all_b, _) = q
+            .read_stream_batch(tb, None, usize::MAX, usize::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!((all_a.len(), all_b.len()), (n, n - 10));
+        assert_eq!(all_a.last().unwrap().raw, page_a[0].raw);
+        assert_eq!(all_b.last().unwrap().raw, page_b[10].raw);
         assert_eq!(
-            outcome,
-            CommitOutcome {
-                queued: 1,
-                duplicates: 1
-            }
+            q.read_batch(None, usize::MAX, usize::MAX).unwrap().len() as u64,
+            q.depth().events
         );
+        let seqs: Vec<u64> = all_a.iter().chain(&all_b).map(|e| e.seq).collect();
+        q.ack(&seqs).unwrap();
+        assert_eq!(q.depth(), Depth::default());
+        assert!(q.bytes_by_stream().unwrap().is_empty());
+        assert!(q.events.is_empty() && q.acked.is_empty());
+        assert_eq!(q.oldest_queued_at_ms().unwrap(), None);
     }
 }

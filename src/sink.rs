@@ -8,12 +8,18 @@
 //!   clearly and retried slowly; the events stay queued.
 //! - 413 splits the batch in two; a single event the intake will never take (over 250 KiB, or refused alone
 //!   with 413) is moved to the dead-letter tree, logged and counted, and never blocks the rest.
-//! - Up to `sekoia.max_in_flight` batches are sent at once: each is read after the one before it (queue order),
-//!   retried on its own and acknowledged on its own 2xx, so batches may arrive (and be acknowledged) a little
-//!   out of order, never before being sent. With 1, events are sent strictly in queue order.
-//! - A batch whose delivery ends without acknowledging (a storage error, shutdown) is read again from the head
-//!   once the batches in flight are done: nothing read is ever skipped.
+//! - A forwarder sends only its own stream's events, with that stream's intake key and URL: every batch has
+//!   one destination, and a destination that refuses its key stalls only its own stream.
+//! - Up to `sekoia.max_in_flight` batches of a stream are sent at once: each is read after the one before it
+//!   (queue order), retried on its own and acknowledged on its own 2xx, so batches may arrive (and be
+//!   acknowledged) a little out of order, never before being sent. With 1, a stream's events are sent
+//!   strictly in queue order.
+//! - The forwarder's position (where it reads from after a failure) moves past a batch only once that batch
+//!   and every batch read before it are acknowledged or dead-lettered. A batch whose delivery ends without
+//!   that (a storage error, shutdown) is read again from that position once the batches in flight are done:
+//!   nothing read is ever skipped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +31,31 @@ use tokio::task::JoinSet;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RepeatFilter};
 use crate::queue::{Queue, QueueError, QueuedEvent};
+use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use crate::source::{rejected_backoff, transient_backoff};
 
 /// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Forwards the queue to one intake until shutdown.
+/// At most this many queued records are examined per read, so that reading past another stream's backlog
+/// never blocks for long.
+const MAX_SCAN: usize = 20_000;
+
+/// The stream a forwarder serves.
+pub struct StreamRoute {
+    /// For logs and metrics labels.
+    pub name: String,
+    /// [`crate::queue::stream_tag`] of the name: the queued events it marks are this forwarder's.
+    pub tag: u32,
+    pub share: Arc<StreamShare>,
+}
+
+/// Forwards one stream's queued events to its intake until shutdown.
 pub struct Forwarder {
+    pub stream: StreamRoute,
     pub config: SekoiaConfig,
     pub http: HttpClient,
     pub queue: Queue,
@@ -54,12 +75,64 @@ enum SendOutcome {
     Rejected(String),
 }
 
+/// A batch read and handed to a delivery, in reading order.
+struct Read {
+    id: u64,
+    /// What `read_stream_batch` examined for it: once this batch and every one before it are done, every
+    /// event of the stream up to here is acknowledged or dead-lettered.
+    examined: Option<u64>,
+    done: bool,
+}
+
+/// The batches in flight and the position they leave behind.
+#[derive(Default)]
+struct Window {
+    reads: VecDeque<Read>,
+    /// Every event of this stream up to here was sent or dead-lettered (see `read_stream_batch`).
+    done_upto: Option<u64>,
+    next_id: u64,
+}
+
+impl Window {
+    fn push(&mut self, examined: Option<u64>, done: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.reads.push_back(Read { id, examined, done });
+        self.advance();
+        id
+    }
+
+    fn finished(&mut self, id: u64) {
+        if let Some(read) = self.reads.iter_mut().find(|read| read.id == id) {
+            read.done = true;
+        }
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while self.reads.front().is_some_and(|read| read.done) {
+            if let Some(read) = self.reads.pop_front() {
+                self.done_upto = read.examined;
+            }
+        }
+    }
+
+    /// Forgets the batches that did not end well: they are read again from `done_upto`.
+    fn restart(&mut self) -> Option<u64> {
+        self.reads.clear();
+        self.done_upto
+    }
+}
+
+type Delivery = (u64, Result<(), ForwardError>);
+
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
         let this = Arc::new(self);
         let max_in_flight = this.config.max_in_flight.max(1);
-        let mut in_flight: JoinSet<Result<(), ForwardError>> = JoinSet::new();
-        // The last sequence handed to a delivery; the next batch is read after it. `None`: from the head.
+        let mut in_flight: JoinSet<Delivery> = JoinSet::new();
+        let mut window = Window::default();
+        // Where the next batch is read from: after the last batch handed to a delivery.
         let mut last_read: Option<u64> = None;
         let mut storage_retry = transient_backoff(this.config.retry);
         let mut stopping = false;
@@ -67,18 +140,25 @@ impl Forwarder {
             // Fill the window with the batches that follow the ones in flight.
             let mut queue_empty = false;
             let mut storage_error = None;
-            while in_flight.len() < max_in_flight {
+            while in_flight.len() < max_in_flight && !shutdown.is_triggered() {
                 match this.read_next_batch(last_read).await {
-                    Ok(batch) if batch.is_empty() => {
-                        queue_empty = true;
-                        break;
+                    Ok((batch, examined)) if batch.is_empty() => {
+                        if examined == last_read {
+                            queue_empty = true;
+                            break;
+                        }
+                        // Only other streams' events so far: look further at once.
+                        window.push(examined, true);
+                        last_read = examined;
                     }
-                    Ok(batch) => {
+                    Ok((batch, examined)) => {
                         storage_retry.reset();
-                        last_read = batch.last().map(|event| event.seq);
+                        last_read = examined;
+                        let id = window.push(examined, false);
                         let forwarder = this.clone();
                         let shutdown = shutdown.clone();
-                        in_flight.spawn(async move { forwarder.forward(batch, &shutdown).await });
+                        in_flight
+                            .spawn(async move { (id, forwarder.forward(batch, &shutdown).await) });
                     }
                     Err(err) => {
                         storage_error = Some(err);
@@ -87,9 +167,8 @@ impl Forwarder {
                 }
             }
             if in_flight.is_empty() {
-                // Everything read so far was acknowledged or dead-lettered, or failed and is still queued:
-                // read from the head again, which also retries whatever a failed delivery left behind.
-                last_read = None;
+                // Everything read so far was acknowledged or dead-lettered: the window is empty and
+                // `last_read` is where it ends.
                 if let Some(err) = storage_error {
                     if !this.storage_wait(&mut storage_retry, err, &shutdown).await {
                         break;
@@ -110,30 +189,37 @@ impl Forwarder {
                 _ = shutdown.wait() => None,
             };
             match ended {
-                Some(Ok(Ok(()))) | None => {}
-                Some(Ok(Err(ForwardError::Stopped))) => stopping = true,
-                Some(Ok(Err(ForwardError::Queue(err)))) => {
-                    // Let the others end, then start again from the head (see above).
+                None => {}
+                Some(Ok((id, Ok(())))) => window.finished(id),
+                Some(Ok((_, Err(ForwardError::Stopped)))) => stopping = true,
+                Some(Ok((_, Err(ForwardError::Queue(err))))) => {
+                    // Let the others end, then read again from the position they leave (see above).
                     while let Some(other) = in_flight.join_next().await {
-                        if let Ok(Err(ForwardError::Stopped)) = other {
-                            stopping = true;
+                        match other {
+                            Ok((id, Ok(()))) => window.finished(id),
+                            Ok((_, Err(ForwardError::Stopped))) => stopping = true,
+                            Ok((_, Err(ForwardError::Queue(_)))) | Err(_) => {}
                         }
                     }
-                    last_read = None;
+                    last_read = window.restart();
                     if !stopping && !this.storage_wait(&mut storage_retry, err, &shutdown).await {
                         break;
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::error!("a delivery task failed: {err}; its events stay queued");
-                    while in_flight.join_next().await.is_some() {}
-                    last_read = None;
+                    tracing::error!(stream = %this.stream.name, "a delivery task failed: {err}; its events stay queued");
+                    while let Some(other) = in_flight.join_next().await {
+                        if let Ok((id, Ok(()))) = other {
+                            window.finished(id);
+                        }
+                    }
+                    last_read = window.restart();
                 }
             }
         }
         // Deliveries finish or abandon their request within their grace period.
         while in_flight.join_next().await.is_some() {}
-        tracing::debug!("forwarder stopped");
+        tracing::debug!(stream = %this.stream.name, "forwarder stopped");
     }
 
     /// Logs a storage error and waits before the next try; false when shutdown came first.
@@ -144,17 +230,23 @@ impl Forwarder {
         shutdown: &Shutdown,
     ) -> bool {
         let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
-        tracing::error!(retry_in = ?wait, "cannot read or update the queue: {err}");
+        tracing::error!(stream = %self.stream.name, retry_in = ?wait, "cannot read or update the queue: {err}");
         shutdown.sleep(wait).await
     }
 
-    /// Reads the batch that follows `after` (from the head when `None`).
-    async fn read_next_batch(&self, after: Option<u64>) -> Result<Vec<QueuedEvent>, QueueError> {
+    /// Reads this stream's batch that follows `after` (from the head when `None`), with how far it looked.
+    async fn read_next_batch(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
         let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
-        tokio::task::spawn_blocking(move || queue.read_batch(after, max_events, max_bytes))
-            .await
-            .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
+        let tag = self.stream.tag;
+        tokio::task::spawn_blocking(move || {
+            queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
+        })
+        .await
+        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
     }
 
     /// Dead-letters the oversize events of a batch and delivers the rest.
@@ -191,12 +283,12 @@ impl Forwarder {
         let mut pending = vec![batch];
         let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
+        let mut repeats = RepeatFilter::default();
         while let Some(chunk) = pending.pop() {
             loop {
                 let outcome = self.send(&chunk, shutdown).await?;
                 match outcome {
                     SendOutcome::Accepted => {
-                        Metrics::add(&self.metrics.intake_requests_ok, 1);
                         let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
                         let queue = self.queue.clone();
                         tokio::task::spawn_blocking(move || queue.ack(&seqs))
@@ -207,14 +299,17 @@ impl Forwarder {
                         // Not needed for safety (a lost ack only means a resend), but it keeps the
                         // duplicates after a crash down to the batch in flight.
                         self.queue.flush().await?;
-                        Metrics::add(&self.metrics.events_forwarded, chunk.len() as u64);
-                        Metrics::set_error(&self.metrics.last_send_error, None);
+                        self.stream
+                            .share
+                            .remove(chunk.iter().map(|e| e.raw.len() as u64).sum());
+                        self.metrics
+                            .send_succeeded(&self.stream.name, chunk.len() as u64);
+                        repeats.reset();
                         retry.reset();
                         rejected.reset();
                         break;
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         self.dead_letter(
                             &chunk[0],
                             "the intake refused the event alone with 413 (too large)",
@@ -223,7 +318,6 @@ impl Forwarder {
                         break;
                     }
                     SendOutcome::TooLarge => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         tracing::info!(
                             events = chunk.len(),
                             "the intake said 413: splitting the batch in two"
@@ -239,24 +333,28 @@ impl Forwarder {
                         reason,
                         retry_after,
                     } => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                         let wait = retry_after.map_or(wait, |hint| hint.max(wait));
-                        tracing::warn!(events = chunk.len(), retry_in = ?wait, "sending failed, will retry: {reason}");
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
+                        }
+                        self.metrics.send_failed(&self.stream.name, &reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
                     }
                     SendOutcome::Rejected(reason) => {
-                        Metrics::add(&self.metrics.intake_requests_failed, 1);
                         let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
-                        tracing::error!(
-                            queued_events = self.queue.depth().events,
-                            retry_in = ?wait,
-                            "{reason}; every event stays queued until it is fixed"
-                        );
-                        Metrics::set_error(&self.metrics.last_send_error, Some(reason));
+                        if let Some(held_back) = repeats.check(&reason) {
+                            tracing::error!(
+                                stream = %self.stream.name,
+                                queued_events = self.queue.depth().events,
+                                retry_in = ?wait,
+                                repeats = held_back,
+                                "{reason}; every event stays queued until it is fixed"
+                            );
+                        }
+                        self.metrics.send_failed(&self.stream.name, &reason);
                         if !shutdown.sleep(wait).await {
                             return Err(ForwardError::Stopped);
                         }
@@ -280,6 +378,7 @@ impl Forwarder {
             .http
             .post_json(&url, &[], body, self.config.request_timeout);
         tokio::pin!(request);
+        let asked = std::time::Instant::now();
         let result = tokio::select! {
             result = &mut request => result,
             _ = shutdown.wait() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut request).await {
@@ -290,46 +389,73 @@ impl Forwarder {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
+                self.metrics
+                    .intake_request(&self.stream.name, Outcome::Retry, asked.elapsed());
                 return Ok(SendOutcome::Transient {
                     reason: format!("Sekoia.io intake at {url} did not answer: {err}"),
                     retry_after: None,
-                })
+                });
             }
         };
         let status = response.status;
         let said = response.body_excerpt();
-        Ok(match status {
+        let outcome = match status {
             s if s.is_success() => SendOutcome::Accepted,
             StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the intake key ({status}): check sekoia.intake_key (SEKOIA_INTAKE_KEY); the intake said: {said}"
+                "Sekoia.io refused the intake key ({status}): check {}; the intake said: {said}",
+                self.key_setting()
             )),
             StatusCode::NOT_FOUND => SendOutcome::Rejected(format!(
-                "Sekoia.io answered 404 for {url}: check sekoia.intake_url (for example \"https://intake.sekoia.io\"); the intake said: {said}"
+                "Sekoia.io answered 404 for {url}: check {}.intake_url (or region; for example \"https://intake.sekoia.io\"); the intake said: {said}",
+                self.config.section
             )),
             StatusCode::BAD_REQUEST => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the batch (400 Bad Request): check sekoia.intake_key and sekoia.intake_url; the intake said: {said}"
+                "Sekoia.io refused the batch (400 Bad Request): check {} and {}.intake_url; the intake said: {said}",
+                self.key_setting(),
+                self.config.section
             )),
             _ => SendOutcome::Transient {
                 reason: format!("Sekoia.io intake answered {status}: {said}"),
                 retry_after: response.retry_after(),
             },
-        })
+        };
+        let label = match &outcome {
+            SendOutcome::Accepted => Outcome::Ok,
+            SendOutcome::TooLarge => Outcome::TooLarge,
+            SendOutcome::Transient { .. } => Outcome::Retry,
+            SendOutcome::Rejected(_) => Outcome::Rejected,
+        };
+        self.metrics
+            .intake_request(&self.stream.name, label, asked.elapsed());
+        Ok(outcome)
+    }
+
+    /// The setting that holds this destination's key, for messages.
+    fn key_setting(&self) -> String {
+        if self.config.section == "sekoia" {
+            "sekoia.intake_key (SEKOIA_INTAKE_KEY)".to_string()
+        } else {
+            format!("{}.intake_key", self.config.section)
+        }
     }
 
     async fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), ForwardError> {
         tracing::warn!(
+            stream = %self.stream.name,
             seq = event.seq,
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
         let queue = self.queue.clone();
+        let bytes = event.raw.len() as u64;
         let event = event.clone();
         let reason = reason.to_string();
         tokio::task::spawn_blocking(move || queue.dead_letter(&event, &reason))
             .await
             .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
-        Metrics::add(&self.metrics.events_dead_lettered, 1);
+        self.stream.share.remove(bytes);
+        self.metrics.dead_lettered(&self.stream.name);
         Ok(())
     }
 }
@@ -362,4 +488,36 @@ pub fn batch_body(intake_key: &str, events: &[QueuedEvent]) -> Bytes {
     }
     body.extend_from_slice(b"]}");
     Bytes::from(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_position_moves_only_past_batches_done_in_reading_order() {
+        let mut window = Window::default();
+        let first = window.push(Some(9), false);
+        window.push(Some(20), true); // other streams' records only
+        let third = window.push(Some(29), false);
+        assert_eq!(window.done_upto, None);
+        window.finished(third);
+        assert_eq!(window.done_upto, None, "the first batch is still in flight");
+        window.finished(first);
+        assert_eq!(window.done_upto, Some(29));
+        let failed = window.push(Some(39), false);
+        let after = window.push(Some(49), false);
+        window.finished(after);
+        assert_eq!(
+            window.restart(),
+            Some(29),
+            "read again from before the failed batch"
+        );
+        window.finished(failed);
+        assert_eq!(
+            window.done_upto,
+            Some(29),
+            "a forgotten batch moves nothing"
+        );
+    }
 }

@@ -209,3 +209,62 @@ async fn a_bad_intake_key_gives_one_clear_error_keeps_the_events_and_no_secret()
     );
     assert_eq!(h.intake.received_count(), 0);
 }
+
+#[test]
+fn normalize_subcommand_streams_documents_and_reports_bad_lines() {
+    use std::io::Write;
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/vectors/normalize/sso_auth_success.json"),
+        )
+        .expect("sample vector present beside the repository"),
+    )
+    .expect("sample is JSON");
+    let raw = sample["raw"].as_str().expect("raw text");
+    let mut child = binary()
+        .arg("normalize")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{raw}\nnot json\n{raw}").expect("written");
+    drop(stdin);
+    let output = child.wait_with_output().expect("finishes");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a skipped line sets the exit code"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a document"))
+        .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[0], sample["expected"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("<stdin>:2:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_without_secrets() {
+    let h = Harness::new().await;
+    let wrong = "wrong-api-key-json-5c2d";
+    let log = run_until(
+        &h,
+        &[("JC_KEY", wrong), ("JCDI_FORWARDER_LOG_FORMAT", "json")],
+        || h.api.requests() >= 1,
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "ERROR"
+        && l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("JumpCloud rejected the API key"))));
+    assert!(!log.contains(wrong) && !log.contains(API_KEY) && !log.contains(INTAKE_KEY));
+}

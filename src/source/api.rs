@@ -7,8 +7,11 @@
 //!   `X-Result-Count` says, and a `X-Search_after` cursor when the page is full. Anything else is a
 //!   [`FetchError::Transient`] and nothing is advanced.
 //! - 400/401/403 are [`FetchError::Rejected`] with a message that names the likely cause and the setting to fix.
+//! - A service account's request that gets 401 is sent once more with a new token before it counts as
+//!   rejected (the token may have been revoked or expired early).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,14 +20,16 @@ use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::JumpcloudConfig;
+use crate::config::{JumpcloudAuth, JumpcloudConfig};
 use crate::http::{HttpClient, HttpError, Response};
 use crate::queue::{event_key, IncomingEvent};
+
+use super::oauth::TokenSource;
 
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
 
 /// The request body; `search_after` is the previous page's header, copied verbatim.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct EventsQuery<'a> {
     pub service: &'a [String],
     pub start_time: String,
@@ -60,24 +65,56 @@ pub enum FetchError {
     Rejected(String),
 }
 
-/// Talks to one JumpCloud endpoint with one key.
+/// Talks to one JumpCloud endpoint with one key or service account.
 #[derive(Clone)]
 pub struct ApiClient {
     http: HttpClient,
     url: String,
+    /// `x-api-key` (API keys) and `x-org-id`.
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The service account's tokens, when it authenticates with one.
+    tokens: Option<Arc<TokenSource>>,
+    /// The section to fix in messages (`jumpcloud`, `streams.acme`).
+    section: String,
     timeout: Duration,
 }
 
 impl ApiClient {
     pub fn new(http: HttpClient, config: &JumpcloudConfig) -> Result<ApiClient, String> {
-        let mut key = HeaderValue::from_str(config.api_key.expose())
-            .map_err(|_| "jumpcloud.api_key has characters a header cannot carry".to_string())?;
-        key.set_sensitive(true);
-        let mut headers = vec![(HeaderName::from_static("x-api-key"), key)];
+        let section = &config.section;
+        let mut headers = Vec::new();
+        let mut tokens = None;
+        match &config.auth {
+            JumpcloudAuth::ApiKey(api_key) => {
+                let mut key = HeaderValue::from_str(api_key.expose()).map_err(|_| {
+                    format!("{section}.api_key has characters a header cannot carry")
+                })?;
+                key.set_sensitive(true);
+                headers.push((HeaderName::from_static("x-api-key"), key));
+            }
+            JumpcloudAuth::ServiceAccount {
+                client_id,
+                client_secret,
+                token_url,
+            } => {
+                tokens = Some(Arc::new(TokenSource::new(
+                    http.clone(),
+                    client_id,
+                    client_secret,
+                    token_url,
+                    section,
+                    config.request_timeout,
+                )?));
+            }
+            JumpcloudAuth::Missing => {
+                return Err(format!(
+                    "{section} has no api_key nor client_id/client_secret"
+                ))
+            }
+        }
         if let Some(org) = &config.org_id {
             let org = HeaderValue::from_str(org).map_err(|_| {
-                format!("jumpcloud.org_id = {org:?} has characters a header cannot carry")
+                format!("{section}.org_id = {org:?} has characters a header cannot carry")
             })?;
             headers.push((HeaderName::from_static("x-org-id"), org));
         }
@@ -85,30 +122,29 @@ impl ApiClient {
             http,
             url: format!("{}{EVENTS_PATH}", config.base_url),
             headers,
+            tokens,
+            section: section.clone(),
             timeout: config.request_timeout,
         })
     }
 
     /// Sends one query and returns the page, checked for completeness.
     pub async fn fetch(&self, query: &EventsQuery<'_>, now_ns: i64) -> Result<Page, FetchError> {
-        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
-            reason: format!("cannot encode the query: {err}"),
-            retry_after: None,
-        })?;
-        let response = self
-            .http
-            .post_json(&self.url, &self.headers, Bytes::from(body), self.timeout)
-            .await
-            .map_err(|err: HttpError| FetchError::Transient {
-                reason: format!("JumpCloud API at {} did not answer: {err}", self.url),
+        let body = Bytes::from(
+            serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+                reason: format!("cannot encode the query: {err}"),
                 retry_after: None,
-            })?;
+            })?,
+        );
+        let response = self.post(&self.url, body).await?;
         let request_id = response.header("x-request-id").map(str::to_string);
         if !response.status.is_success() {
             return Err(classify_failure(
                 &response,
                 &self.url,
                 request_id.as_deref(),
+                &self.section,
+                self.tokens.is_some(),
             ));
         }
         parse_page(&response, now_ns).map(|(events, full, search_after)| Page {
@@ -118,26 +154,107 @@ impl ApiClient {
             request_id,
         })
     }
+
+    /// POSTs `body` with the stream's credentials. A service account's request refused with 401 is sent
+    /// once more with a new token.
+    async fn post(&self, url: &str, body: Bytes) -> Result<Response, FetchError> {
+        let mut renewed = false;
+        loop {
+            let mut headers = self.headers.clone();
+            let bearer = match &self.tokens {
+                Some(tokens) => {
+                    let bearer = tokens.bearer().await?;
+                    headers.push((http::header::AUTHORIZATION, bearer.clone()));
+                    Some(bearer)
+                }
+                None => None,
+            };
+            let response = self
+                .http
+                .post_json(url, &headers, body.clone(), self.timeout)
+                .await
+                .map_err(|err: HttpError| FetchError::Transient {
+                    reason: format!("JumpCloud API at {url} did not answer: {err}"),
+                    retry_after: None,
+                })?;
+            match (&self.tokens, bearer) {
+                (Some(tokens), Some(bearer))
+                    if response.status == StatusCode::UNAUTHORIZED && !renewed =>
+                {
+                    tracing::info!(section = %self.section, "JumpCloud refused the service account's token (401): getting a new one");
+                    tokens.refused(&bearer).await;
+                    renewed = true;
+                }
+                _ => return Ok(response),
+            }
+        }
+    }
 }
 
-fn classify_failure(response: &Response, url: &str, request_id: Option<&str>) -> FetchError {
+impl ApiClient {
+    /// How many events match `query` (`POST .../events/count`), for progress and backfill sizing.
+    pub async fn count(&self, query: &EventsQuery<'_>) -> Result<u64, FetchError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+            reason: format!("cannot encode the query: {err}"),
+            retry_after: None,
+        })?;
+        let url = format!("{}/count", self.url);
+        let response = self.post(&url, Bytes::from(body)).await?;
+        if !response.status.is_success() {
+            let request_id = response.header("x-request-id").map(str::to_string);
+            return Err(classify_failure(
+                &response,
+                &url,
+                request_id.as_deref(),
+                &self.section,
+                self.tokens.is_some(),
+            ));
+        }
+        serde_json::from_slice::<Count>(&response.body)
+            .map(|c| c.count)
+            .map_err(|err| FetchError::Transient {
+                reason: format!("JumpCloud sent an unusable count: {err}"),
+                retry_after: None,
+            })
+    }
+}
+
+fn classify_failure(
+    response: &Response,
+    url: &str,
+    request_id: Option<&str>,
+    section: &str,
+    service_account: bool,
+) -> FetchError {
     let status = response.status;
     let said = response.body_excerpt();
     let request = request_id
         .map(|id| format!(", request id {id}"))
         .unwrap_or_default();
+    let credential = if service_account {
+        format!("{section}.client_id and {section}.client_secret (is the service account still allowed to read Directory Insights?)")
+    } else if section == "jumpcloud" {
+        "jumpcloud.api_key (JUMPCLOUD_API_KEY)".to_string()
+    } else {
+        format!("{section}.api_key")
+    };
     let reason = match status {
         StatusCode::UNAUTHORIZED => format!(
-            "JumpCloud rejected the API key (401 Unauthorized{request}): check jumpcloud.api_key (JUMPCLOUD_API_KEY) \
-             and, for a multi-tenant key, jumpcloud.org_id; the server said: {said}"
+            "JumpCloud rejected the {} (401 Unauthorized{request}): check {credential} and, for a \
+             multi-tenant key, {section}.org_id; the server said: {said}",
+            if service_account { "service account's token" } else { "API key" }
         ),
         StatusCode::FORBIDDEN => format!(
-            "JumpCloud refused access (403 Forbidden{request}): the API key must be an administrator's, and \
-             jumpcloud.org_id must name an organization it manages; the server said: {said}"
+            "JumpCloud refused access (403 Forbidden{request}): the credentials must be an administrator's, and \
+             {section}.org_id must name an organization they manage; the server said: {said}"
         ),
         StatusCode::BAD_REQUEST => format!(
-            "JumpCloud refused the query (400 Bad Request{request}): check jumpcloud.services (a misspelt \
-             service name?) and the clock of this host; the server said: {said}"
+            "JumpCloud refused the query (400 Bad Request{request}): check {section}.services (a misspelt \
+             service name?), {section}.org_id and the clock of this host; the server said: {said}"
         ),
         _ => {
             return FetchError::Transient {

@@ -13,10 +13,13 @@
 //! - Nothing moves unless the page it covers is queued with it (one transaction). The commit is flushed
 //!   before the next request: a commit lost in a crash takes its cursor with it, and is simply read again.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
-//!   `search_after` cursor does not depend on the page size).
-//! - When the queue is over its size limit, polling pauses; nothing is dropped.
+//!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
+//! - When the queue is over its size limit, or this stream over its share of it ([`StreamShare`]), polling
+//!   pauses; nothing is dropped.
 
 pub mod api;
+pub mod backfill;
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +29,9 @@ use backoff::ExponentialBackoff;
 use tokio::sync::Notify;
 
 use crate::config::{JumpcloudConfig, RetryConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RepeatFilter};
 use crate::queue::{now_ms, Cursor, Queue, QueueError};
+use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
 
@@ -41,6 +45,10 @@ pub struct Poller {
     pub api: ApiClient,
     pub queue: Queue,
     pub max_queue_bytes: u64,
+    /// This stream's share of the queue (with several streams; unlimited with one).
+    pub share: Arc<StreamShare>,
+    /// How long event ids are remembered (`queue.dedup_window`).
+    pub dedup_window: Duration,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -65,19 +73,22 @@ impl Poller {
         let mut retry = transient_backoff(self.config.retry);
         let mut rejected = rejected_backoff();
         let mut paused = false;
+        let mut repeats = RepeatFilter::default();
         let mut last_request: Option<Instant> = None;
         while !shutdown.is_triggered() {
-            if self.queue.depth().bytes >= self.max_queue_bytes {
+            if self.queue_full() {
                 if !paused {
                     tracing::warn!(
                         stream = %self.stream,
                         queued_bytes = self.queue.depth().bytes,
                         limit = self.max_queue_bytes,
-                        "queue is full (queue.max_bytes): polling paused until the forwarder drains it; \
-                         nothing is dropped (JumpCloud keeps events for 90 days)"
+                        stream_bytes = self.share.used(),
+                        stream_limit = self.share.limit(),
+                        "queue is full (queue.max_bytes, or this stream's equal share of it): polling paused \
+                         until the forwarder drains it; nothing is dropped (JumpCloud keeps events for 90 days)"
                     );
                     paused = true;
-                    Metrics::add(&self.metrics.polls_paused_queue_full, 1);
+                    self.metrics.poll_paused(&self.stream);
                 }
                 if !shutdown.sleep(Duration::from_secs(1)).await {
                     break;
@@ -92,15 +103,17 @@ impl Poller {
                 Ok(()) => {
                     retry.reset();
                     rejected.reset();
-                    Metrics::set_error(&self.metrics.last_poll_error, None);
-                    Metrics::add(&self.metrics.polls_completed, 1);
+                    self.metrics.poll_succeeded(&self.stream);
+                    repeats.reset();
                     self.config.poll_interval
                 }
                 Err(PollError::Shutdown) => break,
                 Err(PollError::Fetch(FetchError::Rejected(reason))) => {
                     let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
-                    tracing::error!(stream = %self.stream, retry_in = ?wait, "{reason}; events already queued are still forwarded");
-                    Metrics::set_error(&self.metrics.last_poll_error, Some(reason));
+                    if let Some(held_back) = repeats.check(&reason) {
+                        tracing::error!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "{reason}; events already queued are still forwarded");
+                    }
+                    self.metrics.poll_failed(&self.stream, &reason);
                     wait
                 }
                 Err(err) => {
@@ -111,8 +124,10 @@ impl Poller {
                     let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
                     let wait = hinted.map_or(wait, |hint| hint.max(wait));
                     let reason = err.to_string();
-                    tracing::warn!(stream = %self.stream, retry_in = ?wait, "poll failed: {reason}");
-                    Metrics::set_error(&self.metrics.last_poll_error, Some(reason));
+                    if let Some(held_back) = repeats.check(&reason) {
+                        tracing::warn!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "poll failed: {reason}");
+                    }
+                    self.metrics.poll_failed(&self.stream, &reason);
                     wait
                 }
             };
@@ -138,7 +153,7 @@ impl Poller {
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
         let start_time = api::format_timestamp(start_ns);
         let mut search_after: Option<Box<serde_json::value::RawValue>> = None;
-        // After a full page more is waiting: ask for the API's largest pages for the rest of this poll.
+        // After a full page more is waiting: ask for bigger pages for the rest of this poll (`catch_up_limit`).
         let mut limit = self.config.page_size;
         loop {
             if let Some(at) = last_request {
@@ -156,22 +171,22 @@ impl Poller {
                 sort: "ASC",
                 search_after: search_after.as_deref(),
             };
+            let asked = Instant::now();
             let fetched = tokio::select! {
                 page = self.api.fetch(&query, poll_started_ns) => page,
                 // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
                 _ = shutdown.wait() => return Err(PollError::Shutdown),
             };
-            let page = match fetched {
-                Ok(page) => {
-                    Metrics::add(&self.metrics.api_requests_ok, 1);
-                    page
-                }
-                Err(err) => {
-                    Metrics::add(&self.metrics.api_requests_failed, 1);
-                    return Err(err.into());
-                }
+            let outcome = match &fetched {
+                Ok(_) => Outcome::Ok,
+                Err(FetchError::Rejected(_)) => Outcome::Rejected,
+                Err(FetchError::Transient { .. }) => Outcome::Retry,
             };
+            self.metrics
+                .api_request(&self.stream, outcome, asked.elapsed());
+            let page = fetched?;
             let polled = page.events.len() as u64;
+            let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
             watermark = if page.full {
                 let last_ms = page
                     .events
@@ -190,14 +205,15 @@ impl Poller {
             let queue = self.queue.clone();
             let stream = self.stream.clone();
             let events = page.events;
-            let outcome =
-                tokio::task::spawn_blocking(move || queue.commit_page(&stream, &events, cursor))
-                    .await
-                    .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
+            let outcome = tokio::task::spawn_blocking(move || {
+                queue.commit_page(&stream, &events, Some(cursor))
+            })
+            .await
+            .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
             self.queue.flush().await?;
-            Metrics::add(&self.metrics.events_polled, polled);
-            Metrics::add(&self.metrics.events_queued, outcome.queued);
-            Metrics::add(&self.metrics.events_deduplicated, outcome.duplicates);
+            self.share.add(outcome.queued_bytes);
+            self.metrics
+                .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
             if outcome.queued > 0 {
                 self.forwarder_wake.notify_one();
             }
@@ -217,8 +233,8 @@ impl Poller {
                 return Err(PollError::StuckCursor);
             }
             search_after = next;
-            limit = limit.max(self.config.catch_up_page_size);
-            if self.queue.depth().bytes >= self.max_queue_bytes || shutdown.is_triggered() {
+            limit = self.catch_up_limit(polled, polled_bytes);
+            if self.queue_full() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
             }
@@ -227,9 +243,31 @@ impl Poller {
         Ok(())
     }
 
-    /// Forgets dedup entries too old to be read again.
+    /// The page size after a full page: `catch_up_page_size`, but no more events than the room left in the
+    /// queue and in this stream's share is likely to hold (judged by the size of the page just read), and
+    /// never less than `page_size`. So a stream overshoots its share by at most one ordinary page, as with
+    /// `page_size` alone, and one stream's catch-up cannot fill the others' room.
+    fn catch_up_limit(&self, polled: u64, polled_bytes: u64) -> u32 {
+        let catch_up = self.config.catch_up_page_size.max(self.config.page_size);
+        let room = self
+            .max_queue_bytes
+            .saturating_sub(self.queue.depth().bytes)
+            .min(self.share.limit().saturating_sub(self.share.used()));
+        let average = (polled_bytes / polled.max(1)).max(1);
+        let fits = u32::try_from(room / average).unwrap_or(u32::MAX);
+        fits.clamp(self.config.page_size, catch_up)
+    }
+
+    /// The whole queue is at its limit, or this stream at its share.
+    fn queue_full(&self) -> bool {
+        self.queue.depth().bytes >= self.max_queue_bytes || self.share.is_full()
+    }
+
+    /// Forgets dedup entries too old to be read again: older than the overlap window (plus a margin)
+    /// and than `queue.dedup_window`.
     async fn prune(&self, watermark_ns: i64) -> Result<(), QueueError> {
-        let cutoff = watermark_ns - (self.config.overlap + DEDUP_MARGIN).as_nanos() as i64;
+        let keep = (self.config.overlap + DEDUP_MARGIN).max(self.dedup_window);
+        let cutoff = watermark_ns.saturating_sub(keep.as_nanos() as i64);
         let queue = self.queue.clone();
         let stream = self.stream.clone();
         tokio::task::spawn_blocking(move || {

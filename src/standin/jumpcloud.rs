@@ -83,6 +83,9 @@ pub struct ApiOptions {
     pub org_id: Option<String>,
     /// The largest `limit` honoured; a larger one falls back to the default silently.
     pub max_limit: usize,
+    /// When set, `Authorization: Bearer <token>` from this token stand-in is accepted instead of the API
+    /// key (a service account); `x-org-id` is then required, as JumpCloud requires it.
+    pub tokens: Option<super::TokenStandIn>,
 }
 
 impl Default for ApiOptions {
@@ -91,6 +94,7 @@ impl Default for ApiOptions {
             api_key: "demo-api-key".to_string(),
             org_id: None,
             max_limit: 10000,
+            tokens: None,
         }
     }
 }
@@ -552,12 +556,28 @@ fn count_events(state: &State, query: &Query, now: SystemTime) -> usize {
 fn check_auth(shared: &Shared, headers: &HeaderMap) -> Result<(), Refusal> {
     let unauthorized = |message: &str| (StatusCode::UNAUTHORIZED, message.to_string());
     let given_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
-    let key_ok = {
-        let state = shared.lock();
-        given_key == Some(state.api_key.as_bytes())
-    };
-    if !key_ok {
-        return Err(unauthorized("Unauthorized"));
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if let (Some(token), Some(tokens)) = (bearer, &shared.options.tokens) {
+        if !tokens.is_valid(token) {
+            tokens.note_refused();
+            return Err(unauthorized("Unauthorized: invalid or expired token"));
+        }
+        if headers.get("x-org-id").is_none() {
+            return Err(unauthorized(
+                "Unauthorized: header x-org-id is required with a service account",
+            ));
+        }
+    } else {
+        let key_ok = {
+            let state = shared.lock();
+            given_key == Some(state.api_key.as_bytes())
+        };
+        if !key_ok {
+            return Err(unauthorized("Unauthorized"));
+        }
     }
     if let Some(org_id) = &shared.options.org_id {
         match headers.get("x-org-id") {

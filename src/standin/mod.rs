@@ -11,10 +11,12 @@
 pub mod events;
 pub mod intake;
 pub mod jumpcloud;
+pub mod oauth;
 
 pub use events::EventFactory;
 pub use intake::{IntakeFault, IntakeOptions, IntakeStandIn};
 pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn};
+pub use oauth::{TokenOptions, TokenStandIn};
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -25,6 +25,15 @@ pub struct Harness {
     pub api: ApiStandIn,
     pub intake: IntakeStandIn,
     pub dir: tempfile::TempDir,
+    /// Where the agent's metrics/health/status endpoint listens.
+    pub admin: std::net::SocketAddr,
+}
+
+/// A port that was free a moment ago (tests run in parallel: never use the fixed default port).
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
 }
 
 impl Harness {
@@ -49,6 +58,7 @@ impl Harness {
             api,
             intake,
             dir: tempfile::tempdir().expect("temp dir"),
+            admin: free_local_addr(),
         }
     }
 
@@ -75,10 +85,11 @@ impl Harness {
             .collect();
         format!(
             "data_dir = {:?}\n[jumpcloud]\nbase_url = \"{}\"\napi_key = \"${{JC_KEY:-{API_KEY}}}\"\n{jumpcloud}\
-             [sekoia]\nintake_url = \"{}\"\nintake_key = \"${{SK_KEY:-{INTAKE_KEY}}}\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n{sekoia_extra}\n",
+             [sekoia]\nintake_url = \"{}\"\nintake_key = \"${{SK_KEY:-{INTAKE_KEY}}}\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n{sekoia_extra}\n[api]\nlisten = \"{}\"\n",
             self.dir.path().join("queue").display().to_string(),
             self.api.base_url(),
             self.intake.base_url(),
+            self.admin,
         )
     }
 

@@ -1,0 +1,169 @@
+//! Backfill: re-collects a past window of one stream into the queue, deduplicated against what was
+//! already queued or sent, without moving the stream's cursor.
+//!
+//! Invariants: the window must lie within JumpCloud's retention (refused otherwise, with the reason);
+//! each page is committed before the next is asked for, so an interrupted backfill can simply be run again;
+//! passing failures are retried with backoff, configuration errors end the backfill with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::api::{format_timestamp, ApiClient, EventsQuery, FetchError};
+use super::{now_ns, transient_backoff};
+use crate::config::JumpcloudConfig;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+
+/// How far a backfill got.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Events JumpCloud holds in the window (from `/events/count`), if it said.
+    pub total: Option<u64>,
+    pub polled: u64,
+    pub queued: u64,
+    pub duplicates: u64,
+    pub done: bool,
+    pub error: Option<String>,
+}
+
+/// Checks a window against the clock and JumpCloud's retention; returns it in nanoseconds.
+pub fn check_window(
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    retention: Duration,
+) -> Result<(i64, i64), String> {
+    let now = chrono::Utc::now();
+    let oldest = now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(90));
+    if from >= to {
+        return Err(format!("--from {from} must be before --to {to}"));
+    }
+    if from < oldest {
+        return Err(format!(
+            "--from {} is older than JumpCloud's retention ({} days: nothing before {} exists any more); \
+             start at {} or later (jumpcloud.retention sets the retention of your plan)",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            retention.as_secs() / 86_400,
+            oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
+    if from > now {
+        return Err(format!("--from {from} is in the future"));
+    }
+    let to = to.min(now);
+    let ns = |t: chrono::DateTime<chrono::Utc>| t.timestamp_nanos_opt().ok_or("date out of range");
+    Ok((ns(from)?, ns(to)?))
+}
+
+/// Re-collects `[from_ns, to_ns)` of `stream` into the queue, reporting progress to `report`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    api: &ApiClient,
+    queue: &Queue,
+    config: &JumpcloudConfig,
+    stream: &str,
+    from_ns: i64,
+    to_ns: i64,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+    report: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<Progress, String> {
+    let start_time = format_timestamp(from_ns);
+    let end_time = Some(format_timestamp(to_ns));
+    let mut progress = Progress::default();
+    let mut retry = transient_backoff(config.retry);
+    let count_query = EventsQuery {
+        service: &config.services,
+        start_time: start_time.clone(),
+        end_time: end_time.clone(),
+        limit: config.page_size,
+        sort: "ASC",
+        search_after: None,
+    };
+    progress.total = api.count(&count_query).await.ok();
+    report(&progress);
+    let mut search_after: Option<Box<RawValue>> = None;
+    loop {
+        if shutdown.is_triggered() {
+            return Err("interrupted; run the same backfill again to finish it".to_string());
+        }
+        let query = EventsQuery {
+            search_after: search_after.as_deref(),
+            ..count_query.clone()
+        };
+        let page = match api.fetch(&query, now_ns()).await {
+            Ok(page) => page,
+            Err(FetchError::Rejected(reason)) => return Err(reason),
+            Err(FetchError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
+                let wait = retry_after.map_or(wait, |hint| hint.max(wait));
+                tracing::warn!(retry_in = ?wait, "backfill: {reason}");
+                if !shutdown.sleep(wait).await {
+                    return Err("interrupted; run the same backfill again to finish it".to_string());
+                }
+                continue;
+            }
+        };
+        retry.reset();
+        let polled = page.events.len() as u64;
+        let (queue2, stream2, events) = (queue.clone(), stream.to_string(), page.events);
+        let outcome =
+            tokio::task::spawn_blocking(move || queue2.commit_page(&stream2, &events, None))
+                .await
+                .map_err(|err| format!("commit task failed: {err}"))?
+                .map_err(|err| err.to_string())?;
+        queue.flush().await.map_err(|err| err.to_string())?;
+        metrics.page_committed(stream, polled, outcome.queued, outcome.duplicates);
+        progress.polled += polled;
+        progress.queued += outcome.queued;
+        progress.duplicates += outcome.duplicates;
+        report(&progress);
+        if !page.full {
+            break;
+        }
+        if page.search_after.as_ref().map(|n| n.get()) == search_after.as_ref().map(|s| s.get()) {
+            return Err(
+                "JumpCloud sent the same X-Search_after twice; stopping the backfill".to_string(),
+            );
+        }
+        search_after = page.search_after;
+        if !shutdown.sleep(config.min_request_interval).await {
+            return Err("interrupted; run the same backfill again to finish it".to_string());
+        }
+    }
+    progress.done = true;
+    report(&progress);
+    Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_outside_retention_are_refused() {
+        let now = chrono::Utc::now();
+        let ninety = Duration::from_secs(90 * 86_400);
+        let err = check_window(now - chrono::Duration::days(100), now, ninety).unwrap_err();
+        assert!(
+            err.contains("older than JumpCloud's retention (90 days"),
+            "{err}"
+        );
+        assert!(check_window(now, now - chrono::Duration::hours(1), ninety).is_err());
+        let (from, to) = check_window(
+            now - chrono::Duration::days(2),
+            now + chrono::Duration::days(1),
+            ninety,
+        )
+        .unwrap();
+        assert!(to <= now_ns() && from < to, "the end is capped at now");
+    }
+}
