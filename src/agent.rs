@@ -175,7 +175,15 @@ pub async fn run(
         );
         tasks.abort_all();
     }
-    queue.flush().await?;
+    // A queue whose storage failed (a full disk) may never finish a flush: do not hang on it. What was not
+    // flushed is polled or sent again after the restart.
+    match tokio::time::timeout(STOP_DEADLINE, queue.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!("the final flush of the queue failed: {err}"),
+        Err(_) => {
+            tracing::error!("the final flush of the queue did not finish within {STOP_DEADLINE:?}")
+        }
+    }
     let depth = queue.depth();
     tracing::info!(
         queued_events = depth.events,

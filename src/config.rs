@@ -94,6 +94,9 @@ pub struct JumpcloudConfig {
     pub services: Vec<String>,
     pub poll_interval: Duration,
     pub page_size: u32,
+    /// The page size after a full page (a backlog is waiting): the API's largest, so catching up takes few
+    /// requests.
+    pub catch_up_page_size: u32,
     pub initial_lookback: Duration,
     pub overlap: Duration,
     /// The least time between two requests of one stream (JumpCloud asks for about 1–2 requests/s per key).
@@ -130,6 +133,8 @@ pub struct SekoiaConfig {
     pub intake_key: Secret,
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
+    /// Batches of one stream sent at once (each acknowledged on its own 2xx).
+    pub max_in_flight: usize,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
     pub transport: Transport,
@@ -382,6 +387,7 @@ const JUMPCLOUD_KEYS: &[&str] = &[
     "services",
     "poll_interval",
     "page_size",
+    "catch_up_page_size",
     "initial_lookback",
     "overlap",
     "min_request_interval",
@@ -400,6 +406,7 @@ const SEKOIA_KEYS: &[&str] = &[
     "intake_key_file",
     "batch_max_events",
     "batch_max_bytes",
+    "max_in_flight",
     "request_timeout",
     "retry_initial",
     "retry_max",
@@ -707,6 +714,7 @@ impl Reader<'_> {
             services: vec!["all".to_string()],
             poll_interval: Duration::from_secs(60),
             page_size: 1000,
+            catch_up_page_size: 10_000,
             initial_lookback: Duration::from_secs(24 * 3600),
             overlap: Duration::from_secs(600),
             min_request_interval: Duration::from_millis(500),
@@ -797,6 +805,18 @@ impl Reader<'_> {
                 base.page_size
             }
         };
+        let catch_up_page_size = match self.integer(s, "catch_up_page_size") {
+            None => base.catch_up_page_size,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "catch_up_page_size",
+                    &format!("= {n} is out of range: use 1 to 10000"),
+                );
+                base.catch_up_page_size
+            }
+        };
         let initial_lookback = self.duration(s, "initial_lookback", base.initial_lookback);
         if initial_lookback > Duration::from_secs(90 * 24 * 3600) {
             self.warn(
@@ -838,6 +858,7 @@ impl Reader<'_> {
             services,
             poll_interval,
             page_size,
+            catch_up_page_size,
             initial_lookback,
             overlap,
             min_request_interval,
@@ -933,6 +954,7 @@ impl Reader<'_> {
             intake_key: Secret::new(""),
             batch_max_events: 1000,
             batch_max_bytes: 4 * 1024 * 1024,
+            max_in_flight: 2,
             request_timeout: Duration::from_secs(30),
             retry: RetryConfig {
                 initial: Duration::from_secs(1),
@@ -994,6 +1016,18 @@ impl Reader<'_> {
                 ),
             );
         }
+        let max_in_flight = match self.integer(s, "max_in_flight") {
+            None => base.max_in_flight,
+            Some(n) if (1..=16).contains(&n) => n as usize,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "max_in_flight",
+                    &format!("= {n} is out of range: use 1 to 16"),
+                );
+                base.max_in_flight
+            }
+        };
         let request_timeout = self.duration(s, "request_timeout", base.request_timeout);
         if request_timeout.is_zero() {
             self.problem(
@@ -1011,6 +1045,7 @@ impl Reader<'_> {
             intake_key,
             batch_max_events,
             batch_max_bytes: batch_max_bytes as usize,
+            max_in_flight,
             request_timeout,
             retry,
             transport,
@@ -1657,7 +1692,53 @@ max_bytes = "10GiB"
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.jumpcloud.services, vec!["all".to_string()]);
         assert_eq!(c.jumpcloud.page_size, 1000);
+        assert_eq!(c.jumpcloud.catch_up_page_size, 10_000);
+        assert_eq!(c.sekoia.max_in_flight, 2);
         assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
+    }
+
+    #[test]
+    fn catch_up_pages_and_batches_in_flight_per_stream_and_destination() {
+        let text = r#"
+[jumpcloud]
+catch_up_page_size = 3000
+[sekoia]
+intake_key = "k"
+max_in_flight = 4
+[sekoia.other]
+intake_key = "o"
+max_in_flight = 1
+[[streams]]
+name = "a"
+api_key = "a"
+[[streams]]
+name = "b"
+api_key = "b"
+catch_up_page_size = 500
+destination = "other"
+"#;
+        let c = Config::parse(text, "c.toml", &env).expect("valid").config;
+        let (a, b) = (&c.streams[0], &c.streams[1]);
+        assert_eq!(
+            a.jumpcloud.catch_up_page_size, 3000,
+            "inherited from [jumpcloud]"
+        );
+        assert_eq!(b.jumpcloud.catch_up_page_size, 500);
+        assert_eq!(a.sekoia.max_in_flight, 4);
+        assert_eq!(b.sekoia.max_in_flight, 1);
+        let bad = "[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"b\"\n[sekoia.x]\nmax_in_flight = 0\n\
+                   [[streams]]\nname = \"s\"\napi_key = \"c\"\ncatch_up_page_size = 10001\ndestination = \"x\"\n";
+        let all = Config::parse(bad, "c.toml", &env)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            all.contains("sekoia.x.max_in_flight = 0 is out of range: use 1 to 16"),
+            "{all}"
+        );
+        assert!(
+            all.contains("streams.s.catch_up_page_size = 10001 is out of range: use 1 to 10000"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -1678,10 +1759,12 @@ data_dr = "/tmp/x"
 [jumpcloud]
 api_key = "${NOPE}"
 page_size = 20000
+catch_up_page_size = 0
 poll_interval = "soon"
 services = []
 [sekoia]
 intake_url = "ftp://x"
+max_in_flight = 17
 [queue]
 max_bytes = "lots"
 "#;
@@ -1691,6 +1774,8 @@ max_bytes = "lots"
             "data_dr is not a known key (did you mean \"data_dir\"?)",
             "jumpcloud.api_key uses ${NOPE}, but the environment variable NOPE is not set",
             "jumpcloud.page_size = 20000 is out of range",
+            "jumpcloud.catch_up_page_size = 0 is out of range",
+            "sekoia.max_in_flight = 17 is out of range",
             "jumpcloud.poll_interval = \"soon\" is not a duration",
             "jumpcloud.services is empty",
             "sekoia.intake_url = \"ftp://x\" is not an http(s) URL",
@@ -1699,7 +1784,7 @@ max_bytes = "lots"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 8, "{all}");
+        assert_eq!(err.problems.len(), 10, "{all}");
     }
 
     #[test]

@@ -1,17 +1,30 @@
 //! The durable queue between the pollers and the forwarder: the only module that knows sled.
 //!
 //! Trees of the one sled database:
-//! - `events`: sequence number (u64, big-endian) → [`Envelope`] (bincode, versioned) holding the raw event bytes.
+//! - `events`: sequence number of a chunk's first event (u64, big-endian) → [`Chunk`] (bincode, versioned): up
+//!   to [`CHUNK_MAX_EVENTS`] consecutive events of one page, raw bytes as received. Event `i` of the chunk at
+//!   key `k` has sequence number `k + i`. A page belongs to one stream, so a chunk holds one stream's events
+//!   (its tag is in the chunk's header): [`Queue::read_stream_batch`] skips other streams' chunks whole.
+//!   Dead letters retried are written as chunks too (consecutive letters of one stream together). (Format 1
+//!   records, one event each, are still read, as chunks of one.)
+//! - `acked`: chunk key → bitmap of the chunk's events already acknowledged or dead-lettered; the chunk and its
+//!   bitmap are removed together when the last event goes.
 //! - `dedup`: stream tag (4 bytes) + event timestamp (8 bytes, order-preserving) + event key hash (16 bytes) → ().
 //!   Sorted by time within a stream, so pruning is a range scan.
 //! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent.
-//! - `meta`: cursors (`cursor/<stream>`), the next sequence number and the in/out counters.
+//! - `meta`: cursors (`cursor/<stream>`), the next sequence number, the in/out counters and the per-stream
+//!   byte counters (`stats/stream_in/<tag>`, `stats/stream_out/<tag>`: an ack or dead-letter counts only the
+//!   bytes of the events it newly marks in a chunk).
+//!
+//! Why chunks: sled 0.34 copies and merges a tree node on every insert and remove, so its cost is per
+//! operation, not per byte; one record per event made those copies most of the agent's CPU (BENCHMARKS.md).
 //!
 //! Invariants:
 //! - A page of events, the dedup entries and the stream's new cursor are written in one sled transaction
 //!   ([`Queue::commit_page`]): after a crash both are there or neither, so the poller simply polls again.
-//! - An event leaves `events` only through [`Queue::ack`] (after the intake said 2xx) or
-//!   [`Queue::dead_letter`] (moved, in one transaction). Nothing is ever dropped.
+//! - An event leaves the queue only through [`Queue::ack`] (after the intake said 2xx) or
+//!   [`Queue::dead_letter`] (moved, in one transaction), which set its bit in `acked`; a chunk is removed
+//!   only when every bit is set. Nothing is ever dropped.
 //! - Queue depth comes from persisted counters (`in` written by pollers, `out` by the forwarder, each in the
 //!   same transaction as the change it counts), never from `Tree::len()`, which scans.
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
@@ -24,11 +37,22 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 use sled::Tree;
 
-/// The version of the on-disk record layout; records of another version are refused, not misread.
-const FORMAT_VERSION: u8 = 1;
+/// The version of the on-disk record layout; records of an unknown version are refused, not misread.
+const FORMAT_VERSION: u8 = 2;
+/// Records written before chunks: one [`Envelope`] per event. Read (and acknowledged) as chunks of one.
+const SINGLE_EVENT_VERSION: u8 = 1;
+/// Dead letters keep their first layout.
+const DEAD_LETTER_VERSION: u8 = 1;
+
+/// At most this many events in one chunk, and about this many raw bytes: small enough that acknowledging a
+/// batch rewrites little, and that a chunk stays well below sled's 128 KiB threshold for blob files.
+const CHUNK_MAX_EVENTS: usize = 64;
+const CHUNK_MAX_BYTES: usize = 64 * 1024;
 
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
@@ -126,7 +150,7 @@ pub struct DeadLetter {
     pub raw: String,
 }
 
-/// The record stored for each queued event.
+/// The record of format 1: one event.
 #[derive(Serialize, Deserialize)]
 struct Envelope<'a> {
     version: u8,
@@ -135,6 +159,24 @@ struct Envelope<'a> {
     queued_at_ms: u64,
     #[serde(borrow)]
     raw: &'a str,
+}
+
+/// The record of format 2: consecutive events of one page, borrowed from the stored bytes when read.
+#[derive(Serialize, Deserialize)]
+struct Chunk<'a> {
+    version: u8,
+    stream: u32,
+    queued_at_ms: u64,
+    #[serde(borrow)]
+    events: Vec<ChunkEvent<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChunkEvent<'a> {
+    timestamp_ns: i64,
+    /// Bytes, not `str`: reading a chunk checks UTF-8 only for the events it returns.
+    #[serde(borrow, with = "serde_bytes")]
+    raw: &'a [u8],
 }
 
 /// Depth of the queue.
@@ -159,6 +201,7 @@ struct Counters {
 pub struct Queue {
     db: sled::Db,
     events: Tree,
+    acked: Tree,
     dedup: Tree,
     dead: Tree,
     meta: Tree,
@@ -196,6 +239,7 @@ impl Queue {
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let queue = Queue {
             events: tree("events")?,
+            acked: tree("acked")?,
             dedup: tree("dedup")?,
             dead: tree("dead_letter")?,
             meta: tree("meta")?,
@@ -239,24 +283,11 @@ impl Queue {
     ) -> Result<CommitOutcome, QueueError> {
         let tag = stream_tag(stream);
         let now = now_ms();
-        // Serialize outside the transaction: the closure may run more than once and should stay short.
-        let mut prepared = Vec::with_capacity(events.len());
-        for event in events {
-            let envelope = Envelope {
-                version: FORMAT_VERSION,
-                stream: tag,
-                timestamp_ns: event.timestamp_ns,
-                queued_at_ms: now,
-                raw: &event.raw,
-            };
-            let record = bincode::serialize(&envelope)
-                .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
-            prepared.push((
-                dedup_key(tag, event.timestamp_ns, &event.key),
-                record,
-                event.raw.len() as u64,
-            ));
-        }
+        // Keys outside the transaction: the closure may run more than once and should stay short.
+        let dedup_keys: Vec<[u8; 28]> = events
+            .iter()
+            .map(|event| dedup_key(tag, event.timestamp_ns, &event.key))
+            .collect();
         let cursor_bytes = cursor
             .map(|cursor| bincode::serialize(&cursor))
             .transpose()
@@ -268,19 +299,36 @@ impl Queue {
                 let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let mut outcome = CommitOutcome::default();
-                let mut in_page = HashSet::with_capacity(prepared.len());
-                for (dedup, record, bytes) in &prepared {
+                let mut in_page = HashSet::with_capacity(dedup_keys.len());
+                let mut chunk = Chunk {
+                    version: FORMAT_VERSION,
+                    stream: tag,
+                    queued_at_ms: now,
+                    events: Vec::with_capacity(CHUNK_MAX_EVENTS.min(events.len())),
+                };
+                let mut chunk_bytes = 0;
+                for (event, dedup) in events.iter().zip(&dedup_keys) {
                     if !in_page.insert(dedup) || dedup_tx.get(dedup)?.is_some() {
                         outcome.duplicates += 1;
                         continue;
                     }
                     dedup_tx.insert(&dedup[..], &[][..])?;
-                    events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
-                    seq += 1;
+                    chunk.events.push(ChunkEvent {
+                        timestamp_ns: event.timestamp_ns,
+                        raw: event.raw.as_bytes(),
+                    });
+                    chunk_bytes += event.raw.len();
                     in_events += 1;
-                    in_bytes += bytes;
+                    in_bytes += event.raw.len() as u64;
                     outcome.queued += 1;
-                    outcome.queued_bytes += bytes;
+                    outcome.queued_bytes += event.raw.len() as u64;
+                    if chunk.events.len() >= CHUNK_MAX_EVENTS || chunk_bytes >= CHUNK_MAX_BYTES {
+                        seq = write_chunk(events_tx, seq, &mut chunk)?;
+                        chunk_bytes = 0;
+                    }
+                }
+                if !chunk.events.is_empty() {
+                    seq = write_chunk(events_tx, seq, &mut chunk)?;
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
@@ -309,19 +357,39 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Vec<QueuedEvent>, QueueError> {
         let start = after.map_or(0, |seq| seq.saturating_add(1));
+        // The chunk that holds `start` begins at or before it.
+        let from = match self.events.range(..=start.to_be_bytes()).next_back() {
+            Some(entry) => read_u64(Some(entry?.0)),
+            None => start,
+        };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        for entry in self.events.range(start.to_be_bytes()..) {
+        'chunks: for entry in self.events.range(from.to_be_bytes()..) {
             let (key, value) = entry?;
-            let seq = read_u64(Some(key));
-            let event = decode_event(seq, &value)?;
-            if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
-                break;
-            }
-            bytes += event.raw.len();
-            batch.push(event);
-            if batch.len() >= max_events {
-                break;
+            let first = read_u64(Some(key.clone()));
+            let chunk = decode_chunk(first, &value)?;
+            let acked = self.acked.get(&key)?;
+            for (index, event) in chunk.events.iter().enumerate() {
+                let seq = first + index as u64;
+                if seq < start || acked.as_deref().is_some_and(|bits| bit(bits, index)) {
+                    continue;
+                }
+                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
+                    break 'chunks;
+                }
+                let raw = String::from_utf8(event.raw.to_vec())
+                    .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
+                bytes += raw.len();
+                batch.push(QueuedEvent {
+                    seq,
+                    stream: chunk.stream,
+                    timestamp_ns: event.timestamp_ns,
+                    queued_at_ms: chunk.queued_at_ms,
+                    raw,
+                });
+                if batch.len() >= max_events {
+                    break 'chunks;
+                }
             }
         }
         Ok(batch)
@@ -330,28 +398,29 @@ impl Queue {
     /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
     pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
         let now = now_ms();
-        let totals = (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
-            let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
-            // A batch is of one stream, but nothing here depends on it.
-            let mut by_stream: Vec<(u32, u64)> = Vec::new();
-            for seq in seqs {
-                if let Some(old) = events_tx.remove(&seq.to_be_bytes()[..])? {
-                    let (tag, len) = stream_and_len(&old);
-                    out_events += 1;
-                    out_bytes += len;
-                    match by_stream.iter_mut().find(|(t, _)| *t == tag) {
-                        Some((_, bytes)) => *bytes += len,
-                        None => by_stream.push((tag, len)),
+        let groups = self.locate(seqs)?;
+        let totals = (&self.events, &self.acked, &self.meta).transaction(
+            |(events_tx, acked_tx, meta_tx)| {
+                let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
+                // A batch is of one stream (and so is a chunk), but nothing here depends on it.
+                let mut by_stream: Vec<(u32, u64)> = Vec::new();
+                for (first, indexes) in &groups {
+                    let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    out_events += gone.events;
+                    out_bytes += gone.bytes;
+                    match by_stream.iter_mut().find(|(t, _)| *t == gone.stream) {
+                        Some((_, bytes)) => *bytes += gone.bytes,
+                        None => by_stream.push((gone.stream, gone.bytes)),
                     }
                 }
-            }
-            meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
-            for (tag, bytes) in &by_stream {
-                add_stream_bytes(meta_tx, STREAM_OUT, *tag, *bytes)?;
-            }
-            meta_tx.insert(KEY_LAST_ACK, &now.to_be_bytes()[..])?;
-            Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
-        })?;
+                meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
+                for (tag, bytes) in &by_stream {
+                    add_stream_bytes(meta_tx, STREAM_OUT, *tag, *bytes)?;
+                }
+                meta_tx.insert(KEY_LAST_ACK, &now.to_be_bytes()[..])?;
+                Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
+            },
+        )?;
         self.counters
             .out_events
             .fetch_max(totals.0, Ordering::Relaxed);
@@ -371,20 +440,23 @@ impl Queue {
             reason: reason.to_string(),
             raw: event.raw.clone(),
         };
-        let record = bincode::serialize(&(FORMAT_VERSION, &letter))
+        let record = bincode::serialize(&(DEAD_LETTER_VERSION, &letter))
             .map_err(|err| QueueError::Damaged(format!("cannot encode a dead letter: {err}")))?;
         let key = event.seq.to_be_bytes();
-        let totals = (&self.events, &self.dead, &self.meta).transaction(
-            |(events_tx, dead_tx, meta_tx)| {
+        let groups = self.locate(&[event.seq])?;
+        let totals = (&self.events, &self.acked, &self.dead, &self.meta).transaction(
+            |(events_tx, acked_tx, dead_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
                 let (mut dead, dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
-                if let Some(old) = events_tx.remove(&key[..])? {
-                    let (tag, len) = stream_and_len(&old);
-                    out_events += 1;
-                    out_bytes += len;
-                    dead += 1;
-                    dead_tx.insert(&key[..], &record[..])?;
-                    add_stream_bytes(meta_tx, STREAM_OUT, tag, len)?;
+                for (first, indexes) in &groups {
+                    let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    if gone.events > 0 {
+                        out_events += gone.events;
+                        out_bytes += gone.bytes;
+                        dead += gone.events;
+                        dead_tx.insert(&key[..], &record[..])?;
+                        add_stream_bytes(meta_tx, STREAM_OUT, gone.stream, gone.bytes)?;
+                    }
                 }
                 meta_tx.insert(KEY_OUT, &pair_bytes(out_events, out_bytes)[..])?;
                 meta_tx.insert(KEY_DEAD, &pair_bytes(dead, dead_out)[..])?;
@@ -401,6 +473,37 @@ impl Queue {
         Ok(())
     }
 
+    /// Groups sequence numbers by the chunk that holds them: (chunk key, indexes in the chunk). Sequences in
+    /// no chunk (already gone) are left out. Done outside transactions, which cannot iterate; it stays right
+    /// inside them because chunk keys never change (a chunk only goes away, which the transaction sees).
+    fn locate(&self, seqs: &[u64]) -> Result<Vec<(u64, Vec<usize>)>, QueueError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut groups: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+        for seq in sorted {
+            if let Some((first, end, indexes)) = groups.last_mut() {
+                if seq < *end {
+                    indexes.push((seq - *first) as usize);
+                    continue;
+                }
+            }
+            let Some(entry) = self.events.range(..=seq.to_be_bytes()).next_back() else {
+                continue;
+            };
+            let (key, value) = entry?;
+            let first = read_u64(Some(key));
+            let end = first + decode_chunk(first, &value)?.events.len() as u64;
+            if seq < end {
+                groups.push((first, end, vec![(seq - first) as usize]));
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(first, _, indexes)| (first, indexes))
+            .collect())
+    }
+
     /// Every dead-lettered event, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead
@@ -409,7 +512,7 @@ impl Queue {
                 let (_, value) = entry?;
                 let (version, letter): (u8, DeadLetter) = bincode::deserialize(&value)
                     .map_err(|err| QueueError::Damaged(format!("dead letter: {err}")))?;
-                if version != FORMAT_VERSION {
+                if version != DEAD_LETTER_VERSION {
                     return Err(QueueError::Damaged(format!(
                         "dead letter of format {version}"
                     )));
@@ -447,41 +550,50 @@ impl Queue {
             return Ok(0);
         }
         let now = now_ms();
-        let mut prepared = Vec::with_capacity(letters.len());
-        for letter in &letters {
-            let envelope = Envelope {
-                version: FORMAT_VERSION,
-                stream: letter.stream,
-                timestamp_ns: letter.timestamp_ns,
-                queued_at_ms: now,
-                raw: &letter.raw,
-            };
-            let record = bincode::serialize(&envelope)
-                .map_err(|err| QueueError::Damaged(format!("cannot encode an event: {err}")))?;
-            prepared.push((
-                letter.seq.to_be_bytes(),
-                record,
-                letter.raw.len() as u64,
-                letter.stream,
-            ));
-        }
+        let keys: Vec<[u8; 8]> = letters.iter().map(|l| l.seq.to_be_bytes()).collect();
+        // Written as ordinary chunks of format 2 under new sequence numbers at the tail: consecutive letters
+        // of one stream share a chunk (a chunk never mixes streams, so a stream's forwarder can skip the
+        // others' chunks whole), in the order they were dead-lettered.
         let (moved, totals, dead_out) = (&self.events, &self.dead, &self.meta).transaction(
             |(events_tx, dead_tx, meta_tx)| {
                 let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 let mut moved = 0;
-                for (dead_key, record, bytes, tag) in &prepared {
+                let mut chunk = Chunk {
+                    version: FORMAT_VERSION,
+                    stream: 0,
+                    queued_at_ms: now,
+                    events: Vec::new(),
+                };
+                let mut chunk_bytes = 0;
+                for (letter, dead_key) in letters.iter().zip(&keys) {
                     if dead_tx.remove(&dead_key[..])?.is_none() {
                         continue;
                     }
-                    add_stream_bytes(meta_tx, STREAM_IN, *tag, *bytes)?;
-                    events_tx.insert(&seq.to_be_bytes()[..], &record[..])?;
-                    seq += 1;
+                    if !chunk.events.is_empty()
+                        && (chunk.stream != letter.stream
+                            || chunk.events.len() >= CHUNK_MAX_EVENTS
+                            || chunk_bytes >= CHUNK_MAX_BYTES)
+                    {
+                        seq = write_chunk(events_tx, seq, &mut chunk)?;
+                        chunk_bytes = 0;
+                    }
+                    chunk.stream = letter.stream;
+                    chunk.events.push(ChunkEvent {
+                        timestamp_ns: letter.timestamp_ns,
+                        raw: letter.raw.as_bytes(),
+                    });
+                    let bytes = letter.raw.len() as u64;
+                    chunk_bytes += letter.raw.len();
+                    add_stream_bytes(meta_tx, STREAM_IN, letter.stream, bytes)?;
                     in_events += 1;
                     in_bytes += bytes;
                     dead_out += 1;
                     moved += 1;
+                }
+                if !chunk.events.is_empty() {
+                    seq = write_chunk(events_tx, seq, &mut chunk)?;
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
@@ -574,7 +686,7 @@ impl Queue {
         match self.events.first()? {
             None => Ok(None),
             Some((key, value)) => Ok(Some(
-                decode_event(read_u64(Some(key)), &value)?.queued_at_ms,
+                decode_chunk(read_u64(Some(key)), &value)?.queued_at_ms,
             )),
         }
     }
@@ -610,30 +722,56 @@ impl Queue {
         max_scan: usize,
     ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
         let start = after.map_or(0, |seq| seq.saturating_add(1));
+        // The chunk that holds `start` begins at or before it.
+        let from = match self.events.range(..=start.to_be_bytes()).next_back() {
+            Some(entry) => read_u64(Some(entry?.0)),
+            None => start,
+        };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let mut examined = after;
-        for (scanned, entry) in self.events.range(start.to_be_bytes()..).enumerate() {
+        // `max_scan` counts records (chunks): a chunk holds one stream's events, so another stream's chunk
+        // is skipped whole from its header, without decoding its events.
+        'chunks: for (scanned, entry) in self.events.range(from.to_be_bytes()..).enumerate() {
             if scanned >= max_scan {
                 break;
             }
             let (key, value) = entry?;
-            let seq = read_u64(Some(key));
-            let envelope: Envelope = bincode::deserialize(&value)
-                .map_err(|err| QueueError::Damaged(format!("event #{seq}: {err}")))?;
-            if envelope.stream != tag {
-                examined = Some(seq);
+            let first = read_u64(Some(key.clone()));
+            let header = chunk_header(first, &value)?;
+            let last = first + header.count.saturating_sub(1);
+            if header.stream != tag {
+                examined = examined.max(Some(last));
                 continue;
             }
-            if !batch.is_empty() && bytes + envelope.raw.len() > max_bytes {
-                break;
-            }
-            let event = decode_event(seq, &value)?;
-            bytes += event.raw.len();
-            batch.push(event);
-            examined = Some(seq);
-            if batch.len() >= max_events {
-                break;
+            let chunk = decode_chunk(first, &value)?;
+            let acked = self.acked.get(&key)?;
+            for (index, event) in chunk.events.iter().enumerate() {
+                let seq = first + index as u64;
+                if seq < start {
+                    continue;
+                }
+                if acked.as_deref().is_some_and(|bits| bit(bits, index)) {
+                    examined = Some(seq);
+                    continue;
+                }
+                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
+                    break 'chunks;
+                }
+                let raw = String::from_utf8(event.raw.to_vec())
+                    .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
+                bytes += raw.len();
+                batch.push(QueuedEvent {
+                    seq,
+                    stream: chunk.stream,
+                    timestamp_ns: event.timestamp_ns,
+                    queued_at_ms: chunk.queued_at_ms,
+                    raw,
+                });
+                examined = Some(seq);
+                if batch.len() >= max_events {
+                    break 'chunks;
+                }
             }
         }
         Ok((batch, examined))
@@ -701,27 +839,138 @@ pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
     hash.to_be_bytes()
 }
 
-fn decode_event(seq: u64, value: &[u8]) -> Result<QueuedEvent, QueueError> {
-    let envelope: Envelope = bincode::deserialize(value)
-        .map_err(|err| QueueError::Damaged(format!("event #{seq}: {err}")))?;
-    if envelope.version != FORMAT_VERSION {
-        return Err(QueueError::Damaged(format!(
-            "event #{seq} has record format {}, this version reads {FORMAT_VERSION}",
-            envelope.version
-        )));
+/// Reads a stored record as a chunk, borrowing the raw bytes; a format 1 record is a chunk of one.
+fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueError> {
+    let damaged = |err: bincode::Error| QueueError::Damaged(format!("record #{first}: {err}"));
+    match value.first() {
+        Some(&FORMAT_VERSION) => bincode::deserialize(value).map_err(damaged),
+        Some(&SINGLE_EVENT_VERSION) => {
+            let envelope: Envelope = bincode::deserialize(value).map_err(damaged)?;
+            Ok(Chunk {
+                version: SINGLE_EVENT_VERSION,
+                stream: envelope.stream,
+                queued_at_ms: envelope.queued_at_ms,
+                events: vec![ChunkEvent {
+                    timestamp_ns: envelope.timestamp_ns,
+                    raw: envelope.raw.as_bytes(),
+                }],
+            })
+        }
+        Some(version) => Err(QueueError::Damaged(format!(
+            "record #{first} has format {version}, this version reads {SINGLE_EVENT_VERSION} and {FORMAT_VERSION}"
+        ))),
+        None => Err(QueueError::Damaged(format!("record #{first} is empty"))),
     }
-    Ok(QueuedEvent {
-        seq,
-        stream: envelope.stream,
-        timestamp_ns: envelope.timestamp_ns,
-        queued_at_ms: envelope.queued_at_ms,
-        raw: envelope.raw.to_string(),
+}
+
+/// The fixed start of a stored record: enough to skip another stream's chunk without decoding its events.
+struct ChunkHeader {
+    stream: u32,
+    /// How many events the record holds (acknowledged ones included).
+    count: u64,
+}
+
+/// Reads a record's stream and event count (bincode writes a chunk's version, stream, queued_at_ms, then
+/// the length of its events as a u64, before any event; trailing bytes are allowed).
+fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, QueueError> {
+    #[derive(Deserialize)]
+    struct Header {
+        version: u8,
+        stream: u32,
+        _queued_at_ms: u64,
+        count: u64,
+    }
+    match value.first() {
+        Some(&FORMAT_VERSION) => {
+            let header: Header = bincode::deserialize(value)
+                .map_err(|err| QueueError::Damaged(format!("record #{first}: {err}")))?;
+            debug_assert_eq!(header.version, FORMAT_VERSION);
+            Ok(ChunkHeader {
+                stream: header.stream,
+                count: header.count,
+            })
+        }
+        _ => {
+            let chunk = decode_chunk(first, value)?;
+            Ok(ChunkHeader {
+                stream: chunk.stream,
+                count: chunk.events.len() as u64,
+            })
+        }
+    }
+}
+
+/// Stores `chunk` at key `first` (inside a transaction), empties it, and returns the next free sequence.
+fn write_chunk(
+    events_tx: &TransactionalTree,
+    first: u64,
+    chunk: &mut Chunk<'_>,
+) -> Result<u64, ConflictableTransactionError<QueueError>> {
+    let record = bincode::serialize(&*chunk).map_err(|err| {
+        ConflictableTransactionError::Abort(QueueError::Damaged(format!(
+            "cannot encode events: {err}"
+        )))
+    })?;
+    events_tx.insert(&first.to_be_bytes()[..], record)?;
+    let next = first + chunk.events.len() as u64;
+    chunk.events.clear();
+    Ok(next)
+}
+
+/// Marks events of the chunk at `first` as gone (inside a transaction) and removes the chunk with its
+/// bitmap once every event is gone. Returns the events and raw bytes newly marked, with the chunk's stream
+/// (events already marked, or a chunk already removed, count nothing).
+fn mark_gone(
+    events_tx: &TransactionalTree,
+    acked_tx: &TransactionalTree,
+    first: u64,
+    indexes: &[usize],
+) -> Result<Gone, ConflictableTransactionError<QueueError>> {
+    let key = first.to_be_bytes();
+    let Some(value) = events_tx.get(&key[..])? else {
+        return Ok(Gone::default());
+    };
+    let chunk = decode_chunk(first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let len = chunk.events.len();
+    let mut bits = acked_tx
+        .get(&key[..])?
+        .map(|bits| bits.to_vec())
+        .unwrap_or_default();
+    bits.resize(len.div_ceil(8), 0);
+    let (mut events, mut bytes) = (0, 0);
+    for &index in indexes {
+        if index < len && !bit(&bits, index) {
+            bits[index / 8] |= 1 << (index % 8);
+            events += 1;
+            bytes += chunk.events[index].raw.len() as u64;
+        }
+    }
+    let gone: u32 = bits.iter().map(|byte| byte.count_ones()).sum();
+    if gone as usize >= len {
+        events_tx.remove(&key[..])?;
+        acked_tx.remove(&key[..])?;
+    } else if events > 0 {
+        acked_tx.insert(&key[..], bits)?;
+    }
+    Ok(Gone {
+        stream: chunk.stream,
+        events,
+        bytes,
     })
 }
 
-/// The stream and raw length of a stored record, for the byte counters ((0, 0) if it cannot be read).
-fn stream_and_len(value: &[u8]) -> (u32, u64) {
-    bincode::deserialize::<Envelope>(value).map_or((0, 0), |e| (e.stream, e.raw.len() as u64))
+/// What [`mark_gone`] removed from one chunk.
+#[derive(Default)]
+struct Gone {
+    stream: u32,
+    events: u64,
+    bytes: u64,
+}
+
+/// Whether bit `index` of a chunk's bitmap is set.
+fn bit(bits: &[u8], index: usize) -> bool {
+    bits.get(index / 8)
+        .is_some_and(|byte| byte & (1 << (index % 8)) != 0)
 }
 
 /// Adds `bytes` to one stream's monotonic in- or out-counter (`stats/in/<tag>`, `stats/out/<tag>`).
@@ -888,6 +1137,76 @@ mod tests {
     }
 
     #[test]
+    fn partial_acks_across_chunks_keep_the_rest_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = CHUNK_MAX_EVENTS * 3 + 5;
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            let page: Vec<_> = (0..total)
+                .map(|i| event(&format!("e{i}"), i as i64))
+                .collect();
+            assert_eq!(
+                q.commit_page("s", &page, Some(cursor(1))).unwrap().queued,
+                total as u64
+            );
+            assert!(q.events.len() > 3, "the page is stored in several chunks");
+            let all = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+            let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (0..total as u64).collect::<Vec<_>>());
+            // Every other event, out of order and twice: counted once each.
+            let mut odd: Vec<u64> = seqs.iter().copied().filter(|s| s % 2 == 1).collect();
+            odd.reverse();
+            q.ack(&odd).unwrap();
+            q.ack(&odd).unwrap();
+            assert_eq!(q.depth().events, (total - odd.len()) as u64);
+            // Reading from the middle of a chunk skips what is acknowledged.
+            let rest = q.read_batch(Some(2), 3, usize::MAX).unwrap();
+            let rest: Vec<u64> = rest.iter().map(|e| e.seq).collect();
+            assert_eq!(rest, vec![4, 6, 8]);
+            q.dead_letter(&all[4], "refused").unwrap();
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        let left = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+        assert!(left.iter().all(|e| e.seq % 2 == 0 && e.seq != 4));
+        assert_eq!(left.len() as u64, q.depth().events);
+        let seqs: Vec<u64> = left.iter().map(|e| e.seq).collect();
+        q.ack(&seqs).unwrap();
+        assert_eq!(q.depth(), Depth::default());
+        assert!(
+            q.events.is_empty() && q.acked.is_empty(),
+            "chunks and bitmaps go"
+        );
+        assert_eq!(q.dead_letters().unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn records_of_format_1_are_still_read_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let raw = r#"{"id":"old"}"#;
+        let old = Envelope {
+            version: SINGLE_EVENT_VERSION,
+            stream: stream_tag("s"),
+            timestamp_ns: 5,
+            queued_at_ms: 9,
+            raw,
+        };
+        q.events
+            .insert(7u64.to_be_bytes(), bincode::serialize(&old).unwrap())
+            .unwrap();
+        q.meta.insert(KEY_SEQ, &8u64.to_be_bytes()[..]).unwrap();
+        q.commit_page("s", &[event("new", 6)], Some(cursor(7)))
+            .unwrap();
+        let batch = q.read_batch(None, 10, 1 << 20).unwrap();
+        assert_eq!((batch[0].seq, batch[0].raw.as_str()), (7, raw));
+        assert_eq!(batch[0].queued_at_ms, 9);
+        assert_eq!(batch[1].seq, 8);
+        assert_eq!(q.oldest_queued_at_ms().unwrap(), Some(9));
+        q.ack(&[7]).unwrap();
+        assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap()[0].seq, 8);
+    }
+
+    #[test]
     fn a_second_open_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Queue::open(dir.path()).unwrap();
@@ -984,5 +1303,84 @@ mod tests {
         let usage = q.bytes_by_stream().unwrap();
         assert_eq!(usage[&stream_tag("b")], b[0].raw.len() as u64);
         assert_eq!(usage.len(), 2);
+    }
+
+    #[test]
+    fn chunks_are_per_stream_and_stream_counters_follow_acks_dead_letters_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ta, tb) = (stream_tag("a"), stream_tag("b"));
+        let n = CHUNK_MAX_EVENTS + 10;
+        let page_a: Vec<_> = (0..n).map(|i| event(&format!("a{i}"), i as i64)).collect();
+        let page_b: Vec<_> = (0..n).map(|i| event(&format!("b{i}"), i as i64)).collect();
+        let bytes = |page: &[IncomingEvent]| page.iter().map(|e| e.raw.len() as u64).sum::<u64>();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            q.commit_page("a", &page_a, Some(cursor(1))).unwrap();
+            q.commit_page("b", &page_b, Some(cursor(1))).unwrap();
+            q.commit_page("a", &page_a[..0], None).unwrap();
+            assert_eq!(
+                q.events.len(),
+                4,
+                "two chunks per page, none mixing streams"
+            );
+            // b's forwarder skips a's chunks whole: within the scan limit of 3 records it gets b's events.
+            let (b, upto) = q.read_stream_batch(tb, None, 10, 1 << 20, 3).unwrap();
+            assert_eq!(b.len(), 10);
+            assert!(b.iter().all(|e| e.stream == tb));
+            assert_eq!(b[0].seq, n as u64);
+            assert_eq!(upto, Some(b[9].seq));
+            // Partial acks of a chunk count only the newly acknowledged bytes, per stream.
+            let seqs: Vec<u64> = b.iter().map(|e| e.seq).collect();
+            q.ack(&seqs[..5]).unwrap();
+            q.ack(&seqs).unwrap();
+            let first_ten = bytes(&page_b[..10]);
+            let usage = q.bytes_by_stream().unwrap();
+            assert_eq!(usage[&tb], bytes(&page_b) - first_ten);
+            assert_eq!(usage[&ta], bytes(&page_a));
+            // Reading on skips the acknowledged ones.
+            let (b2, _) = q.read_stream_batch(tb, None, 1, 1 << 20, 100).unwrap();
+            assert_eq!(b2[0].seq, n as u64 + 10);
+            // A dead letter leaves its stream's bytes too, and only once.
+            q.dead_letter(&b2[0], "refused").unwrap();
+            q.dead_letter(&b2[0], "refused").unwrap();
+            let usage = q.bytes_by_stream().unwrap();
+            assert_eq!(
+                usage[&tb],
+                bytes(&page_b) - first_ten - b2[0].raw.len() as u64
+            );
+            assert_eq!(q.dead_letter_count(), 1);
+            // And one of a's, so the retry has two streams to put back.
+            let (a, _) = q.read_stream_batch(ta, None, 1, 1 << 20, 100).unwrap();
+            q.dead_letter(&a[0], "refused").unwrap();
+            assert_eq!(q.depth().events, 2 * n as u64 - 12);
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.depth().events, 2 * n as u64 - 12);
+        assert_eq!(q.retry_dead_letters().unwrap(), 2);
+        assert_eq!(q.depth().events, 2 * n as u64 - 10);
+        assert_eq!(q.dead_letter_count(), 0);
+        let usage = q.bytes_by_stream().unwrap();
+        assert_eq!(usage[&tb], bytes(&page_b) - bytes(&page_b[..10]));
+        assert_eq!(usage[&ta], bytes(&page_a));
+        // The retried events are read back by their own stream's forwarder, at the tail, once each.
+        let (all_a, _) = q
+            .read_stream_batch(ta, None, usize::MAX, usize::MAX, usize::MAX)
+            .unwrap();
+        let (all_b, _) = q
+            .read_stream_batch(tb, None, usize::MAX, usize::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!((all_a.len(), all_b.len()), (n, n - 10));
+        assert_eq!(all_a.last().unwrap().raw, page_a[0].raw);
+        assert_eq!(all_b.last().unwrap().raw, page_b[10].raw);
+        assert_eq!(
+            q.read_batch(None, usize::MAX, usize::MAX).unwrap().len() as u64,
+            q.depth().events
+        );
+        let seqs: Vec<u64> = all_a.iter().chain(&all_b).map(|e| e.seq).collect();
+        q.ack(&seqs).unwrap();
+        assert_eq!(q.depth(), Depth::default());
+        assert!(q.bytes_by_stream().unwrap().is_empty());
+        assert!(q.events.is_empty() && q.acked.is_empty());
+        assert_eq!(q.oldest_queued_at_ms().unwrap(), None);
     }
 }

@@ -8,10 +8,18 @@
 //!   clearly and retried slowly; the events stay queued.
 //! - 413 splits the batch in two; a single event the intake will never take (over 250 KiB, or refused alone
 //!   with 413) is moved to the dead-letter tree, logged and counted, and never blocks the rest.
-//! - Events are sent in queue order. A forwarder sends only its own stream's events, with that stream's
-//!   intake key and URL: every batch has one destination, and a destination that refuses its key stalls
-//!   only its own stream.
+//! - A forwarder sends only its own stream's events, with that stream's intake key and URL: every batch has
+//!   one destination, and a destination that refuses its key stalls only its own stream.
+//! - Up to `sekoia.max_in_flight` batches of a stream are sent at once: each is read after the one before it
+//!   (queue order), retried on its own and acknowledged on its own 2xx, so batches may arrive (and be
+//!   acknowledged) a little out of order, never before being sent. With 1, a stream's events are sent
+//!   strictly in queue order.
+//! - The forwarder's position (where it reads from after a failure) moves past a batch only once that batch
+//!   and every batch read before it are acknowledged or dead-lettered. A batch whose delivery ends without
+//!   that (a storage error, shutdown) is read again from that position once the batches in flight are done:
+//!   nothing read is ever skipped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +27,7 @@ use backoff::backoff::Backoff;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
 use crate::http::HttpClient;
@@ -69,74 +78,221 @@ enum SendOutcome {
     Rejected(String),
 }
 
+/// A batch read and handed to a delivery, in reading order.
+struct Read {
+    id: u64,
+    /// What `read_stream_batch` examined for it: once this batch and every one before it are done, every
+    /// event of the stream up to here is acknowledged or dead-lettered.
+    examined: Option<u64>,
+    done: bool,
+}
+
+/// The batches in flight and the position they leave behind.
+#[derive(Default)]
+struct Window {
+    reads: VecDeque<Read>,
+    /// Every event of this stream up to here was sent or dead-lettered (see `read_stream_batch`).
+    done_upto: Option<u64>,
+    next_id: u64,
+}
+
+impl Window {
+    fn push(&mut self, examined: Option<u64>, done: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.reads.push_back(Read { id, examined, done });
+        self.advance();
+        id
+    }
+
+    fn finished(&mut self, id: u64) {
+        if let Some(read) = self.reads.iter_mut().find(|read| read.id == id) {
+            read.done = true;
+        }
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while self.reads.front().is_some_and(|read| read.done) {
+            if let Some(read) = self.reads.pop_front() {
+                self.done_upto = read.examined;
+            }
+        }
+    }
+
+    /// Forgets the batches that did not end well: they are read again from `done_upto`.
+    fn restart(&mut self) -> Option<u64> {
+        self.reads.clear();
+        self.done_upto
+    }
+}
+
+type Delivery = (u64, Result<(), ForwardError>);
+
 impl Forwarder {
     pub async fn run(self, shutdown: Shutdown) {
-        let mut storage_retry = transient_backoff(self.config.retry);
+        let this = Arc::new(self);
+        let max_in_flight = this.config.max_in_flight.max(1);
+        let mut in_flight: JoinSet<Delivery> = JoinSet::new();
+        let mut window = Window::default();
+        // Where the next batch is read from: after the last batch handed to a delivery.
+        let mut last_read: Option<u64> = None;
+        let mut storage_retry = transient_backoff(this.config.retry);
         let mut storage_failing_since: Option<std::time::Instant> = None;
-        // Every event of this stream up to here was sent or dead-lettered (see `read_stream_batch`).
-        let mut position: Option<u64> = None;
-        while !shutdown.is_triggered() {
-            match self.forward_next_batch(&shutdown, &mut position).await {
-                Ok(Some(_)) => {
-                    storage_retry.reset();
-                    storage_failing_since = None;
-                }
-                Ok(None) => {
-                    storage_failing_since = None;
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.wait() => break,
+        let mut stopping = false;
+        while !stopping && !shutdown.is_triggered() {
+            // Fill the window with the batches that follow the ones in flight.
+            let mut queue_empty = false;
+            let mut storage_error = None;
+            while in_flight.len() < max_in_flight && !shutdown.is_triggered() {
+                match this.read_next_batch(last_read).await {
+                    Ok((batch, examined)) if batch.is_empty() => {
+                        if examined == last_read {
+                            queue_empty = true;
+                            break;
+                        }
+                        // Only other streams' events so far: look further at once.
+                        window.push(examined, true);
+                        last_read = examined;
                     }
-                }
-                Err(ForwardError::Stopped) => break,
-                Err(ForwardError::Queue(err)) => {
-                    let since = *storage_failing_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() > STORAGE_GIVE_UP {
-                        // sled stays in error after some failures (a full disk): only reopening it
-                        // recovers. Ending this task stops the agent with an error, and the service
-                        // manager restarts it; everything queued is still on disk.
-                        tracing::error!(
-                            stream = %self.stream.name,
-                            "the queue's storage has failed for over {STORAGE_GIVE_UP:?} ({err}): stopping the \
-                             agent so that it restarts and reopens the queue"
-                        );
-                        break;
+                    Ok((batch, examined)) => {
+                        storage_retry.reset();
+                        storage_failing_since = None;
+                        last_read = examined;
+                        let id = window.push(examined, false);
+                        let forwarder = this.clone();
+                        let shutdown = shutdown.clone();
+                        in_flight
+                            .spawn(async move { (id, forwarder.forward(batch, &shutdown).await) });
                     }
-                    let wait = storage_retry
-                        .next_backoff()
-                        .unwrap_or(Duration::from_secs(60));
-                    tracing::error!(retry_in = ?wait, "cannot read or update the queue: {err}");
-                    if !shutdown.sleep(wait).await {
+                    Err(err) => {
+                        storage_error = Some(err);
                         break;
                     }
                 }
             }
+            if in_flight.is_empty() {
+                // Everything read so far was acknowledged or dead-lettered: the window is empty and
+                // `last_read` is where it ends.
+                if let Some(err) = storage_error {
+                    if !this
+                        .storage_wait(
+                            &mut storage_retry,
+                            &mut storage_failing_since,
+                            err,
+                            &shutdown,
+                        )
+                        .await
+                    {
+                        break;
+                    }
+                } else if queue_empty {
+                    tokio::select! {
+                        _ = this.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                }
+                continue;
+            }
+            // Wait for a delivery to end, or for new events when the window is not full.
+            let ended = tokio::select! {
+                ended = in_flight.join_next() => ended,
+                _ = this.wake.notified(), if queue_empty => None,
+                _ = shutdown.wait() => None,
+            };
+            match ended {
+                None => {}
+                Some(Ok((id, Ok(())))) => window.finished(id),
+                Some(Ok((_, Err(ForwardError::Stopped)))) => stopping = true,
+                Some(Ok((_, Err(ForwardError::Queue(err))))) => {
+                    // Let the others end, then read again from the position they leave (see above).
+                    while let Some(other) = in_flight.join_next().await {
+                        match other {
+                            Ok((id, Ok(()))) => window.finished(id),
+                            Ok((_, Err(ForwardError::Stopped))) => stopping = true,
+                            Ok((_, Err(ForwardError::Queue(_)))) | Err(_) => {}
+                        }
+                    }
+                    last_read = window.restart();
+                    if !stopping
+                        && !this
+                            .storage_wait(
+                                &mut storage_retry,
+                                &mut storage_failing_since,
+                                err,
+                                &shutdown,
+                            )
+                            .await
+                    {
+                        break;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::error!(stream = %this.stream.name, "a delivery task failed: {err}; its events stay queued");
+                    while let Some(other) = in_flight.join_next().await {
+                        if let Ok((id, Ok(()))) = other {
+                            window.finished(id);
+                        }
+                    }
+                    last_read = window.restart();
+                }
+            }
         }
-        tracing::debug!(stream = %self.stream.name, "forwarder stopped");
+        // Deliveries finish or abandon their request within their grace period.
+        while in_flight.join_next().await.is_some() {}
+        tracing::debug!(stream = %this.stream.name, "forwarder stopped");
     }
 
-    /// Sends this stream's next batch after `position`; `Ok(None)` when it has nothing queued.
-    async fn forward_next_batch(
+    /// Logs a storage error and waits before the next try; false when shutdown came first, or when the
+    /// storage has failed for longer than [`STORAGE_GIVE_UP`]: sled stays in error after some failures (a
+    /// full disk) and only reopening it recovers, so the forwarder ends, which stops the agent with an
+    /// error for the service manager to restart it. Everything queued is still on disk.
+    async fn storage_wait(
         &self,
+        retry: &mut backoff::ExponentialBackoff,
+        failing_since: &mut Option<std::time::Instant>,
+        err: QueueError,
         shutdown: &Shutdown,
-        position: &mut Option<u64>,
-    ) -> Result<Option<usize>, ForwardError> {
+    ) -> bool {
+        if failing_since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            > STORAGE_GIVE_UP
+        {
+            tracing::error!(
+                stream = %self.stream.name,
+                "the queue's storage has failed for over {STORAGE_GIVE_UP:?} ({err}): stopping the agent so \
+                 that it restarts and reopens the queue"
+            );
+            return false;
+        }
+        let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
+        tracing::error!(stream = %self.stream.name, retry_in = ?wait, "cannot read or update the queue: {err}");
+        shutdown.sleep(wait).await
+    }
+
+    /// Reads this stream's batch that follows `after` (from the head when `None`), with how far it looked.
+    async fn read_next_batch(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
         let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
-        let (tag, after) = (self.stream.tag, *position);
-        let (batch, examined) = tokio::task::spawn_blocking(move || {
+        let tag = self.stream.tag;
+        tokio::task::spawn_blocking(move || {
             queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
         })
         .await
-        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))??;
-        if batch.is_empty() {
-            // Only other streams' events so far: look further at once.
-            let moved = examined != *position;
-            *position = examined;
-            return Ok(moved.then_some(0));
-        }
-        let count = batch.len();
+        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
+    }
+
+    /// Dead-letters the oversize events of a batch and delivers the rest.
+    async fn forward(
+        &self,
+        batch: Vec<QueuedEvent>,
+        shutdown: &Shutdown,
+    ) -> Result<(), ForwardError> {
         let (oversize, sendable): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|event| event.raw.len() > INTAKE_MAX_EVENT_BYTES);
@@ -153,8 +309,7 @@ impl Forwarder {
         if !sendable.is_empty() {
             self.deliver(sendable, shutdown).await?;
         }
-        *position = examined;
-        Ok(Some(count))
+        Ok(())
     }
 
     /// Delivers a batch, splitting it on 413, until every event is acknowledged or dead-lettered.
@@ -371,4 +526,36 @@ pub fn batch_body(intake_key: &str, events: &[QueuedEvent]) -> Bytes {
     }
     body.extend_from_slice(b"]}");
     Bytes::from(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_position_moves_only_past_batches_done_in_reading_order() {
+        let mut window = Window::default();
+        let first = window.push(Some(9), false);
+        window.push(Some(20), true); // other streams' records only
+        let third = window.push(Some(29), false);
+        assert_eq!(window.done_upto, None);
+        window.finished(third);
+        assert_eq!(window.done_upto, None, "the first batch is still in flight");
+        window.finished(first);
+        assert_eq!(window.done_upto, Some(29));
+        let failed = window.push(Some(39), false);
+        let after = window.push(Some(49), false);
+        window.finished(after);
+        assert_eq!(
+            window.restart(),
+            Some(29),
+            "read again from before the failed batch"
+        );
+        window.finished(failed);
+        assert_eq!(
+            window.done_upto,
+            Some(29),
+            "a forgotten batch moves nothing"
+        );
+    }
 }

@@ -53,7 +53,7 @@ fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
 async fn a_full_disk_pauses_polling_loses_nothing_and_recovers() {
     let h = Harness::new().await;
     let disk = h.dir.path().join("disk");
-    let Some(_tmpfs) = Tmpfs::mount(disk.clone(), "24m") else {
+    let Some(_tmpfs) = Tmpfs::mount(disk.clone(), "64m") else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -62,7 +62,7 @@ async fn a_full_disk_pauses_polling_loses_nothing_and_recovers() {
     h.api.add_events(events.clone());
     // Something else fills the disk: 4 MiB stay free, under the agent's 6 MiB reserve.
     let ballast = disk.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 20 * 1024 * 1024]).expect("ballast written");
+    std::fs::write(&ballast, vec![0u8; 60 * 1024 * 1024]).expect("ballast written");
     let config = h.dir.path().join("config.toml");
     let text = h
         .config_text("page_size = 500", "")
@@ -105,8 +105,16 @@ async fn a_full_disk_pauses_polling_loses_nothing_and_recovers() {
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let _ = child.wait();
+    let stopped = wait_until(Duration::from_secs(15), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    if !stopped {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stopped, "SIGTERM stops the agent");
     assert!(
         arrived && !exited,
         "{} events missing (agent exited: {exited}); log:\n{}",

@@ -16,8 +16,9 @@ use jcdi_forwarder::standin::{EventFactory, IntakeOptions, IntakeStandIn};
 const LONG: Duration = Duration::from_secs(60);
 
 fn config_with(h: &Harness, api_extra: &str, sekoia_extra: &str) -> (Config, std::path::PathBuf) {
+    // Pages of 100 all along (no catch-up pages): the request counts below are counted in pages of 100.
     let text = h
-        .config_text("", sekoia_extra)
+        .config_text("catch_up_page_size = 100", sekoia_extra)
         .replace("[api]\n", &format!("[api]\n{api_extra}\n"));
     let path = h.dir.path().join("config.toml");
     std::fs::write(&path, &text).expect("config written");

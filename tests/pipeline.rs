@@ -30,7 +30,8 @@ async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
         "the mix carries events without id"
     );
 
-    let config = h.config("", "");
+    // Pages of 100 all along (no catch-up pages), so that page boundaries fall inside the bursts.
+    let config = h.config("catch_up_page_size = 100", "");
     let queue = h.open_queue(&config).await;
     let agent = RunningAgent::start(&config, &queue);
     wait_all_arrived(&h.intake, &events, LONG).await;

@@ -10,7 +10,10 @@
 //!   those events are delivered, but they do not move the cursor into the future).
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
-//! - Nothing moves unless the page it covers is durably queued with it (one transaction).
+//! - Nothing moves unless the page it covers is queued with it (one transaction). The commit is flushed
+//!   before the next request: a commit lost in a crash takes its cursor with it, and is simply read again.
+//! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
+//!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
 //! - When the queue is over its size limit, or this stream over its share of it ([`StreamShare`]), polling
 //!   pauses; nothing is dropped.
 
@@ -168,6 +171,8 @@ impl Poller {
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
         let start_time = api::format_timestamp(start_ns);
         let mut search_after: Option<Box<serde_json::value::RawValue>> = None;
+        // After a full page more is waiting: ask for bigger pages for the rest of this poll (`catch_up_limit`).
+        let mut limit = self.config.page_size;
         loop {
             if let Some(at) = last_request {
                 let next = *at + self.config.min_request_interval;
@@ -180,7 +185,7 @@ impl Poller {
                 service: &self.config.services,
                 start_time: start_time.clone(),
                 end_time: None,
-                limit: self.config.page_size,
+                limit,
                 sort: "ASC",
                 search_after: search_after.as_deref(),
             };
@@ -199,6 +204,7 @@ impl Poller {
                 .api_request(&self.stream, outcome, asked.elapsed());
             let page = fetched?;
             let polled = page.events.len() as u64;
+            let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
             watermark = if page.full {
                 let last_ms = page
                     .events
@@ -245,6 +251,7 @@ impl Poller {
                 return Err(PollError::StuckCursor);
             }
             search_after = next;
+            limit = self.catch_up_limit(polled, polled_bytes);
             if self.no_room().is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
@@ -252,6 +259,27 @@ impl Poller {
         }
         self.prune(watermark).await?;
         Ok(())
+    }
+
+    /// The page size after a full page: `catch_up_page_size`, but no more events than the room left in the
+    /// queue and in this stream's share is likely to hold (judged by the size of the page just read), and
+    /// never less than `page_size`. So a stream overshoots its share by at most one ordinary page, as with
+    /// `page_size` alone, and one stream's catch-up cannot fill the others' room.
+    fn catch_up_limit(&self, polled: u64, polled_bytes: u64) -> u32 {
+        let catch_up = self.config.catch_up_page_size.max(self.config.page_size);
+        let disk_room = match self.queue.disk_free_bytes() {
+            // sled needs two to three times the raw bytes on disk.
+            Some(free) if self.min_free_disk > 0 => free.saturating_sub(self.min_free_disk) / 3,
+            _ => u64::MAX,
+        };
+        let room = self
+            .max_queue_bytes
+            .saturating_sub(self.queue.depth().bytes)
+            .min(self.share.limit().saturating_sub(self.share.used()))
+            .min(disk_room);
+        let average = (polled_bytes / polled.max(1)).max(1);
+        let fits = u32::try_from(room / average).unwrap_or(u32::MAX);
+        fits.clamp(self.config.page_size, catch_up)
     }
 
     /// Why polling must pause, if it must: the whole queue is at its limit, this stream at its share, or

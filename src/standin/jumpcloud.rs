@@ -174,6 +174,8 @@ struct Shared {
     options: ApiOptions,
     state: Mutex<State>,
     requests: AtomicU64,
+    /// Events sent in answers to events requests (a benchmark's progress meter).
+    served: AtomicU64,
 }
 
 struct State {
@@ -204,6 +206,7 @@ impl ApiStandIn {
             }),
             options,
             requests: AtomicU64::new(0),
+            served: AtomicU64::new(0),
         });
         let for_server = shared.clone();
         let server = Server::start(move |request| handle(for_server.clone(), request)).await?;
@@ -264,6 +267,12 @@ impl ApiStandIn {
     /// Events requests received (including faulted ones); count requests are not included.
     pub fn requests(&self) -> u64 {
         self.inner.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Events sent in the answers to events requests, repeats included (faulted answers count what they
+    /// carried before the fault spoiled them).
+    pub fn events_served(&self) -> u64 {
+        self.inner.shared.served.load(Ordering::Relaxed)
     }
 
     /// Events stored, visible or not.
@@ -671,6 +680,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     }
 
     let page = select_page(&shared.lock(), &query, now);
+    shared
+        .served
+        .fetch_add(page.raws.len() as u64, Ordering::Relaxed);
     Ok(with_request_id(
         page_answer(page, &query, fault.as_ref()),
         &id,

@@ -1,0 +1,561 @@
+//! End-to-end benchmark: the release binary (`jcdi-forwarder run`) as a child process between the built-in
+//! stand-ins of JumpCloud and Sekoia.io, served by this process on 127.0.0.1.
+//!
+//! The agent runs alone in its process so that its CPU time (`/proc/<pid>/stat` utime + stime) and memory
+//! (`/proc/<pid>/status` VmHWM, VmRSS) are its own; the stand-ins' work is reported apart.
+//!
+//! Two scenarios:
+//! - throughput: N events from the API stand-in to the intake stand-in: events/s, CPU s per million, peak RSS;
+//! - backlog: the intake is down while N events are polled into the queue: RSS and disk with the backlog, the
+//!   on-disk size against the raw bytes; then `kill -9`, intake back, restart: time to the first forwarded
+//!   batch and the drain rate.
+//!
+//! `cargo bench --bench e2e -- [--events N] [--runs R] [--quick] [--only throughput|backlog]
+//! [--set section.key=value]...`. Cargo builds the binary with the bench profile (= release settings) and
+//! passes its path in `CARGO_BIN_EXE_jcdi-forwarder`; `--binary PATH` picks another one. Nothing here
+//! asserts a timing: it measures and prints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
+
+const API_KEY: &str = "bench-api-key";
+const INTAKE_KEY: &str = "bench-intake-key";
+const SECOND: i64 = 1_000_000_000;
+
+struct Args {
+    events: usize,
+    runs: usize,
+    throughput: bool,
+    backlog: bool,
+    binary: PathBuf,
+    /// `section.key` → TOML value text, replacing the bench's defaults.
+    overrides: Vec<(String, String, String)>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo bench --bench e2e -- [--events N] [--runs R] [--quick] \
+         [--only throughput|backlog] [--set section.key=value]... [--binary PATH]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 1_000_000,
+        runs: 3,
+        throughput: true,
+        backlog: true,
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
+        overrides: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match arg.as_str() {
+            // Cargo passes --bench to every bench target.
+            "--bench" => {}
+            "--quick" => {
+                args.events = 20_000;
+                args.runs = 1;
+            }
+            "--events" => args.events = value().parse().unwrap_or_else(|_| usage()),
+            "--runs" => args.runs = value().parse().unwrap_or_else(|_| usage()),
+            "--binary" => args.binary = PathBuf::from(value()),
+            "--only" => match value().as_str() {
+                "throughput" => args.backlog = false,
+                "backlog" => args.throughput = false,
+                _ => usage(),
+            },
+            "--set" => {
+                let text = value();
+                let Some((path, toml_value)) = text.split_once('=') else {
+                    usage()
+                };
+                let Some((section, key)) = path.split_once('.') else {
+                    usage()
+                };
+                args.overrides.push((
+                    section.trim().to_string(),
+                    key.trim().to_string(),
+                    toml_value.trim().to_string(),
+                ));
+            }
+            _ => usage(),
+        }
+    }
+    if args.events == 0 || args.runs == 0 {
+        usage()
+    }
+    args
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench(args));
+}
+
+async fn bench(args: Args) {
+    println!(
+        "e2e bench: {} events, binary {}, load average {}",
+        args.events,
+        args.binary.display(),
+        load_average()
+    );
+    let generating = Instant::now();
+    let now = now_ns();
+    let events = EventFactory::new(7).mix(args.events, now - 2 * 3600 * SECOND, now - 120 * SECOND);
+    let raw_bytes: u64 = events.iter().map(|e| e.raw.len() as u64).sum();
+    let api = ApiStandIn::start(ApiOptions {
+        api_key: API_KEY.into(),
+        ..ApiOptions::default()
+    })
+    .await
+    .expect("API stand-in");
+    // The one stand-in serves every run: each run has a new queue, so it reads everything from the start.
+    api.add_events(events);
+    println!(
+        "generated {} events, {:.1} MB raw, mean {} bytes, in {:.1?}",
+        args.events,
+        raw_bytes as f64 / 1e6,
+        raw_bytes / args.events as u64,
+        generating.elapsed()
+    );
+    let bench = Bench {
+        args,
+        api,
+        raw_bytes,
+        bench_start_cpu: self_cpu_seconds(),
+    };
+    if bench.args.throughput {
+        bench.throughput().await;
+    }
+    if bench.args.backlog {
+        bench.backlog().await;
+    }
+}
+
+struct Bench {
+    args: Args,
+    api: ApiStandIn,
+    raw_bytes: u64,
+    bench_start_cpu: f64,
+}
+
+struct Run {
+    seconds: f64,
+    events_per_second: f64,
+    cpu_per_million: f64,
+    peak_rss_mb: f64,
+    first_batch: f64,
+    duplicates: i64,
+    disk_mb: f64,
+}
+
+impl Bench {
+    async fn throughput(&self) {
+        let n = self.args.events;
+        let mut runs = Vec::new();
+        for run in 1..=self.args.runs {
+            let intake = start_intake().await;
+            let dir = tempfile::tempdir().expect("temp dir");
+            let config = self.write_config(dir.path(), &intake);
+            let bench_cpu = self_cpu_seconds();
+            let started = Instant::now();
+            let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+            let pid = child.id();
+            let mut first_batch = None;
+            let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
+            while intake.received_count() < n {
+                if first_batch.is_none() && intake.accepted_batches() > 0 {
+                    first_batch = Some(started.elapsed());
+                }
+                check_alive(&mut child, dir.path());
+                if Instant::now() > deadline {
+                    fail(
+                        &mut child,
+                        dir.path(),
+                        "the events did not all arrive in time",
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(pid);
+            let peak = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+            let disk = disk_usage(&dir.path().join("queue"));
+            terminate(&mut child);
+            let result = Run {
+                seconds,
+                events_per_second: n as f64 / seconds,
+                cpu_per_million: cpu * 1e6 / n as f64,
+                peak_rss_mb: peak,
+                first_batch: first_batch.map_or(seconds, |d| d.as_secs_f64()),
+                duplicates: intake.received_count() as i64 - n as i64,
+                disk_mb: disk as f64 / 1e6,
+            };
+            println!(
+                "run {run}: {:.2} s, {:.0} events/s, agent CPU {:.2} s ({:.2} s per million events), \
+                 peak RSS {:.1} MB, first batch after {:.2} s, {} duplicates, queue on disk {:.1} MB \
+                 (stand-ins used {:.2} CPU s), load {}",
+                result.seconds,
+                result.events_per_second,
+                cpu,
+                result.cpu_per_million,
+                result.peak_rss_mb,
+                result.first_batch,
+                result.duplicates,
+                result.disk_mb,
+                self_cpu_seconds() - bench_cpu,
+                load_average()
+            );
+            runs.push(result);
+        }
+        println!(
+            "\nthroughput, {n} events, {} runs (min / median / max):",
+            runs.len()
+        );
+        summary(
+            "events/s end to end",
+            runs.iter().map(|r| r.events_per_second),
+        );
+        summary(
+            "agent CPU s per million events",
+            runs.iter().map(|r| r.cpu_per_million),
+        );
+        summary(
+            "agent peak RSS (VmHWM), MB",
+            runs.iter().map(|r| r.peak_rss_mb),
+        );
+        summary(
+            "seconds to the first forwarded batch",
+            runs.iter().map(|r| r.first_batch),
+        );
+        summary(
+            "queue on disk at the end, MB",
+            runs.iter().map(|r| r.disk_mb),
+        );
+        println!();
+    }
+
+    async fn backlog(&self) {
+        let n = self.args.events;
+        let intake = start_intake().await;
+        intake.set_outage(true);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = self.write_config(dir.path(), &intake);
+        let queue_dir = dir.path().join("queue");
+
+        // 1. Intake down: everything is polled into the queue.
+        let served_before = self.api.events_served();
+        let started = Instant::now();
+        let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+        let pid = child.id();
+        let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
+        let mut peak_rss_kb = 0;
+        while self.api.events_served() < served_before + n as u64 {
+            check_alive(&mut child, dir.path());
+            if Instant::now() > deadline {
+                fail(&mut child, dir.path(), "the backlog was not polled in time");
+            }
+            peak_rss_kb = peak_rss_kb.max(status_kb(pid, "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The poller commits a page before it asks for the next one: the next request proves the last
+        // page is in the queue.
+        let requests = self.api.requests();
+        while self.api.requests() == requests {
+            check_alive(&mut child, dir.path());
+            if Instant::now() > deadline {
+                fail(&mut child, dir.path(), "no request after the last page");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let queued_in = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid);
+        // Let a second of idle pass (the forwarder keeps retrying the intake) and look at memory again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = status_kb(pid, "VmRSS:") as f64 / 1024.0;
+        let hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+        let disk = disk_usage(&queue_dir);
+        println!(
+            "backlog: {n} events ({:.1} MB raw) queued in {queued_in:.2} s ({:.0} events/s, CPU {:.2} s, \
+             {:.2} s per million); with the backlog: RSS {rss:.1} MB, peak RSS {hwm:.1} MB; \
+             queue on disk {:.1} MB = {:.2}x the raw bytes; load {}",
+            self.raw_bytes as f64 / 1e6,
+            n as f64 / queued_in,
+            cpu,
+            cpu * 1e6 / n as f64,
+            disk as f64 / 1e6,
+            disk as f64 / self.raw_bytes as f64,
+            load_average()
+        );
+        let _ = peak_rss_kb;
+
+        // 2. kill -9, the intake comes back, restart.
+        let _ = child.kill();
+        let _ = child.wait();
+        let disk_after_kill = disk_usage(&queue_dir);
+        intake.set_outage(false);
+        let received_before = intake.received_count();
+        let restarted = Instant::now();
+        let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+        let pid = child.id();
+        let deadline = restarted + Duration::from_secs(60 + n as u64 / 2_000);
+        while intake.accepted_batches() == 0 {
+            check_alive(&mut child, dir.path());
+            if Instant::now() > deadline {
+                fail(
+                    &mut child,
+                    dir.path(),
+                    "nothing forwarded after the restart",
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first_batch = restarted.elapsed().as_secs_f64();
+        while intake.received_count() < received_before + n {
+            check_alive(&mut child, dir.path());
+            if Instant::now() > deadline {
+                fail(&mut child, dir.path(), "the backlog did not drain in time");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let drained_in = restarted.elapsed().as_secs_f64();
+        let drain_cpu = cpu_seconds(pid);
+        let drain_hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+        let disk_drained = disk_usage(&queue_dir);
+        terminate(&mut child);
+        println!(
+            "restart after kill -9 with the backlog (disk {:.1} MB): first batch forwarded after \
+             {first_batch:.3} s; drained in {drained_in:.2} s ({:.0} events/s, CPU {drain_cpu:.2} s, \
+             {:.2} s per million, peak RSS {drain_hwm:.1} MB); queue on disk after the drain {:.1} MB; \
+             {} duplicates; load {}",
+            disk_after_kill as f64 / 1e6,
+            n as f64 / drained_in,
+            drain_cpu * 1e6 / n as f64,
+            disk_drained as f64 / 1e6,
+            intake.received_count() as i64 - (received_before + n) as i64,
+            load_average()
+        );
+        println!(
+            "bench process (stand-ins, generator) CPU: {:.1} s",
+            self_cpu_seconds() - self.bench_start_cpu
+        );
+    }
+
+    /// The agent's configuration: defaults, except what the stand-ins make pointless (the API's politeness
+    /// interval: the stand-in has no rate limit) and the `--set` overrides.
+    fn write_config(&self, dir: &Path, intake: &IntakeStandIn) -> PathBuf {
+        let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut set = |section: &str, key: &str, value: String| {
+            sections
+                .entry(section.to_string())
+                .or_default()
+                .insert(key.to_string(), value);
+        };
+        set("jumpcloud", "base_url", toml_string(&self.api.base_url()));
+        set("jumpcloud", "api_key", toml_string(API_KEY));
+        set("jumpcloud", "poll_interval", toml_string("1s"));
+        set("jumpcloud", "initial_lookback", toml_string("3h"));
+        set("jumpcloud", "overlap", toml_string("60s"));
+        set("jumpcloud", "min_request_interval", toml_string("0s"));
+        set("jumpcloud", "retry_initial", toml_string("100ms"));
+        set("jumpcloud", "retry_max", toml_string("1s"));
+        set("sekoia", "intake_url", toml_string(&intake.base_url()));
+        set("sekoia", "intake_key", toml_string(INTAKE_KEY));
+        set("sekoia", "retry_initial", toml_string("100ms"));
+        set("sekoia", "retry_max", toml_string("1s"));
+        for (section, key, value) in &self.args.overrides {
+            set(section, key, value.clone());
+        }
+        let mut text = format!(
+            "data_dir = {}\n",
+            toml_string(&dir.join("queue").display().to_string())
+        );
+        for (section, keys) in &sections {
+            text.push_str(&format!("[{section}]\n"));
+            for (key, value) in keys {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).expect("config written");
+        path
+    }
+}
+
+async fn start_intake() -> IntakeStandIn {
+    IntakeStandIn::start(IntakeOptions {
+        intake_key: INTAKE_KEY.into(),
+        keep_events: false,
+        ..IntakeOptions::default()
+    })
+    .await
+    .expect("intake stand-in")
+}
+
+fn toml_string(text: &str) -> String {
+    format!("{text:?}")
+}
+
+fn spawn_agent(binary: &Path, config: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .expect("log file");
+    Command::new(binary)
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot start {}: {err} (build it with `cargo build --release`, or pass --binary)",
+                binary.display()
+            )
+        })
+}
+
+fn check_alive(child: &mut Child, dir: &Path) {
+    if let Ok(Some(status)) = child.try_wait() {
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        panic!("the agent exited ({status}); its log:\n{log}");
+    }
+}
+
+fn fail(child: &mut Child, dir: &Path, what: &str) -> ! {
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    panic!(
+        "{what}; the agent's last log lines, newest first:\n{}",
+        tail.join("\n")
+    );
+}
+
+/// SIGTERM (a clean stop), then waits.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+fn summary(what: &str, values: impl Iterator<Item = f64>) {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let median = if values.len() % 2 == 1 {
+        values[values.len() / 2]
+    } else {
+        (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
+    };
+    println!(
+        "  {what}: {} / {} / {}",
+        round(values[0]),
+        round(median),
+        round(values[values.len() - 1])
+    );
+}
+
+fn round(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (0 when unreadable).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with(field))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+fn self_cpu_seconds() -> f64 {
+    stat_cpu_seconds("/proc/self/stat")
+}
+
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Bytes allocated on disk under `dir` (blocks, not apparent sizes: sled's files may be sparse).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().expect("in range")
+}
