@@ -53,6 +53,12 @@ fn parse_args() -> Args {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
         overrides: Vec::new(),
     };
+    // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
+    // to the quick size, so the test suite only checks that the bench works.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        args.events = 20_000;
+        args.runs = 1;
+    }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| usage());
@@ -375,6 +381,8 @@ impl Bench {
         set("sekoia", "intake_key", toml_string(INTAKE_KEY));
         set("sekoia", "retry_initial", toml_string("100ms"));
         set("sekoia", "retry_max", toml_string("1s"));
+        // A free port: never collide with an agent (or another bench) on the default one.
+        set("api", "listen", toml_string("127.0.0.1:0"));
         for (section, key, value) in &self.args.overrides {
             set(section, key, value.clone());
         }

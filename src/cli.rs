@@ -257,7 +257,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    // Queue work runs on blocking threads; tokio allows 512 of them, and each thread that allocates gets
+    // a glibc arena of its own that keeps its freed memory: a handful is plenty and keeps RSS down.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {

@@ -714,7 +714,7 @@ impl Reader<'_> {
             services: vec!["all".to_string()],
             poll_interval: Duration::from_secs(60),
             page_size: 1000,
-            catch_up_page_size: 10_000,
+            catch_up_page_size: 1000,
             initial_lookback: Duration::from_secs(24 * 3600),
             overlap: Duration::from_secs(600),
             min_request_interval: Duration::from_millis(500),
@@ -1692,7 +1692,7 @@ max_bytes = "10GiB"
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.jumpcloud.services, vec!["all".to_string()]);
         assert_eq!(c.jumpcloud.page_size, 1000);
-        assert_eq!(c.jumpcloud.catch_up_page_size, 10_000);
+        assert_eq!(c.jumpcloud.catch_up_page_size, 1000);
         assert_eq!(c.sekoia.max_in_flight, 2);
         assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
     }
