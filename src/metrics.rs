@@ -333,6 +333,10 @@ impl Metrics {
         f(&mut state)
     }
 
+    fn with_stream(&self, stream: &str, f: impl FnOnce(&mut StreamState)) {
+        self.with_state(|s| f(s.streams.entry(stream.to_string()).or_default()));
+    }
+
     /// A page was committed: `polled` events read, `queued` new, `duplicates` already known.
     pub fn page_committed(&self, stream: &str, polled: u64, queued: u64, duplicates: u64) {
         let label = Metrics::stream(stream);
@@ -361,8 +365,7 @@ impl Metrics {
             .get_or_create(&Metrics::stream(stream))
             .inc();
         let now = crate::queue::now_ms();
-        self.with_state(|s| {
-            let state = s.streams.entry(stream.to_string()).or_default();
+        self.with_stream(stream, |state| {
             state.last_poll_ok_ms = Some(now);
             state.last_error = None;
             state.failing_since = None;
@@ -376,8 +379,7 @@ impl Metrics {
                 component: "poller",
             })
             .inc();
-        self.with_state(|s| {
-            let state = s.streams.entry(stream.to_string()).or_default();
+        self.with_stream(stream, |state| {
             state.last_error = Some(reason.to_string());
             state.failing_since.get_or_insert_with(Instant::now);
         });
@@ -407,8 +409,7 @@ impl Metrics {
             .get_or_create(&Metrics::stream(stream))
             .inc_by(events);
         let now = crate::queue::now_ms();
-        self.with_state(|s| {
-            let state = s.streams.entry(stream.to_string()).or_default();
+        self.with_stream(stream, |state| {
             state.last_send_ok_ms = Some(now);
             state.last_send_error = None;
             state.send_failing_since = None;
@@ -422,8 +423,7 @@ impl Metrics {
                 component: "forwarder",
             })
             .inc();
-        self.with_state(|s| {
-            let state = s.streams.entry(stream.to_string()).or_default();
+        self.with_stream(stream, |state| {
             state.last_send_error = Some(reason.to_string());
             state.send_failing_since.get_or_insert_with(Instant::now);
         });

@@ -356,43 +356,8 @@ impl Queue {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<QueuedEvent>, QueueError> {
-        let start = after.map_or(0, |seq| seq.saturating_add(1));
-        // The chunk that holds `start` begins at or before it.
-        let from = match self.events.range(..=start.to_be_bytes()).next_back() {
-            Some(entry) => read_u64(Some(entry?.0)),
-            None => start,
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        'chunks: for entry in self.events.range(from.to_be_bytes()..) {
-            let (key, value) = entry?;
-            let first = read_u64(Some(key.clone()));
-            let chunk = decode_chunk(first, &value)?;
-            let acked = self.acked.get(&key)?;
-            for (index, event) in chunk.events.iter().enumerate() {
-                let seq = first + index as u64;
-                if seq < start || acked.as_deref().is_some_and(|bits| bit(bits, index)) {
-                    continue;
-                }
-                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
-                    break 'chunks;
-                }
-                let raw = String::from_utf8(event.raw.to_vec())
-                    .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
-                bytes += raw.len();
-                batch.push(QueuedEvent {
-                    seq,
-                    stream: chunk.stream,
-                    timestamp_ns: event.timestamp_ns,
-                    queued_at_ms: chunk.queued_at_ms,
-                    raw,
-                });
-                if batch.len() >= max_events {
-                    break 'chunks;
-                }
-            }
-        }
-        Ok(batch)
+        self.read_from(None, after, max_events, max_bytes, usize::MAX)
+            .map(|(batch, _)| batch)
     }
 
     /// Removes events the intake acknowledged. Sequences already gone are skipped (and not counted twice).
@@ -721,6 +686,18 @@ impl Queue {
         max_bytes: usize,
         max_scan: usize,
     ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
+        self.read_from(Some(tag), after, max_events, max_bytes, max_scan)
+    }
+
+    /// [`Queue::read_batch`] (every stream, `tag` None) and [`Queue::read_stream_batch`] in one.
+    fn read_from(
+        &self,
+        tag: Option<u32>,
+        after: Option<u64>,
+        max_events: usize,
+        max_bytes: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
         let start = after.map_or(0, |seq| seq.saturating_add(1));
         // The chunk that holds `start` begins at or before it.
         let from = match self.events.range(..=start.to_be_bytes()).next_back() {
@@ -740,7 +717,7 @@ impl Queue {
             let first = read_u64(Some(key.clone()));
             let header = chunk_header(first, &value)?;
             let last = first + header.count.saturating_sub(1);
-            if header.stream != tag {
+            if tag.is_some_and(|tag| header.stream != tag) {
                 examined = examined.max(Some(last));
                 continue;
             }
