@@ -196,6 +196,19 @@ struct Counters {
     dead_out: AtomicU64,
 }
 
+impl Counters {
+    /// The persisted totals only grow; concurrent transactions may report theirs in any order.
+    fn raise_in(&self, events: u64, bytes: u64) {
+        self.in_events.fetch_max(events, Ordering::Relaxed);
+        self.in_bytes.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    fn raise_out(&self, events: u64, bytes: u64) {
+        self.out_events.fetch_max(events, Ordering::Relaxed);
+        self.out_bytes.fetch_max(bytes, Ordering::Relaxed);
+    }
+}
+
 /// The durable queue. Cheap to clone; one per process (sled allows one `Db` per folder).
 #[derive(Clone)]
 pub struct Queue {
@@ -339,12 +352,7 @@ impl Queue {
                 Ok::<_, ConflictableTransactionError<QueueError>>((outcome, (in_events, in_bytes)))
             },
         )?;
-        self.counters
-            .in_events
-            .fetch_max(totals.0, Ordering::Relaxed);
-        self.counters
-            .in_bytes
-            .fetch_max(totals.1, Ordering::Relaxed);
+        self.counters.raise_in(totals.0, totals.1);
         Ok(outcome)
     }
 
@@ -386,12 +394,7 @@ impl Queue {
                 Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes))
             },
         )?;
-        self.counters
-            .out_events
-            .fetch_max(totals.0, Ordering::Relaxed);
-        self.counters
-            .out_bytes
-            .fetch_max(totals.1, Ordering::Relaxed);
+        self.counters.raise_out(totals.0, totals.1);
         Ok(())
     }
 
@@ -428,12 +431,7 @@ impl Queue {
                 Ok::<_, ConflictableTransactionError<QueueError>>((out_events, out_bytes, dead))
             },
         )?;
-        self.counters
-            .out_events
-            .fetch_max(totals.0, Ordering::Relaxed);
-        self.counters
-            .out_bytes
-            .fetch_max(totals.1, Ordering::Relaxed);
+        self.counters.raise_out(totals.0, totals.1);
         self.counters.dead_in.fetch_max(totals.2, Ordering::Relaxed);
         Ok(())
     }
@@ -571,8 +569,7 @@ impl Queue {
             },
         )?;
         let c = &self.counters;
-        c.in_events.fetch_max(totals.0, Ordering::Relaxed);
-        c.in_bytes.fetch_max(totals.1, Ordering::Relaxed);
+        c.raise_in(totals.0, totals.1);
         c.dead_out.fetch_max(dead_out, Ordering::Relaxed);
         Ok(moved)
     }
