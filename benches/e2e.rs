@@ -13,7 +13,8 @@
 //! `cargo bench --bench e2e -- [--events N] [--runs R] [--quick] [--only throughput|backlog]
 //! [--set section.key=value]...`. Cargo builds the binary with the bench profile (= release settings) and
 //! passes its path in `CARGO_BIN_EXE_jcdi-forwarder`; `--binary PATH` picks another one. Nothing here
-//! asserts a timing: it measures and prints.
+//! asserts a timing: it measures and prints. The agent gets the environment the packaged systemd unit sets
+//! (its allocator settings), unless the same variables are set for the bench.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,28 @@ struct Args {
     binary: PathBuf,
     /// `section.key` → TOML value text, replacing the bench's defaults.
     overrides: Vec<(String, String, String)>,
+    /// Set in the agent's environment: what the systemd unit sets (see [`unit_environment`]).
+    agent_env: Vec<(String, String)>,
+}
+
+/// The unit file the packages install: the bench runs the agent with the environment it sets.
+const UNIT_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/packaging/jcdi-forwarder.service"
+);
+
+/// The `Environment=NAME=value` lines of the packaged systemd unit, so that the agent is measured as it
+/// runs once installed (its allocator settings matter: BENCHMARKS.md, "Memory"). A variable already set
+/// in the bench's own environment wins, and the agent inherits it: `GLIBC_TUNABLES= cargo bench ...`
+/// measures glibc's defaults.
+fn unit_environment() -> Vec<(String, String)> {
+    let unit = std::fs::read_to_string(UNIT_FILE).unwrap_or_default();
+    unit.lines()
+        .filter_map(|line| line.trim().strip_prefix("Environment="))
+        .filter_map(|assignment| assignment.split_once('='))
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
 }
 
 fn usage() -> ! {
@@ -52,6 +75,7 @@ fn parse_args() -> Args {
         backlog: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
         overrides: Vec::new(),
+        agent_env: unit_environment(),
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
     // to the quick size, so the test suite only checks that the bench works.
@@ -117,6 +141,27 @@ async fn bench(args: Args) {
         args.binary.display(),
         load_average()
     );
+    let inherited = ["GLIBC_TUNABLES", "MALLOC_ARENA_MAX"]
+        .iter()
+        .filter_map(|name| {
+            Some(format!(
+                "{name}={:?} (inherited)",
+                std::env::var(name).ok()?
+            ))
+        });
+    let from_unit = args
+        .agent_env
+        .iter()
+        .map(|(name, value)| format!("{name}={value} (from the systemd unit)"));
+    let environment: Vec<String> = from_unit.chain(inherited).collect();
+    println!(
+        "agent environment: {}",
+        if environment.is_empty() {
+            "nothing set".to_string()
+        } else {
+            environment.join(", ")
+        }
+    );
     let generating = Instant::now();
     let now = now_ns();
     let events = EventFactory::new(7).mix(args.events, now - 2 * 3600 * SECOND, now - 120 * SECOND);
@@ -177,7 +222,7 @@ impl Bench {
             let config = self.write_config(dir.path(), &intake);
             let bench_cpu = self_cpu_seconds();
             let started = Instant::now();
-            let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+            let mut child = spawn_agent(&self.args, &config, dir.path());
             let pid = child.id();
             let mut first_batch = None;
             let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
@@ -264,7 +309,7 @@ impl Bench {
         // 1. Intake down: everything is polled into the queue.
         let served_before = self.api.events_served();
         let started = Instant::now();
-        let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+        let mut child = spawn_agent(&self.args, &config, dir.path());
         let pid = child.id();
         let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
         let mut peak_rss_kb = 0;
@@ -314,7 +359,7 @@ impl Bench {
         intake.set_outage(false);
         let received_before = intake.received_count();
         let restarted = Instant::now();
-        let mut child = spawn_agent(&self.args.binary, &config, dir.path());
+        let mut child = spawn_agent(&self.args, &config, dir.path());
         let pid = child.id();
         let deadline = restarted + Duration::from_secs(60 + n as u64 / 2_000);
         while intake.accepted_batches() == 0 {
@@ -416,7 +461,8 @@ fn toml_string(text: &str) -> String {
     format!("{text:?}")
 }
 
-fn spawn_agent(binary: &Path, config: &Path, dir: &Path) -> Child {
+fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> Child {
+    let binary = &args.binary;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -425,6 +471,7 @@ fn spawn_agent(binary: &Path, config: &Path, dir: &Path) -> Child {
     Command::new(binary)
         .args(["--log-level", "warn", "run", "--config"])
         .arg(config)
+        .envs(args.agent_env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -49,10 +49,13 @@ const SINGLE_EVENT_VERSION: u8 = 1;
 /// Dead letters keep their first layout.
 const DEAD_LETTER_VERSION: u8 = 1;
 
-/// At most this many events in one chunk, and about this many raw bytes: small enough that acknowledging a
-/// batch rewrites little, and that a chunk stays well below sled's 128 KiB threshold for blob files.
-const CHUNK_MAX_EVENTS: usize = 64;
-const CHUNK_MAX_BYTES: usize = 64 * 1024;
+/// At most this many events in one chunk, and about this many raw bytes. sled keeps up to 16 entries in a
+/// leaf node and holds a whole node in memory while it is cached, so the chunk size sets the size of the
+/// nodes that memory is made of: chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS with a backlog of a
+/// million events; 16 KiB chunks keep leaves (about 270 KiB) small (BENCHMARKS.md, "Memory").
+/// Chunks written with other limits are read all the same: only new chunks are cut to this size.
+const CHUNK_MAX_EVENTS: usize = 16;
+const CHUNK_MAX_BYTES: usize = 16 * 1024;
 
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
@@ -64,8 +67,15 @@ const KEY_LAST_ACK: &[u8] = b"stats/last_ack_ms";
 const STREAM_IN: &[u8] = b"stats/stream_in/";
 const STREAM_OUT: &[u8] = b"stats/stream_out/";
 
-/// sled's page cache; its 1 GiB default would make RSS grow with the database.
-const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+/// sled's page cache; its 1 GiB default would make RSS grow with the database. sled splits it in 256 shards
+/// that each keep their most recent node whatever its size, so the real floor is higher than this.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+
+/// sled's log segment size for a new queue (sled's default is 512 KiB). sled writes any node larger than a
+/// quarter of a segment to a file of its own (open, write, fsync, later unlink); with 1 MiB segments a leaf
+/// of 16 KiB chunks stays in the log. An existing queue keeps the size it was created with, which sled
+/// stores in its `conf` file and refuses to change.
+const NEW_QUEUE_SEGMENT_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -246,6 +256,7 @@ impl Queue {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_CAPACITY)
+            .segment_size(existing_segment_size(dir).unwrap_or(NEW_QUEUE_SEGMENT_SIZE))
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(open_error)?;
@@ -774,6 +785,17 @@ impl Queue {
     }
 }
 
+/// The segment size an existing queue was created with, from the `segment_size: N` line of sled's `conf`
+/// file (text lines followed by a 4-byte checksum). `None` for a new queue, or when the file cannot be
+/// read: sled then reports the problem itself.
+fn existing_segment_size(dir: &Path) -> Option<usize> {
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// sled 0.34 writes a snapshot as `snap.<lsn>.generating` and renames it when complete, but on open it
 /// also considers `.generating` files, and the newest one wins: a snapshot cut short (a full disk, a crash
 /// at that instant) then makes the queue refuse to open ("Read corrupted data"). Such a file is by
@@ -1218,6 +1240,37 @@ mod tests {
         let q = Queue::open(dir.path()).expect("opens");
         assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap().len(), 2);
         assert_eq!(q.cursor("s").unwrap(), Some(cursor(3)));
+    }
+
+    #[test]
+    fn a_queue_made_with_another_segment_size_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        // What versions before 1 MiB segments left: sled's default of 512 KiB, recorded in `conf`.
+        {
+            let db = sled::Config::new()
+                .path(dir.path())
+                .segment_size(512 * 1024)
+                .open()
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(existing_segment_size(dir.path()), Some(512 * 1024));
+        {
+            let q = Queue::open(dir.path()).expect("opens with its own segment size");
+            q.commit_page("s", &[event("a", 1), event("b", 2)], Some(cursor(3)))
+                .unwrap();
+            q.db.flush().unwrap();
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap().len(), 2);
+        assert_eq!(existing_segment_size(dir.path()), Some(512 * 1024));
+
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Queue::open(fresh.path()).unwrap());
+        assert_eq!(
+            existing_segment_size(fresh.path()),
+            Some(NEW_QUEUE_SEGMENT_SIZE)
+        );
     }
 
     #[test]
