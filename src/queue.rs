@@ -467,7 +467,7 @@ impl Queue {
             };
             let (key, value) = entry?;
             let first = read_u64(Some(key));
-            let end = first + decode_chunk(first, &value)?.events.len() as u64;
+            let end = first + chunk_header(first, &value)?.count;
             if seq < end {
                 groups.push((first, end, vec![(seq - first) as usize]));
             }
