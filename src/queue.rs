@@ -1,8 +1,8 @@
 //! The durable queue between the pollers and the forwarder: the only module that knows sled.
 //!
 //! Trees of the one sled database:
-//! - `events`: sequence number of a chunk's first event (u64, big-endian) → [`Chunk`] (bincode, versioned): up
-//!   to [`CHUNK_MAX_EVENTS`] consecutive events of one page, raw bytes as received. Event `i` of the chunk at
+//! - `events`: sequence number of a chunk's first event (u64, big-endian) → `Chunk` (bincode, versioned): up
+//!   to `CHUNK_MAX_EVENTS` consecutive events of one page, raw bytes as received. Event `i` of the chunk at
 //!   key `k` has sequence number `k + i`. A page belongs to one stream, so a chunk holds one stream's events
 //!   (its tag is in the chunk's header): [`Queue::read_stream_batch`] skips other streams' chunks whole.
 //!   Dead letters retried are written as chunks too (consecutive letters of one stream together). (Format 1

@@ -49,7 +49,7 @@ pub struct Poller {
     pub share: Arc<StreamShare>,
     /// How long event ids are remembered (`queue.dedup_window`).
     pub dedup_window: Duration,
-    /// `queue.min_free_disk`: see [`Poller::no_room`].
+    /// `queue.min_free_disk`: see `Poller::no_room`.
     pub min_free_disk: u64,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
