@@ -226,20 +226,20 @@ impl Bench {
             let pid = child.id();
             let mut first_batch = None;
             let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
-            while intake.received_count() < n {
-                if first_batch.is_none() && intake.accepted_batches() > 0 {
-                    first_batch = Some(started.elapsed());
-                }
-                check_alive(&mut child, dir.path());
-                if Instant::now() > deadline {
-                    fail(
-                        &mut child,
-                        dir.path(),
-                        "the events did not all arrive in time",
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until(
+                &mut child,
+                dir.path(),
+                deadline,
+                "the events did not all arrive in time",
+                Duration::from_millis(5),
+                || {
+                    if first_batch.is_none() && intake.accepted_batches() > 0 {
+                        first_batch = Some(started.elapsed());
+                    }
+                    intake.received_count() >= n
+                },
+            )
+            .await;
             let seconds = started.elapsed().as_secs_f64();
             let cpu = cpu_seconds(pid);
             let peak = status_kb(pid, "VmHWM:") as f64 / 1024.0;
@@ -312,25 +312,27 @@ impl Bench {
         let mut child = spawn_agent(&self.args, &config, dir.path());
         let pid = child.id();
         let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
-        let mut peak_rss_kb = 0;
-        while self.api.events_served() < served_before + n as u64 {
-            check_alive(&mut child, dir.path());
-            if Instant::now() > deadline {
-                fail(&mut child, dir.path(), "the backlog was not polled in time");
-            }
-            peak_rss_kb = peak_rss_kb.max(status_kb(pid, "VmRSS:"));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(
+            &mut child,
+            dir.path(),
+            deadline,
+            "the backlog was not polled in time",
+            Duration::from_millis(5),
+            || self.api.events_served() >= served_before + n as u64,
+        )
+        .await;
         // The poller commits a page before it asks for the next one: the next request proves the last
         // page is in the queue.
         let requests = self.api.requests();
-        while self.api.requests() == requests {
-            check_alive(&mut child, dir.path());
-            if Instant::now() > deadline {
-                fail(&mut child, dir.path(), "no request after the last page");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(
+            &mut child,
+            dir.path(),
+            deadline,
+            "no request after the last page",
+            Duration::from_millis(5),
+            || self.api.requests() != requests,
+        )
+        .await;
         let queued_in = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid);
         // Let a second of idle pass (the forwarder keeps retrying the intake) and look at memory again.
@@ -350,7 +352,6 @@ impl Bench {
             disk as f64 / self.raw_bytes as f64,
             load_average()
         );
-        let _ = peak_rss_kb;
 
         // 2. kill -9, the intake comes back, restart.
         let _ = child.kill();
@@ -362,25 +363,25 @@ impl Bench {
         let mut child = spawn_agent(&self.args, &config, dir.path());
         let pid = child.id();
         let deadline = restarted + Duration::from_secs(60 + n as u64 / 2_000);
-        while intake.accepted_batches() == 0 {
-            check_alive(&mut child, dir.path());
-            if Instant::now() > deadline {
-                fail(
-                    &mut child,
-                    dir.path(),
-                    "nothing forwarded after the restart",
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(
+            &mut child,
+            dir.path(),
+            deadline,
+            "nothing forwarded after the restart",
+            Duration::from_millis(1),
+            || intake.accepted_batches() > 0,
+        )
+        .await;
         let first_batch = restarted.elapsed().as_secs_f64();
-        while intake.received_count() < received_before + n {
-            check_alive(&mut child, dir.path());
-            if Instant::now() > deadline {
-                fail(&mut child, dir.path(), "the backlog did not drain in time");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(
+            &mut child,
+            dir.path(),
+            deadline,
+            "the backlog did not drain in time",
+            Duration::from_millis(5),
+            || intake.received_count() >= received_before + n,
+        )
+        .await;
         let drained_in = restarted.elapsed().as_secs_f64();
         let drain_cpu = cpu_seconds(pid);
         let drain_hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
@@ -482,6 +483,25 @@ fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> Child {
                 binary.display()
             )
         })
+}
+
+/// Checks `done` every `every` until it holds; fails the bench, with the agent's log, if the agent exits
+/// or `deadline` passes first.
+async fn wait_until(
+    child: &mut Child,
+    dir: &Path,
+    deadline: Instant,
+    what: &str,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    while !done() {
+        check_alive(child, dir);
+        if Instant::now() > deadline {
+            fail(child, dir, what);
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 fn check_alive(child: &mut Child, dir: &Path) {
