@@ -9,8 +9,8 @@
 //!   records, one event each, are still read, as chunks of one.)
 //! - `acked`: chunk key → bitmap of the chunk's events already acknowledged or dead-lettered; the chunk and its
 //!   bitmap are removed together when the last event goes.
-//! - `dedup`: stream tag (4 bytes) + event timestamp (8 bytes, order-preserving) + event key hash (16 bytes) → ().
-//!   Sorted by time within a stream, so pruning is a range scan.
+//! - `dedup`: records of the timestamps and identity hashes of the events each stream queued, sorted by
+//!   time within a stream, so pruning is a range scan. Their layout is the business of [`dedup`].
 //! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent.
 //! - `meta`: cursors (`cursor/<stream>`), the next sequence number, the in/out counters and the per-stream
 //!   byte counters (`stats/stream_in/<tag>`, `stats/stream_out/<tag>`: an ack or dead-letter counts only the
@@ -22,6 +22,8 @@
 //! Invariants:
 //! - A page of events, the dedup entries and the stream's new cursor are written in one sled transaction
 //!   ([`Queue::commit_page`]): after a crash both are there or neither, so the poller simply polls again.
+//!   Commits and dedup pruning take turns (`commit_lock`): they write the same keys anyway, and the dedup
+//!   index decides what is new outside the transaction.
 //! - An event leaves the queue only through [`Queue::ack`] (after the intake said 2xx) or
 //!   [`Queue::dead_letter`] (moved, in one transaction), which set its bit in `acked`; a chunk is removed
 //!   only when every bit is set. Nothing is ever dropped.
@@ -30,10 +32,9 @@
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
 //!   side effects outside their return value (sled may run them more than once).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,10 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
 use sled::Tree;
+
+use dedup::DedupIndex;
+
+mod dedup;
 
 /// The version of the on-disk record layout; records of an unknown version are refused, not misread.
 const FORMAT_VERSION: u8 = 2;
@@ -225,7 +230,11 @@ pub struct Queue {
     db: sled::Db,
     events: Tree,
     acked: Tree,
-    dedup: Tree,
+    /// The `dedup` tree, written only through `dedup` (and in the transaction of [`Queue::commit_page`]).
+    dedup_tree: Tree,
+    dedup: DedupIndex,
+    /// Held by whoever changes the dedup index, from deciding what is new until it is committed.
+    commit_lock: Arc<Mutex<()>>,
     dead: Tree,
     meta: Tree,
     counters: Arc<Counters>,
@@ -261,10 +270,13 @@ impl Queue {
             .open()
             .map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let dedup_tree = tree("dedup")?;
         let queue = Queue {
             events: tree("events")?,
             acked: tree("acked")?,
-            dedup: tree("dedup")?,
+            dedup_tree: dedup_tree.clone(),
+            dedup: DedupIndex::new(dedup_tree),
+            commit_lock: Arc::default(),
             dead: tree("dead_letter")?,
             meta: tree("meta")?,
             db,
@@ -307,23 +319,28 @@ impl Queue {
     ) -> Result<CommitOutcome, QueueError> {
         let tag = stream_tag(stream);
         let now = now_ms();
-        // Keys outside the transaction: the closure may run more than once and should stay short.
-        let dedup_keys: Vec<[u8; 28]> = events
-            .iter()
-            .map(|event| dedup_key(tag, event.timestamp_ns, &event.key))
-            .collect();
         let cursor_bytes = cursor
             .map(|cursor| bincode::serialize(&cursor))
             .transpose()
             .map_err(|err| QueueError::Damaged(format!("cannot encode a cursor: {err}")))?;
         let cursor_key = cursor_key(stream);
+        // Which events are new is decided before the transaction (which cannot look up ranges), and holds
+        // because no other writer of the dedup index runs until the transaction is done.
+        let _commit = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let identities: Vec<(i64, [u8; 16])> = events
+            .iter()
+            .map(|event| (event.timestamp_ns, event.key))
+            .collect();
+        let plan = self.dedup.plan(tag, &identities)?;
 
-        let (outcome, totals) = (&self.events, &self.dedup, &self.meta).transaction(
+        let (outcome, totals) = (&self.events, &self.dedup_tree, &self.meta).transaction(
             |(events_tx, dedup_tx, meta_tx)| {
                 let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let mut outcome = CommitOutcome::default();
-                let mut in_page = HashSet::with_capacity(dedup_keys.len());
                 let mut chunk = Chunk {
                     version: FORMAT_VERSION,
                     stream: tag,
@@ -331,12 +348,11 @@ impl Queue {
                     events: Vec::with_capacity(CHUNK_MAX_EVENTS.min(events.len())),
                 };
                 let mut chunk_bytes = 0;
-                for (event, dedup) in events.iter().zip(&dedup_keys) {
-                    if !in_page.insert(dedup) || dedup_tx.get(dedup)?.is_some() {
+                for (event, new) in events.iter().zip(&plan.new) {
+                    if !new {
                         outcome.duplicates += 1;
                         continue;
                     }
-                    dedup_tx.insert(&dedup[..], &[][..])?;
                     chunk.events.push(ChunkEvent {
                         timestamp_ns: event.timestamp_ns,
                         raw: event.raw.as_bytes(),
@@ -353,6 +369,9 @@ impl Queue {
                 }
                 if !chunk.events.is_empty() {
                     seq = write_chunk(events_tx, seq, &mut chunk)?;
+                }
+                for (key, value) in &plan.writes {
+                    dedup_tx.insert(&key[..], &value[..])?;
                 }
                 meta_tx.insert(KEY_SEQ, &seq.to_be_bytes()[..])?;
                 meta_tx.insert(KEY_IN, &pair_bytes(in_events, in_bytes)[..])?;
@@ -606,29 +625,19 @@ impl Queue {
         Ok(purged)
     }
 
-    /// Forgets dedup entries of `stream` for events older than `before_ns`, at most `limit` of them.
-    /// Returns how many were removed. Safe to interrupt: it only forgets, in key order.
+    /// Forgets dedup entries of `stream` for events older than `before_ns`, stopping once at least `limit`
+    /// were forgotten. Returns how many were. Safe to interrupt: it only forgets, oldest first.
     pub fn prune_dedup(
         &self,
         stream: &str,
         before_ns: i64,
         limit: usize,
     ) -> Result<usize, QueueError> {
-        let tag = stream_tag(stream).to_be_bytes();
-        let end = dedup_prefix(stream_tag(stream), before_ns);
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for entry in self.dedup.range(tag.to_vec()..end.to_vec()).keys() {
-            batch.remove(entry?);
-            removed += 1;
-            if removed >= limit {
-                break;
-            }
-        }
-        if removed > 0 {
-            self.dedup.apply_batch(batch)?;
-        }
-        Ok(removed)
+        let _commit = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.dedup.prune(stream_tag(stream), before_ns, limit)
     }
 
     /// The events and raw bytes waiting to be forwarded.
@@ -995,20 +1004,6 @@ fn ordered_time(ns: i64) -> [u8; 8] {
     ((ns as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn dedup_prefix(tag: u32, timestamp_ns: i64) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..4].copy_from_slice(&tag.to_be_bytes());
-    key[4..].copy_from_slice(&ordered_time(timestamp_ns));
-    key
-}
-
-fn dedup_key(tag: u32, timestamp_ns: i64, hash: &[u8; 16]) -> [u8; 28] {
-    let mut key = [0u8; 28];
-    key[..12].copy_from_slice(&dedup_prefix(tag, timestamp_ns));
-    key[12..].copy_from_slice(hash);
-    key
-}
-
 fn read_u64(value: Option<sled::IVec>) -> u64 {
     value
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
@@ -1043,6 +1038,8 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn event(id: &str, ts: i64) -> IncomingEvent {
@@ -1302,6 +1299,136 @@ mod tests {
             )
             .unwrap();
         assert_eq!((outcome.queued, outcome.duplicates), (1, 1));
+    }
+
+    /// Pages of events in a rough time order, with late events, repeats across and within pages, and
+    /// timestamps shared by several events: many dedup records, split many times.
+    fn shuffled_pages(seed: u64, pages: usize) -> Vec<Vec<IncomingEvent>> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut next_id = 0u64;
+        let mut pages_out: Vec<Vec<IncomingEvent>> = Vec::new();
+        for page in 0..pages {
+            let mut events: Vec<IncomingEvent> = Vec::new();
+            for _ in 0..rng.usize(1..400) {
+                let roll = rng.u8(..);
+                let old = pages_out.iter().flatten().count();
+                let repeat = if roll < 20 && old > 0 {
+                    // A repeat of an event of an earlier page.
+                    let pick = rng.usize(..old);
+                    pages_out.iter().flatten().nth(pick).cloned()
+                } else if roll < 30 && !events.is_empty() {
+                    // A repeat within this page.
+                    Some(events[rng.usize(..events.len())].clone())
+                } else {
+                    None
+                };
+                let incoming = repeat.unwrap_or_else(|| {
+                    next_id += 1;
+                    // Mostly moving forward by page, sometimes late, often sharing a timestamp.
+                    let base = page as i64 * 1000;
+                    let ts = if rng.u8(..) < 25 {
+                        rng.i64(-500..base.max(1))
+                    } else {
+                        base + rng.i64(0..50) * 20
+                    };
+                    event(&format!("e{next_id}"), ts)
+                });
+                events.push(incoming);
+            }
+            pages_out.push(events);
+        }
+        pages_out
+    }
+
+    #[test]
+    fn the_dedup_index_queues_each_event_once_across_pages_records_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = shuffled_pages(7, 60);
+        let mut seen = HashSet::new();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            for page in &pages {
+                let expected_new = page.iter().filter(|e| seen.insert(e.key)).count() as u64;
+                let outcome = q.commit_page("s", page, None).unwrap();
+                assert_eq!(outcome.queued, expected_new);
+                assert_eq!(outcome.queued + outcome.duplicates, page.len() as u64);
+            }
+            assert!(
+                q.dedup_tree.len() > 10,
+                "{} events should make many records",
+                seen.len()
+            );
+        }
+        // After a restart, every event is known; another stream knows none of them.
+        let q = Queue::open(dir.path()).unwrap();
+        for page in &pages {
+            let outcome = q.commit_page("s", page, None).unwrap();
+            assert_eq!(outcome.queued, 0);
+        }
+        let all: Vec<IncomingEvent> = pages.concat();
+        assert_eq!(
+            q.commit_page("other", &all, None).unwrap().queued,
+            seen.len() as u64
+        );
+        assert_eq!(q.depth().events, 2 * seen.len() as u64);
+    }
+
+    #[test]
+    fn dedup_entries_of_the_layout_before_records_are_still_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let tag = stream_tag("s");
+        let old: Vec<IncomingEvent> = (0..40).map(|i| event(&format!("old{i}"), i * 10)).collect();
+        // One key per event and an empty value: what versions before dedup records wrote.
+        for e in &old {
+            let mut key = tag.to_be_bytes().to_vec();
+            key.extend_from_slice(&ordered_time(e.timestamp_ns));
+            key.extend_from_slice(&e.key);
+            q.dedup_tree.insert(key, &[][..]).unwrap();
+        }
+        // New events between, before and after the old ones, with the old ones again.
+        let mut page: Vec<IncomingEvent> = (0..600)
+            .map(|i| event(&format!("new{i}"), i - 100))
+            .collect();
+        page.extend(old.iter().cloned());
+        let outcome = q.commit_page("s", &page, None).unwrap();
+        assert_eq!((outcome.queued, outcome.duplicates), (600, 40));
+        let again = q.commit_page("s", &page, None).unwrap();
+        assert_eq!((again.queued, again.duplicates), (0, 640));
+        // Pruning reads the old entries too.
+        assert_eq!(q.prune_dedup("s", 200, usize::MAX).unwrap(), 300 + 20);
+        let after = q.commit_page("s", &page, None).unwrap();
+        assert_eq!(
+            after.queued,
+            300 + 20,
+            "the events before 200 are forgotten"
+        );
+    }
+
+    #[test]
+    fn pruning_in_steps_forgets_exactly_the_entries_before_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let events: Vec<IncomingEvent> = (0..3000)
+            .map(|i| event(&format!("e{i}"), (i * 7919) % 3000))
+            .collect();
+        for page in events.chunks(250) {
+            q.commit_page("s", page, None).unwrap();
+        }
+        q.commit_page("other", &events, None).unwrap();
+        let mut forgotten = 0;
+        loop {
+            let step = q.prune_dedup("s", 1000, 300).unwrap();
+            forgotten += step;
+            if step < 300 {
+                break;
+            }
+        }
+        assert_eq!(forgotten, 1000);
+        let again = q.commit_page("s", &events, None).unwrap();
+        assert_eq!((again.queued, again.duplicates), (1000, 2000));
+        let other = q.commit_page("other", &events, None).unwrap();
+        assert_eq!(other.queued, 0, "another stream's entries are kept");
     }
 
     #[test]

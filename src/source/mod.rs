@@ -318,7 +318,7 @@ impl Poller {
         let queue = self.queue.clone();
         let stream = self.stream.clone();
         tokio::task::spawn_blocking(move || {
-            while queue.prune_dedup(&stream, cutoff, 10_000)? == 10_000 {}
+            while queue.prune_dedup(&stream, cutoff, 10_000)? >= 10_000 {}
             Ok(())
         })
         .await

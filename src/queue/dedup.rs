@@ -1,0 +1,224 @@
+//! The dedup index: which events of each stream were already queued, by timestamp and identity hash.
+//!
+//! Layout of the `dedup` tree: entries are 24 bytes, the event's timestamp (8 bytes, order-preserving) then
+//! its identity hash (16 bytes), and they are grouped in *records* of up to [`RECORD_MAX_ENTRIES`]. A
+//! record's key is the stream tag (4 bytes) followed by its first entry; its value is its entries, sorted,
+//! end to end. A record owns every entry from its key up to the next record's key of the same stream, so
+//! the one record that could hold an entry is found with a single backward range lookup.
+//!
+//! Why records: one sled entry per event made every page of 1000 events cost 1000 lookups and 1000 inserts
+//! into the tree, each copying a tree node: half the agent's CPU, and about 1 KB of disk per event once sled
+//! had written its nodes out (BENCHMARKS.md, "Dedup records"). A page now rewrites the one or two records
+//! its events fall in.
+//!
+//! Invariants:
+//! - Every entry lies in the record that owns it (`key <= tag + entry < next key`). Splitting a record
+//!   keeps this (each piece is keyed by its first entry); pruning removes a record, or rewrites it under
+//!   the key of its first remaining entry.
+//! - Queues written before records have one entry per key and an empty value: such an entry is read as a
+//!   record of one, so they need no migration.
+//! - The caller holds the queue's commit lock from [`DedupIndex::plan`] until the planned writes are
+//!   committed (or [`DedupIndex::prune`] returns): the plan is computed outside the sled transaction, which
+//!   cannot look up ranges, and stays right only while no other writer changes the tree.
+
+use std::ops::Bound;
+
+use sled::Tree;
+
+use super::{ordered_time, QueueError};
+
+/// Size of one entry: ordered timestamp (8 bytes) and identity hash (16 bytes).
+const ENTRY_LEN: usize = 24;
+/// A record holding more entries is split in halves. 512 entries are 12 KiB: small enough that rewriting
+/// the last record of a stream on every page stays cheap, large enough that a page touches one or two.
+const RECORD_MAX_ENTRIES: usize = 512;
+
+type Entry = [u8; ENTRY_LEN];
+
+/// The dedup index of one queue.
+#[derive(Clone)]
+pub(super) struct DedupIndex {
+    tree: Tree,
+}
+
+/// What [`DedupIndex::plan`] decided for one page.
+pub(super) struct Plan {
+    /// For each event of the page, in order: true when it is new (to be queued), false for a duplicate.
+    pub new: Vec<bool>,
+    /// The records to write, in the same transaction as the events (key, value).
+    pub writes: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A record loaded for a page.
+struct Record {
+    key: Vec<u8>,
+    entries: Vec<Entry>,
+    changed: bool,
+}
+
+impl DedupIndex {
+    pub(super) fn new(tree: Tree) -> DedupIndex {
+        DedupIndex { tree }
+    }
+
+    /// Decides which of `events` (timestamp, identity hash) are new to stream `tag`, counting a repeat
+    /// within the page as a duplicate too, and the record writes that remember the new ones.
+    pub(super) fn plan(&self, tag: u32, events: &[(i64, [u8; 16])]) -> Result<Plan, QueueError> {
+        let prefix = tag.to_be_bytes();
+        let entries: Vec<Entry> = events
+            .iter()
+            .map(|(timestamp_ns, hash)| entry(*timestamp_ns, hash))
+            .collect();
+
+        // Find each event's record, walking the page's entries in order so that a record is looked up
+        // once for all the entries it owns.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_unstable_by(|a, b| entries[*a].cmp(&entries[*b]));
+        let mut records: Vec<Record> = Vec::new();
+        let mut owner = vec![0; entries.len()];
+        // The next record's key after the current one (None: the current one is the stream's last).
+        let mut owned_until: Option<Vec<u8>> = None;
+        for index in order {
+            let key = record_key(tag, &entries[index]);
+            let still_current =
+                !records.is_empty() && owned_until.as_ref().is_none_or(|next| key[..] < next[..]);
+            if !still_current {
+                records.push(match self.tree.range(&prefix[..]..=&key[..]).next_back() {
+                    Some(found) => {
+                        let (found_key, value) = found?;
+                        Record {
+                            entries: record_entries(&found_key, &value)?,
+                            key: found_key.to_vec(),
+                            changed: false,
+                        }
+                    }
+                    // Before the stream's first record (or the stream has none): a new record.
+                    None => Record {
+                        key: key.to_vec(),
+                        entries: Vec::new(),
+                        changed: false,
+                    },
+                });
+                // (A key of another stream is as good a bound: it sorts after all of this stream's.)
+                owned_until = match self
+                    .tree
+                    .range::<&[u8], _>((Bound::Excluded(&key[..]), Bound::Unbounded))
+                    .next()
+                {
+                    Some(next) => Some(next?.0.to_vec()),
+                    None => None,
+                };
+            }
+            owner[index] = records.len() - 1;
+        }
+
+        // Decide in page order, so that of two copies in a page the first is the one queued.
+        let mut new = Vec::with_capacity(entries.len());
+        for (entry, owner) in entries.iter().zip(&owner) {
+            let record = &mut records[*owner];
+            match record.entries.binary_search(entry) {
+                Ok(_) => new.push(false),
+                Err(position) => {
+                    record.entries.insert(position, *entry);
+                    record.changed = true;
+                    new.push(true);
+                }
+            }
+        }
+
+        let mut writes = Vec::new();
+        for record in records.into_iter().filter(|record| record.changed) {
+            if record.entries.len() <= RECORD_MAX_ENTRIES {
+                writes.push((record.key, record_value(&record.entries)));
+                continue;
+            }
+            // Split in pieces of half the maximum: the first keeps the record's key, the others are keyed
+            // by their first entry, so every entry stays in the record that owns it.
+            for (i, piece) in record.entries.chunks(RECORD_MAX_ENTRIES / 2).enumerate() {
+                let key = if i == 0 {
+                    record.key.clone()
+                } else {
+                    record_key(tag, &piece[0]).to_vec()
+                };
+                writes.push((key, record_value(piece)));
+            }
+        }
+        Ok(Plan { new, writes })
+    }
+
+    /// Forgets the entries of stream `tag` older than `before_ns`, stopping once at least `limit` were
+    /// forgotten. Returns how many were. Safe to interrupt: each call is one atomic batch, oldest first.
+    pub(super) fn prune(
+        &self,
+        tag: u32,
+        before_ns: i64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let prefix = tag.to_be_bytes();
+        let mut cutoff = prefix.to_vec();
+        cutoff.extend_from_slice(&ordered_time(before_ns));
+        let mut batch = sled::Batch::default();
+        let mut forgotten = 0;
+        // Records whose key is below the cutoff hold the old entries (and maybe some newer ones).
+        for found in self.tree.range(prefix.to_vec()..cutoff.clone()) {
+            let (key, value) = found?;
+            let entries = record_entries(&key, &value)?;
+            let old = entries.partition_point(|entry| entry[..8] < cutoff[4..]);
+            batch.remove(key);
+            if let Some(first_kept) = entries.get(old) {
+                // Its entries from the cutoff on: under the key of the first, which is past the cutoff, so
+                // the next prune does not read this record again.
+                batch.insert(
+                    &record_key(tag, first_kept)[..],
+                    record_value(&entries[old..]),
+                );
+            }
+            forgotten += old;
+            if forgotten >= limit {
+                break;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(forgotten)
+    }
+}
+
+fn entry(timestamp_ns: i64, hash: &[u8; 16]) -> Entry {
+    let mut entry = [0; ENTRY_LEN];
+    entry[..8].copy_from_slice(&ordered_time(timestamp_ns));
+    entry[8..].copy_from_slice(hash);
+    entry
+}
+
+fn record_key(tag: u32, entry: &Entry) -> [u8; 4 + ENTRY_LEN] {
+    let mut key = [0; 4 + ENTRY_LEN];
+    key[..4].copy_from_slice(&tag.to_be_bytes());
+    key[4..].copy_from_slice(entry);
+    key
+}
+
+fn record_value(entries: &[Entry]) -> Vec<u8> {
+    entries.concat()
+}
+
+/// A stored record's entries; an empty value is an entry of the layout before records (its key).
+fn record_entries(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, QueueError> {
+    let damaged = || {
+        QueueError::Damaged(format!(
+            "dedup record of {} bytes under a key of {} bytes",
+            value.len(),
+            key.len()
+        ))
+    };
+    if value.is_empty() {
+        let entry = key.get(4..).and_then(|e| Entry::try_from(e).ok());
+        return entry.map(|entry| vec![entry]).ok_or_else(damaged);
+    }
+    if value.len() % ENTRY_LEN != 0 {
+        return Err(damaged());
+    }
+    Ok(value
+        .chunks_exact(ENTRY_LEN)
+        .filter_map(|entry| Entry::try_from(entry).ok())
+        .collect())
+}
