@@ -56,11 +56,14 @@ const DEAD_LETTER_VERSION: u8 = 1;
 
 /// At most this many events in one chunk, and about this many raw bytes. sled keeps up to 16 entries in a
 /// leaf node and holds a whole node in memory while it is cached, so the chunk size sets the size of the
-/// nodes that memory is made of: chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS with a backlog of a
-/// million events; 16 KiB chunks keep leaves (about 270 KiB) small (BENCHMARKS.md, "Memory").
+/// nodes that memory is made of. sled's cache has 256 shards that each keep their latest node whatever the
+/// capacity, and evict only after 64 accesses of their own: what stays resident is a few hundred recent
+/// leaves. Chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS with a backlog of a million events; 8 KiB
+/// chunks keep leaves near 100 KiB and that RSS under 64 MB, for about one CPU second per million events
+/// more than 16 KiB chunks (BENCHMARKS.md, "Memory" and "Dedup records").
 /// Chunks written with other limits are read all the same: only new chunks are cut to this size.
-const CHUNK_MAX_EVENTS: usize = 16;
-const CHUNK_MAX_BYTES: usize = 16 * 1024;
+const CHUNK_MAX_EVENTS: usize = 8;
+const CHUNK_MAX_BYTES: usize = 8 * 1024;
 
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
@@ -78,7 +81,7 @@ const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// sled's log segment size for a new queue (sled's default is 512 KiB). sled writes any node larger than a
 /// quarter of a segment to a file of its own (open, write, fsync, later unlink); with 1 MiB segments a leaf
-/// of 16 KiB chunks stays in the log. An existing queue keeps the size it was created with, which sled
+/// of full chunks (up to 17 of them) stays in the log. An existing queue keeps the size it was created with, which sled
 /// stores in its `conf` file and refuses to change.
 const NEW_QUEUE_SEGMENT_SIZE: usize = 1024 * 1024;
 
@@ -1463,7 +1466,8 @@ mod tests {
     fn chunks_are_per_stream_and_stream_counters_follow_acks_dead_letters_and_retries() {
         let dir = tempfile::tempdir().unwrap();
         let (ta, tb) = (stream_tag("a"), stream_tag("b"));
-        let n = CHUNK_MAX_EVENTS + 10;
+        // Two chunks per page, and more than the 10 events of b read below.
+        let n = CHUNK_MAX_EVENTS + 4;
         let page_a: Vec<_> = (0..n).map(|i| event(&format!("a{i}"), i as i64)).collect();
         let page_b: Vec<_> = (0..n).map(|i| event(&format!("b{i}"), i as i64)).collect();
         let bytes = |page: &[IncomingEvent]| page.iter().map(|e| e.raw.len() as u64).sum::<u64>();
@@ -1477,8 +1481,8 @@ mod tests {
                 4,
                 "two chunks per page, none mixing streams"
             );
-            // b's forwarder skips a's chunks whole: within the scan limit of 3 records it gets b's events.
-            let (b, upto) = q.read_stream_batch(tb, None, 10, 1 << 20, 3).unwrap();
+            // b's forwarder skips a's chunks whole: within the scan limit of 4 records it gets b's events.
+            let (b, upto) = q.read_stream_batch(tb, None, 10, 1 << 20, 4).unwrap();
             assert_eq!(b.len(), 10);
             assert!(b.iter().all(|e| e.stream == tb));
             assert_eq!(b[0].seq, n as u64);

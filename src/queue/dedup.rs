@@ -29,9 +29,11 @@ use super::{ordered_time, QueueError};
 
 /// Size of one entry: ordered timestamp (8 bytes) and identity hash (16 bytes).
 const ENTRY_LEN: usize = 24;
-/// A record holding more entries is split in halves. 512 entries are 12 KiB: small enough that rewriting
-/// the last record of a stream on every page stays cheap, large enough that a page touches one or two.
-const RECORD_MAX_ENTRIES: usize = 512;
+/// A record holding more entries is split in halves. 64 entries are 1.5 KiB: a page of 1000 events
+/// rewrites 16 to 32 records instead of inserting 1000 keys. Records of 512 entries cost a little less CPU
+/// but, with fewer sled operations, sled's cache evicted less often and RSS with a backlog of a million
+/// events rose from 60 to 97 MB (BENCHMARKS.md, "Dedup records").
+const RECORD_MAX_ENTRIES: usize = 64;
 
 type Entry = [u8; ENTRY_LEN];
 
