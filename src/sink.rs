@@ -512,7 +512,9 @@ impl From<QueueError> for ForwardError {
 
 /// `{"intake_key": "...", "jsons": ["<raw event>", ...]}`, each raw event as one JSON string.
 pub fn batch_body(intake_key: &str, events: &[QueuedEvent]) -> Bytes {
-    let size: usize = events.iter().map(|e| e.raw.len() + 8).sum();
+    // Escaping adds a backslash before every quote: about a sixth more for JumpCloud's events. Reserving
+    // a quarter more avoids growing (copying) a body of megabytes half way.
+    let size: usize = events.iter().map(|e| e.raw.len() * 5 / 4 + 3).sum();
     let mut body = Vec::with_capacity(size + intake_key.len() + 32);
     body.extend_from_slice(b"{\"intake_key\":");
     // Writing a &str into a Vec cannot fail.

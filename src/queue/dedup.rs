@@ -8,8 +8,8 @@
 //!
 //! Why records: one sled entry per event made every page of 1000 events cost 1000 lookups and 1000 inserts
 //! into the tree, each copying a tree node: half the agent's CPU, and about 1 KB of disk per event once sled
-//! had written its nodes out (BENCHMARKS.md, "Dedup records"). A page now rewrites the one or two records
-//! its events fall in.
+//! had written its nodes out (BENCHMARKS.md, "Dedup records"). A page now rewrites the few records its
+//! events fall in (16 to 32 for a page of 1000 events in time order).
 //!
 //! Invariants:
 //! - Every entry lies in the record that owns it (`key <= tag + entry < next key`). Splitting a record
