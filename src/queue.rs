@@ -22,6 +22,8 @@
 //! Invariants:
 //! - A page of events, the dedup entries and the stream's new cursor are written in one sled transaction
 //!   ([`Queue::commit_page`]): after a crash both are there or neither, so the poller simply polls again.
+//!   (A page larger than [`COMMIT_MAX_EVENTS`] is written in several, the cursor with the last: what a
+//!   crash leaves of it is deduplicated when it is read again.)
 //!   Commits and dedup pruning take turns (`commit_lock`): they write the same keys anyway, and the dedup
 //!   index decides what is new outside the transaction.
 //! - An event leaves the queue only through [`Queue::ack`] (after the intake said 2xx) or
@@ -35,7 +37,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
@@ -65,6 +67,10 @@ const DEAD_LETTER_VERSION: u8 = 1;
 const CHUNK_MAX_EVENTS: usize = 8;
 const CHUNK_MAX_BYTES: usize = 8 * 1024;
 
+/// At most this many events are committed in one transaction. sled keeps a transaction's writes in memory
+/// until it commits, and a catch-up page may hold 10,000 events (10 MB or more).
+pub const COMMIT_MAX_EVENTS: usize = 1000;
+
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_IN: &[u8] = b"stats/in";
 const KEY_OUT: &[u8] = b"stats/out";
@@ -79,10 +85,13 @@ const STREAM_OUT: &[u8] = b"stats/stream_out/";
 /// that each keep their most recent node whatever its size, so the real floor is higher than this.
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
+/// How long opening waits for a queue's lock before saying another process holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// sled's log segment size for a new queue (sled's default is 512 KiB). sled writes any node larger than a
 /// quarter of a segment to a file of its own (open, write, fsync, later unlink); with 1 MiB segments a leaf
-/// of full chunks (up to 17 of them) stays in the log. An existing queue keeps the size it was created with, which sled
-/// stores in its `conf` file and refuses to change.
+/// of full chunks (up to 17 of them) stays in the log. An existing queue keeps the size it was created
+/// with, which sled stores in its `conf` file and refuses to change.
 const NEW_QUEUE_SEGMENT_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -265,13 +274,24 @@ impl Queue {
             },
         };
         // flush_every_ms stays at its default (a real fsync every 500 ms): never None.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_CAPACITY)
             .segment_size(existing_segment_size(dir).unwrap_or(NEW_QUEUE_SEGMENT_SIZE))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(open_error)?;
+            .mode(sled::Mode::HighThroughput);
+        // sled lets go of its lock file only when the last of its background threads has let go of the
+        // database, a moment after the `Db` was dropped: a queue opened again by the same process (a
+        // command after another, a test) can find its own lock still held. Another process holding it
+        // is reported once the wait is over.
+        let lock_wait_ends = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(open_error) {
+                Err(QueueError::Locked(_)) if Instant::now() < lock_wait_ends => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let dedup_tree = tree("dedup")?;
         let queue = Queue {
@@ -313,8 +333,33 @@ impl Queue {
         }
     }
 
-    /// Queues the events not seen before and moves the stream's cursor, in one atomic transaction.
+    /// Queues the events not seen before and moves the stream's cursor, in one atomic transaction when the
+    /// page has at most [`COMMIT_MAX_EVENTS`] events. A larger page is committed in parts of that size, the
+    /// cursor with the last part: after a crash the cursor has moved only if every event is queued, and
+    /// the parts already committed are known to the dedup index when the page is read again.
     pub fn commit_page(
+        &self,
+        stream: &str,
+        events: &[IncomingEvent],
+        cursor: Option<Cursor>,
+    ) -> Result<CommitOutcome, QueueError> {
+        if events.len() <= COMMIT_MAX_EVENTS {
+            return self.commit_part(stream, events, cursor);
+        }
+        let mut total = CommitOutcome::default();
+        let parts = events.len().div_ceil(COMMIT_MAX_EVENTS);
+        for (i, part) in events.chunks(COMMIT_MAX_EVENTS).enumerate() {
+            let last = i + 1 == parts;
+            let outcome = self.commit_part(stream, part, cursor.filter(|_| last))?;
+            total.queued += outcome.queued;
+            total.duplicates += outcome.duplicates;
+            total.queued_bytes += outcome.queued_bytes;
+        }
+        Ok(total)
+    }
+
+    /// [`Queue::commit_page`] for one transaction's worth of events.
+    fn commit_part(
         &self,
         stream: &str,
         events: &[IncomingEvent],
@@ -1374,6 +1419,33 @@ mod tests {
             seen.len() as u64
         );
         assert_eq!(q.depth().events, 2 * seen.len() as u64);
+    }
+
+    #[test]
+    fn a_page_larger_than_one_transaction_is_committed_whole_with_its_cursor_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let n = COMMIT_MAX_EVENTS * 2 + 300;
+        let mut page: Vec<IncomingEvent> =
+            (0..n).map(|i| event(&format!("e{i}"), i as i64)).collect();
+        // Copies of events of the first part, in the last part: duplicates across transactions.
+        page.extend(page[..5].to_vec());
+        let outcome = q.commit_page("s", &page, Some(cursor(77))).unwrap();
+        assert_eq!((outcome.queued, outcome.duplicates), (n as u64, 5));
+        assert_eq!(
+            outcome.queued_bytes,
+            page[..n].iter().map(|e| e.raw.len() as u64).sum::<u64>()
+        );
+        assert_eq!(q.cursor("s").unwrap(), Some(cursor(77)));
+        assert_eq!(q.depth().events, n as u64);
+        let batch = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+        let ids: Vec<&str> = batch.iter().map(|e| e.raw.as_str()).collect();
+        let expected: Vec<&str> = page[..n].iter().map(|e| e.raw.as_str()).collect();
+        assert_eq!(ids, expected, "every event once, in page order");
+        // What a crash between two parts would leave (the first part, the old cursor) is read again
+        // without duplicates.
+        let again = q.commit_page("s", &page, Some(cursor(78))).unwrap();
+        assert_eq!((again.queued, again.duplicates), (0, page.len() as u64));
     }
 
     #[test]
