@@ -130,8 +130,9 @@ impl From<TransactionError<QueueError>> for QueueError {
 /// What the poller hands over for one event.
 #[derive(Clone, Debug)]
 pub struct IncomingEvent {
-    /// The event's JSON text exactly as received.
-    pub raw: String,
+    /// The event's JSON text exactly as received (UTF-8): usually a slice of the response body it came
+    /// in, so that a page is not copied event by event.
+    pub raw: bytes::Bytes,
     /// The event's `timestamp` in nanoseconds since the epoch.
     pub timestamp_ns: i64,
     /// A hash of the event's identity (its `id`, or its raw bytes when it has none).
@@ -403,7 +404,7 @@ impl Queue {
                     }
                     chunk.events.push(ChunkEvent {
                         timestamp_ns: event.timestamp_ns,
-                        raw: event.raw.as_bytes(),
+                        raw: &event.raw,
                     });
                     chunk_bytes += event.raw.len();
                     in_events += 1;
@@ -1094,7 +1095,7 @@ mod tests {
         let raw = format!("{{\"id\":\"{id}\",\"timestamp\":\"x\"}}");
         IncomingEvent {
             key: event_key(Some(id), &raw),
-            raw,
+            raw: raw.into(),
             timestamp_ns: ts,
         }
     }
@@ -1439,8 +1440,8 @@ mod tests {
         assert_eq!(q.cursor("s").unwrap(), Some(cursor(77)));
         assert_eq!(q.depth().events, n as u64);
         let batch = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
-        let ids: Vec<&str> = batch.iter().map(|e| e.raw.as_str()).collect();
-        let expected: Vec<&str> = page[..n].iter().map(|e| e.raw.as_str()).collect();
+        let ids: Vec<&[u8]> = batch.iter().map(|e| e.raw.as_bytes()).collect();
+        let expected: Vec<&[u8]> = page[..n].iter().map(|e| &e.raw[..]).collect();
         assert_eq!(ids, expected, "every event once, in page order");
         // What a crash between two parts would leave (the first part, the old cursor) is read again
         // without duplicates.

@@ -308,13 +308,22 @@ fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError
     }
     let events = elements
         .into_iter()
-        .map(|element| incoming(element.get(), now_ns))
+        .map(|element| {
+            let text = element.get();
+            // The element borrows from the body: share the body's buffer instead of copying the text.
+            incoming_shared(text, response.body.slice_ref(text.as_bytes()), now_ns)
+        })
         .collect();
     Ok((events, full, search_after))
 }
 
 /// Builds the queue's view of one event: its raw text, its timestamp and its identity.
 pub fn incoming(raw: &str, now_ns: i64) -> IncomingEvent {
+    incoming_shared(raw, Bytes::copy_from_slice(raw.as_bytes()), now_ns)
+}
+
+/// [`incoming`] for an event whose text `raw` is already held in `shared` (the same bytes).
+fn incoming_shared(raw: &str, shared: Bytes, now_ns: i64) -> IncomingEvent {
     // Events that are not objects, or whose `id` is not a string, are still kept: identity then comes
     // from the raw bytes. An event without a readable timestamp is filed under the time it was read.
     let probe: Probe = serde_json::from_str(raw).unwrap_or_default();
@@ -326,7 +335,7 @@ pub fn incoming(raw: &str, now_ns: i64) -> IncomingEvent {
     let id = probe.id.as_deref().filter(|id| !id.is_empty());
     IncomingEvent {
         key: event_key(id, raw),
-        raw: raw.to_string(),
+        raw: shared,
         timestamp_ns,
     }
 }
