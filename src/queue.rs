@@ -243,8 +243,6 @@ pub struct Queue {
     db: sled::Db,
     events: Tree,
     acked: Tree,
-    /// The `dedup` tree, written only through `dedup` (and in the transaction of [`Queue::commit_page`]).
-    dedup_tree: Tree,
     dedup: DedupIndex,
     /// Held by whoever changes the dedup index, from deciding what is new until it is committed.
     commit_lock: Arc<Mutex<()>>,
@@ -294,12 +292,10 @@ impl Queue {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
-        let dedup_tree = tree("dedup")?;
         let queue = Queue {
             events: tree("events")?,
             acked: tree("acked")?,
-            dedup_tree: dedup_tree.clone(),
-            dedup: DedupIndex::new(dedup_tree),
+            dedup: DedupIndex::new(tree("dedup")?),
             commit_lock: Arc::default(),
             dead: tree("dead_letter")?,
             meta: tree("meta")?,
@@ -385,7 +381,7 @@ impl Queue {
             .collect();
         let plan = self.dedup.plan(tag, &identities)?;
 
-        let (outcome, totals) = (&self.events, &self.dedup_tree, &self.meta).transaction(
+        let (outcome, totals) = (&self.events, self.dedup.tree(), &self.meta).transaction(
             |(events_tx, dedup_tx, meta_tx)| {
                 let mut seq = read_u64(meta_tx.get(KEY_SEQ)?);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
@@ -1403,7 +1399,7 @@ mod tests {
                 assert_eq!(outcome.queued + outcome.duplicates, page.len() as u64);
             }
             assert!(
-                q.dedup_tree.len() > 10,
+                q.dedup.tree().len() > 10,
                 "{} events should make many records",
                 seen.len()
             );
@@ -1460,7 +1456,7 @@ mod tests {
             let mut key = tag.to_be_bytes().to_vec();
             key.extend_from_slice(&ordered_time(e.timestamp_ns));
             key.extend_from_slice(&e.key);
-            q.dedup_tree.insert(key, &[][..]).unwrap();
+            q.dedup.tree().insert(key, &[][..]).unwrap();
         }
         // New events between, before and after the old ones, with the old ones again.
         let mut page: Vec<IncomingEvent> = (0..600)

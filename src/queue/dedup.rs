@@ -63,6 +63,11 @@ impl DedupIndex {
         DedupIndex { tree }
     }
 
+    /// The tree, for the transaction that commits a [`Plan`]'s writes with the events they cover.
+    pub(super) fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
     /// Decides which of `events` (timestamp, identity hash) are new to stream `tag`, counting a repeat
     /// within the page as a duplicate too, and the record writes that remember the new ones.
     pub(super) fn plan(&self, tag: u32, events: &[(i64, [u8; 16])]) -> Result<Plan, QueueError> {
@@ -160,6 +165,7 @@ impl DedupIndex {
         let mut cutoff = prefix.to_vec();
         cutoff.extend_from_slice(&ordered_time(before_ns));
         let mut batch = sled::Batch::default();
+        let mut records = 0;
         let mut forgotten = 0;
         // Records whose key is below the cutoff hold the old entries (and maybe some newer ones).
         for found in self.tree.range(prefix.to_vec()..cutoff.clone()) {
@@ -175,12 +181,15 @@ impl DedupIndex {
                     record_value(&entries[old..]),
                 );
             }
+            records += 1;
             forgotten += old;
             if forgotten >= limit {
                 break;
             }
         }
-        self.tree.apply_batch(batch)?;
+        if records > 0 {
+            self.tree.apply_batch(batch)?;
+        }
         Ok(forgotten)
     }
 }
