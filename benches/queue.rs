@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use jcdi_forwarder::queue::{Cursor, IncomingEvent, Queue};
-use jcdi_forwarder::source::api::incoming;
+use jcdi_forwarder::event::{Cursor, IncomingEvent};
+use jcdi_forwarder::queue::Queue;
 use jcdi_forwarder::standin::EventFactory;
 
 const PAGE: usize = 1000;
@@ -39,7 +39,7 @@ impl Pages {
             .factory
             .mix(PAGE, from, self.next_ns)
             .into_iter()
-            .map(|event| incoming(&event.raw, from))
+            .map(|event| IncomingEvent::from_text(&event.raw, from))
             .collect();
         let cursor = Cursor {
             watermark_ns: from,

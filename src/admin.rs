@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Health, Metrics, QueueView};
-use crate::queue::{now_ms, DeadLetter, Queue};
+use crate::queue::{DeadLetter, Queue};
 use crate::shutdown::Shutdown;
 use crate::source::api::ApiClient;
 use crate::source::backfill;
@@ -111,7 +112,7 @@ pub fn status(queue: &Queue, config: &Config, live: Option<&Metrics>) -> Status 
             let cursor = cursors.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
             let state = states.get(&name).cloned().unwrap_or_default();
             StreamStatus {
-                cursor: cursor.map(|c| crate::source::api::format_timestamp(c.watermark_ns)),
+                cursor: cursor.map(|c| crate::clock::format_rfc3339_ns(c.watermark_ns)),
                 lag_seconds: cursor.map(|c| (now - c.watermark_ns as f64 / 1e9).max(0.0)),
                 // Stopped: the last page commit is the last successful poll we know of.
                 last_poll_ok: state

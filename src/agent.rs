@@ -15,9 +15,10 @@ use tokio::sync::Notify;
 
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::event::stream_tag;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
-use crate::queue::{stream_tag, Queue};
+use crate::queue::Queue;
 use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
@@ -27,8 +28,6 @@ use crate::source::Poller;
 /// The longest a clean stop may take (the packaged unit's `TimeoutStopSec` is longer).
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The name of the stream of the `[jumpcloud]` section (cursor and dedup scope).
-pub use crate::config::DEFAULT_STREAM;
 
 /// Opens the queue in the configured folder (creating it), on a blocking thread.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {

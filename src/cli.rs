@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{check_data_dir, Config};
 use crate::metrics::Metrics;
+use crate::ops::DeadLetterAction;
 
 const DEFAULT_CONFIG: &str = "/etc/jcdi-forwarder/config.toml";
 
@@ -93,21 +94,6 @@ pub enum Command {
         /// The stream to backfill; needed when there are several `[[streams]]`.
         #[arg(long)]
         stream: Option<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum DeadLetterAction {
-    /// One line per dead letter: sequence, when, size, reason.
-    List,
-    /// Write every dead letter as one JSON object per line (`-` for stdout).
-    Export { file: PathBuf },
-    /// Put every dead letter back at the tail of the queue, to be sent again.
-    Retry,
-    /// Delete every dead letter for good (asks first; --yes does not).
-    Purge {
-        #[arg(long)]
-        yes: bool,
     },
 }
 

@@ -20,12 +20,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::event::DEFAULT_STREAM;
+pub use crate::retry::RetryConfig;
+
 /// The default location of the sled queue, matching the packages' `StateDirectory=`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/jcdi-forwarder";
 /// The largest event the Sekoia.io intake accepts; larger ones are dead-lettered, never sent.
 pub const INTAKE_MAX_EVENT_BYTES: usize = 250 * 1024;
-/// The name of the stream of the single-section form (its cursor and dedup scope).
-pub const DEFAULT_STREAM: &str = "default";
 /// JumpCloud's OAuth2 token endpoint for service accounts.
 pub const DEFAULT_TOKEN_URL: &str = "https://admin-oauth.id.jumpcloud.com/oauth2/token";
 
@@ -175,14 +176,6 @@ pub enum ProxyConfig {
     Url(Secret),
     /// `proxy = "none"`: direct, whatever the environment says.
     Direct,
-}
-
-/// Backoff between retries of passing failures: starts at `initial`, doubles (jittered) up to `max`, and
-/// never gives up. Configuration errors (bad key) are retried on a slower schedule of their own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryConfig {
-    pub initial: Duration,
-    pub max: Duration,
 }
 
 /// The `[queue]` section.

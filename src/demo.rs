@@ -30,7 +30,7 @@ pub async fn run(event_count: usize, outage_seconds: u64) -> anyhow::Result<()> 
         .context("starting the intake stand-in")?;
     let data = tempfile::tempdir().context("creating a temporary folder")?;
 
-    let now = crate::source::now_ns();
+    let now = crate::clock::now_ns();
     let mut factory = EventFactory::new(2026);
     let mut events = factory.mix(
         event_count.max(100),

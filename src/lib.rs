@@ -9,13 +9,16 @@
 pub mod admin;
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod normalize;
 pub mod ops;
 pub mod queue;
+pub mod retry;
 pub mod share;
 pub mod shutdown;
 pub mod sink;

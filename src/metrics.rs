@@ -10,7 +10,7 @@
 //! - Gauges describing the queue are computed when read ([`Metrics::encode`]), never cached.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -364,7 +364,7 @@ impl Metrics {
         self.polls_completed
             .get_or_create(&Metrics::stream(stream))
             .inc();
-        let now = crate::queue::now_ms();
+        let now = crate::clock::now_ms();
         self.with_stream(stream, |state| {
             state.last_poll_ok_ms = Some(now);
             state.last_error = None;
@@ -408,7 +408,7 @@ impl Metrics {
         self.events_forwarded
             .get_or_create(&Metrics::stream(stream))
             .inc_by(events);
-        let now = crate::queue::now_ms();
+        let now = crate::clock::now_ms();
         self.with_stream(stream, |state| {
             state.last_send_ok_ms = Some(now);
             state.last_send_error = None;
@@ -450,7 +450,7 @@ impl Metrics {
             ..Snapshot::default()
         };
         if streams.is_empty() {
-            streams.push(crate::agent::DEFAULT_STREAM.to_string());
+            streams.push(crate::event::DEFAULT_STREAM.to_string());
         }
         for stream in &streams {
             let label = Metrics::stream(stream);
@@ -569,37 +569,6 @@ impl Metrics {
     }
 }
 
-/// Counts repeats of the same message so that a failure retried every second is logged once per
-/// [`RepeatFilter::EVERY`], with the number of repeats, rather than thousands of times.
-#[derive(Default)]
-pub struct RepeatFilter {
-    last: Option<(String, Instant)>,
-    repeats: AtomicU64,
-}
-
-impl RepeatFilter {
-    pub const EVERY: Duration = Duration::from_secs(300);
-
-    /// Whether to log `message` now, and how many identical messages were held back before it.
-    pub fn check(&mut self, message: &str) -> Option<u64> {
-        match &self.last {
-            Some((last, at)) if last == message && at.elapsed() < Self::EVERY => {
-                self.repeats.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            _ => {
-                self.last = Some((message.to_string(), Instant::now()));
-                Some(self.repeats.swap(0, Ordering::Relaxed))
-            }
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.last = None;
-        self.repeats.store(0, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,14 +623,5 @@ mod tests {
             ..QueueView::default()
         };
         assert!(!m.health(Duration::ZERO, &full).ok);
-    }
-
-    #[test]
-    fn repeats_are_held_back() {
-        let mut filter = RepeatFilter::default();
-        assert_eq!(filter.check("a"), Some(0));
-        assert_eq!(filter.check("a"), None);
-        assert_eq!(filter.check("a"), None);
-        assert_eq!(filter.check("b"), Some(2));
     }
 }

@@ -14,10 +14,25 @@ use http::{Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::admin::{self, Status};
-use crate::cli::DeadLetterAction;
 use crate::config::Config;
 use crate::queue::Queue;
 use crate::source::backfill::{self, Progress};
+
+/// What `dead-letter` does.
+#[derive(clap::Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// One line per dead letter: sequence, when, size, reason.
+    List,
+    /// Write every dead letter as one JSON object per line (`-` for stdout).
+    Export { file: std::path::PathBuf },
+    /// Put every dead letter back at the tail of the queue, to be sent again.
+    Retry,
+    /// Delete every dead letter for good (asks first; --yes does not).
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
+}
 
 /// Where a command's data comes from.
 enum Target {

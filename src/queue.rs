@@ -37,7 +37,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
@@ -46,6 +46,9 @@ use sled::transaction::{
 use sled::Tree;
 
 use dedup::DedupIndex;
+
+use crate::clock::now_ms;
+use crate::event::{stream_tag, Cursor, IncomingEvent, QueuedEvent};
 
 mod dedup;
 
@@ -127,27 +130,6 @@ impl From<TransactionError<QueueError>> for QueueError {
     }
 }
 
-/// What the poller hands over for one event.
-#[derive(Clone, Debug)]
-pub struct IncomingEvent {
-    /// The event's JSON text exactly as received (UTF-8): usually a slice of the response body it came
-    /// in, so that a page is not copied event by event.
-    pub raw: bytes::Bytes,
-    /// The event's `timestamp` in nanoseconds since the epoch.
-    pub timestamp_ns: i64,
-    /// A hash of the event's identity (its `id`, or its raw bytes when it has none).
-    pub key: [u8; 16],
-}
-
-/// One stream's collection progress, committed with the events it covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Every event with a timestamp below this, indexed by the time it was read, is queued.
-    pub watermark_ns: i64,
-    /// When this cursor was written (milliseconds since the epoch).
-    pub updated_at_ms: u64,
-}
-
 /// How one page commit went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitOutcome {
@@ -155,16 +137,6 @@ pub struct CommitOutcome {
     pub duplicates: u64,
     /// The raw bytes of the events queued (for the stream's share of the queue).
     pub queued_bytes: u64,
-}
-
-/// An event read from the head of the queue.
-#[derive(Clone, Debug)]
-pub struct QueuedEvent {
-    pub seq: u64,
-    pub stream: u32,
-    pub timestamp_ns: i64,
-    pub queued_at_ms: u64,
-    pub raw: String,
 }
 
 /// A dead-lettered event with the reason it can never be sent.
@@ -875,20 +847,6 @@ fn remove_incomplete_snapshots(dir: &Path) {
     }
 }
 
-/// The 4-byte tag that scopes dedup entries and records to one stream.
-pub fn stream_tag(stream: &str) -> u32 {
-    xxhash_rust::xxh3::xxh3_64(stream.as_bytes()) as u32
-}
-
-/// The identity hash of an event: its `id` when it has one, else its raw bytes.
-pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
-    let hash = match id {
-        Some(id) => xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), 1),
-        None => xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), 2),
-    };
-    hash.to_be_bytes()
-}
-
 /// Reads a stored record as a chunk, borrowing the raw bytes; a format 1 record is a chunk of one.
 fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueError> {
     let damaged = |err: bincode::Error| QueueError::Damaged(format!("record #{first}: {err}"));
@@ -1075,17 +1033,12 @@ fn pair_bytes(a: u64, b: u64) -> [u8; 16] {
     out
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::event::event_key;
 
     fn event(id: &str, ts: i64) -> IncomingEvent {
         let raw = format!("{{\"id\":\"{id}\",\"timestamp\":\"x\"}}");

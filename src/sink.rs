@@ -23,22 +23,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
+use crate::event::QueuedEvent;
 use crate::http::HttpClient;
-use crate::metrics::{Metrics, Outcome, RepeatFilter};
-use crate::queue::{Queue, QueueError, QueuedEvent};
+use crate::metrics::{Metrics, Outcome};
+use crate::queue::{Queue, QueueError};
+use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
-use crate::source::{rejected_backoff, transient_backoff};
-
-/// How long the queue's storage may keep failing before the agent stops to be restarted.
-pub const STORAGE_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -137,8 +134,8 @@ impl Forwarder {
         let mut window = Window::default();
         // Where the next batch is read from: after the last batch handed to a delivery.
         let mut last_read: Option<u64> = None;
-        let mut storage_retry = transient_backoff(this.config.retry);
-        let mut storage_failing_since: Option<std::time::Instant> = None;
+        let mut storage_retry = Backoffs::new(this.config.retry);
+        let mut storage_failures = StorageFailures::default();
         let mut stopping = false;
         while !stopping && !shutdown.is_triggered() {
             // Fill the window with the batches that follow the ones in flight.
@@ -157,7 +154,7 @@ impl Forwarder {
                     }
                     Ok((batch, examined)) => {
                         storage_retry.reset();
-                        storage_failing_since = None;
+                        storage_failures.reset();
                         last_read = examined;
                         let id = window.push(examined, false);
                         let forwarder = this.clone();
@@ -176,12 +173,7 @@ impl Forwarder {
                 // `last_read` is where it ends.
                 if let Some(err) = storage_error {
                     if !this
-                        .storage_wait(
-                            &mut storage_retry,
-                            &mut storage_failing_since,
-                            err,
-                            &shutdown,
-                        )
+                        .storage_wait(&mut storage_retry, &mut storage_failures, err, &shutdown)
                         .await
                     {
                         break;
@@ -217,12 +209,7 @@ impl Forwarder {
                     last_read = window.restart();
                     if !stopping
                         && !this
-                            .storage_wait(
-                                &mut storage_retry,
-                                &mut storage_failing_since,
-                                err,
-                                &shutdown,
-                            )
+                            .storage_wait(&mut storage_retry, &mut storage_failures, err, &shutdown)
                             .await
                     {
                         break;
@@ -250,16 +237,12 @@ impl Forwarder {
     /// error for the service manager to restart it. Everything queued is still on disk.
     async fn storage_wait(
         &self,
-        retry: &mut backoff::ExponentialBackoff,
-        failing_since: &mut Option<std::time::Instant>,
+        retry: &mut Backoffs,
+        failures: &mut StorageFailures,
         err: QueueError,
         shutdown: &Shutdown,
     ) -> bool {
-        if failing_since
-            .get_or_insert_with(std::time::Instant::now)
-            .elapsed()
-            > STORAGE_GIVE_UP
-        {
+        if failures.failed_too_long() {
             tracing::error!(
                 stream = %self.stream.name,
                 "the queue's storage has failed for over {STORAGE_GIVE_UP:?} ({err}): stopping the agent so \
@@ -267,7 +250,7 @@ impl Forwarder {
             );
             return false;
         }
-        let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
+        let wait = retry.transient_wait(None);
         tracing::error!(stream = %self.stream.name, retry_in = ?wait, "cannot read or update the queue: {err}");
         shutdown.sleep(wait).await
     }
@@ -319,8 +302,7 @@ impl Forwarder {
         shutdown: &Shutdown,
     ) -> Result<(), ForwardError> {
         let mut pending = vec![batch];
-        let mut retry = transient_backoff(self.config.retry);
-        let mut rejected = rejected_backoff();
+        let mut backoffs = Backoffs::new(self.config.retry);
         let mut repeats = RepeatFilter::default();
         while let Some(chunk) = pending.pop() {
             loop {
@@ -343,8 +325,7 @@ impl Forwarder {
                         self.metrics
                             .send_succeeded(&self.stream.name, chunk.len() as u64);
                         repeats.reset();
-                        retry.reset();
-                        rejected.reset();
+                        backoffs.reset();
                         break;
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
@@ -371,8 +352,7 @@ impl Forwarder {
                         reason,
                         retry_after,
                     } => {
-                        let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
-                        let wait = retry_after.map_or(wait, |hint| hint.max(wait));
+                        let wait = backoffs.transient_wait(retry_after);
                         if let Some(held_back) = repeats.check(&reason) {
                             tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
                         }
@@ -382,7 +362,7 @@ impl Forwarder {
                         }
                     }
                     SendOutcome::Rejected(reason) => {
-                        let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
+                        let wait = backoffs.rejected_wait();
                         if let Some(held_back) = repeats.check(&reason) {
                             tracing::error!(
                                 stream = %self.stream.name,

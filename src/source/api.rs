@@ -10,7 +10,6 @@
 //! - A service account's request that gets 401 is sent once more with a new token before it counts as
 //!   rejected (the token may have been revoked or expired early).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{JumpcloudAuth, JumpcloudConfig};
+use crate::event::IncomingEvent;
 use crate::http::{HttpClient, HttpError, Response};
-use crate::queue::{event_key, IncomingEvent};
 
+pub use super::error::FetchError;
 use super::oauth::TokenSource;
 
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
@@ -50,19 +50,6 @@ pub struct Page {
     /// The `X-Search_after` header, for the next request of the same poll.
     pub search_after: Option<Box<RawValue>>,
     pub request_id: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Worth retrying soon with backoff (429, 5xx, timeouts, torn or inconsistent pages).
-    #[error("{reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// A configuration problem (bad key, bad service name, wrong org): retried slowly until fixed.
-    #[error("{0}")]
-    Rejected(String),
 }
 
 /// Talks to one JumpCloud endpoint with one key or service account.
@@ -266,14 +253,6 @@ fn classify_failure(
     FetchError::Rejected(reason)
 }
 
-#[derive(Deserialize, Default)]
-struct Probe<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    timestamp: Option<Cow<'a, str>>,
-}
-
 type ParsedPage = (Vec<IncomingEvent>, bool, Option<Box<RawValue>>);
 
 fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError> {
@@ -311,80 +290,8 @@ fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError
         .map(|element| {
             let text = element.get();
             // The element borrows from the body: share the body's buffer instead of copying the text.
-            incoming_shared(text, response.body.slice_ref(text.as_bytes()), now_ns)
+            IncomingEvent::from_shared(text, response.body.slice_ref(text.as_bytes()), now_ns)
         })
         .collect();
     Ok((events, full, search_after))
-}
-
-/// Builds the queue's view of one event: its raw text, its timestamp and its identity.
-pub fn incoming(raw: &str, now_ns: i64) -> IncomingEvent {
-    incoming_shared(raw, Bytes::copy_from_slice(raw.as_bytes()), now_ns)
-}
-
-/// [`incoming`] for an event whose text `raw` is already held in `shared` (the same bytes).
-fn incoming_shared(raw: &str, shared: Bytes, now_ns: i64) -> IncomingEvent {
-    // Events that are not objects, or whose `id` is not a string, are still kept: identity then comes
-    // from the raw bytes. An event without a readable timestamp is filed under the time it was read.
-    let probe: Probe = serde_json::from_str(raw).unwrap_or_default();
-    let timestamp_ns = probe
-        .timestamp
-        .as_deref()
-        .and_then(parse_timestamp_ns)
-        .unwrap_or(now_ns);
-    let id = probe.id.as_deref().filter(|id| !id.is_empty());
-    IncomingEvent {
-        key: event_key(id, raw),
-        raw: shared,
-        timestamp_ns,
-    }
-}
-
-/// RFC 3339 with any sub-second precision, to integer nanoseconds since the epoch.
-pub fn parse_timestamp_ns(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-/// Integer nanoseconds to RFC 3339 UTC with nanosecond precision (the API accepts it).
-pub fn format_timestamp(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_of_every_precision() {
-        assert_eq!(
-            parse_timestamp_ns("1970-01-01T00:00:01Z"),
-            Some(1_000_000_000)
-        );
-        assert_eq!(
-            parse_timestamp_ns("1970-01-01T00:00:01.5Z"),
-            Some(1_500_000_000)
-        );
-        assert_eq!(
-            parse_timestamp_ns("1970-01-01T00:00:00.000000001Z"),
-            Some(1)
-        );
-        assert_eq!(parse_timestamp_ns("yesterday"), None);
-        assert_eq!(format_timestamp(1_500_000_000), "1970-01-01T00:00:01.500Z");
-    }
-
-    #[test]
-    fn identity_uses_id_then_bytes() {
-        let a = incoming(r#"{"id":"x","timestamp":"1970-01-01T00:00:01Z","n":1}"#, 0);
-        let b = incoming(r#"{"id":"x","timestamp":"1970-01-01T00:00:01Z","n":2}"#, 0);
-        assert_eq!(a.key, b.key);
-        assert_eq!(a.timestamp_ns, 1_000_000_000);
-        let c = incoming(r#"{"connection_id":"c","operation_number":1}"#, 7);
-        let d = incoming(r#"{"connection_id":"c","operation_number":2}"#, 7);
-        assert_ne!(c.key, d.key);
-        assert_eq!(c.timestamp_ns, 7);
-        let odd = incoming("42", 7);
-        assert_eq!(odd.raw, "42");
-    }
 }

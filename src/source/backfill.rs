@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
-use super::api::{format_timestamp, ApiClient, EventsQuery, FetchError};
-use super::{now_ns, transient_backoff};
+use super::api::{ApiClient, EventsQuery, FetchError};
+use super::paging::Paging;
+use crate::clock::{format_rfc3339_ns, now_ns};
 use crate::config::JumpcloudConfig;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::retry::Backoffs;
 use crate::shutdown::Shutdown;
 
 /// How far a backfill got.
@@ -73,10 +73,10 @@ pub async fn run(
     shutdown: &Shutdown,
     report: &(dyn Fn(&Progress) + Send + Sync),
 ) -> Result<Progress, String> {
-    let start_time = format_timestamp(from_ns);
-    let end_time = Some(format_timestamp(to_ns));
+    let start_time = format_rfc3339_ns(from_ns);
+    let end_time = Some(format_rfc3339_ns(to_ns));
     let mut progress = Progress::default();
-    let mut retry = transient_backoff(config.retry);
+    let mut backoffs = Backoffs::new(config.retry);
     let count_query = EventsQuery {
         service: &config.services,
         start_time: start_time.clone(),
@@ -87,13 +87,13 @@ pub async fn run(
     };
     progress.total = api.count(&count_query).await.ok();
     report(&progress);
-    let mut search_after: Option<Box<RawValue>> = None;
+    let mut paging = Paging::default();
     loop {
         if shutdown.is_triggered() {
             return Err("interrupted; run the same backfill again to finish it".to_string());
         }
         let query = EventsQuery {
-            search_after: search_after.as_deref(),
+            search_after: paging.search_after(),
             ..count_query.clone()
         };
         let page = match api.fetch(&query, now_ns()).await {
@@ -103,8 +103,7 @@ pub async fn run(
                 reason,
                 retry_after,
             }) => {
-                let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
-                let wait = retry_after.map_or(wait, |hint| hint.max(wait));
+                let wait = backoffs.transient_wait(retry_after);
                 tracing::warn!(retry_in = ?wait, "backfill: {reason}");
                 if !shutdown.sleep(wait).await {
                     return Err("interrupted; run the same backfill again to finish it".to_string());
@@ -112,7 +111,7 @@ pub async fn run(
                 continue;
             }
         };
-        retry.reset();
+        backoffs.reset();
         let polled = page.events.len() as u64;
         let (queue2, stream2, events) = (queue.clone(), stream.to_string(), page.events);
         let outcome =
@@ -126,15 +125,16 @@ pub async fn run(
         progress.queued += outcome.queued;
         progress.duplicates += outcome.duplicates;
         report(&progress);
-        if !page.full {
-            break;
+        match paging.advance(page.full, page.search_after) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) => {
+                return Err(
+                    "JumpCloud sent the same X-Search_after twice; stopping the backfill"
+                        .to_string(),
+                )
+            }
         }
-        if page.search_after.as_ref().map(|n| n.get()) == search_after.as_ref().map(|s| s.get()) {
-            return Err(
-                "JumpCloud sent the same X-Search_after twice; stopping the backfill".to_string(),
-            );
-        }
-        search_after = page.search_after;
         if !shutdown.sleep(config.min_request_interval).await {
             return Err("interrupted; run the same backfill again to finish it".to_string());
         }

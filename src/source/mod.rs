@@ -19,21 +19,25 @@
 
 pub mod api;
 pub mod backfill;
+mod error;
 pub mod oauth;
+mod paging;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use tokio::sync::Notify;
 
-use crate::config::{JumpcloudConfig, RetryConfig};
-use crate::metrics::{Metrics, Outcome, RepeatFilter};
-use crate::queue::{now_ms, Cursor, Queue, QueueError};
+use crate::clock::{format_rfc3339_ns, now_ms, now_ns};
+use crate::config::JumpcloudConfig;
+use crate::event::Cursor;
+use crate::metrics::{Metrics, Outcome};
+use crate::queue::{Queue, QueueError};
+use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
+use paging::{next_watermark, Paging};
 
 /// Dedup entries are kept this long beyond the overlap window, as a margin for clock differences.
 const DEDUP_MARGIN: Duration = Duration::from_secs(3600);
@@ -72,12 +76,11 @@ enum PollError {
 
 impl Poller {
     pub async fn run(self, shutdown: Shutdown) {
-        let mut retry = transient_backoff(self.config.retry);
-        let mut rejected = rejected_backoff();
+        let mut backoffs = Backoffs::new(self.config.retry);
         let mut paused = false;
         let mut repeats = RepeatFilter::default();
         let mut last_request: Option<Instant> = None;
-        let mut storage_failing_since: Option<Instant> = None;
+        let mut storage = StorageFailures::default();
         while !shutdown.is_triggered() {
             if let Some(why) = self.no_room() {
                 if !paused {
@@ -104,33 +107,26 @@ impl Poller {
             }
             let wait = match self.poll_once(&shutdown, &mut last_request).await {
                 Ok(()) => {
-                    retry.reset();
-                    rejected.reset();
-                    storage_failing_since = None;
+                    backoffs.reset();
+                    storage.reset();
                     self.metrics.poll_succeeded(&self.stream);
                     repeats.reset();
                     self.config.poll_interval
                 }
                 Err(PollError::Shutdown) => break,
                 Err(PollError::Fetch(FetchError::Rejected(reason))) => {
-                    let wait = rejected.next_backoff().unwrap_or(Duration::from_secs(600));
+                    let wait = backoffs.rejected_wait();
                     if let Some(held_back) = repeats.check(&reason) {
                         tracing::error!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "{reason}; events already queued are still forwarded");
                     }
                     self.metrics.poll_failed(&self.stream, &reason);
                     wait
                 }
-                Err(PollError::Queue(err))
-                    if storage_failing_since
-                        .get_or_insert_with(Instant::now)
-                        .elapsed()
-                        > crate::sink::STORAGE_GIVE_UP =>
-                {
+                Err(PollError::Queue(err)) if storage.failed_too_long() => {
                     tracing::error!(
                         stream = %self.stream,
-                        "the queue's storage has failed for over {:?} ({err}): stopping the agent so that \
-                         it restarts and reopens the queue",
-                        crate::sink::STORAGE_GIVE_UP
+                        "the queue's storage has failed for over {STORAGE_GIVE_UP:?} ({err}): stopping the \
+                         agent so that it restarts and reopens the queue"
                     );
                     break;
                 }
@@ -139,8 +135,7 @@ impl Poller {
                         PollError::Fetch(FetchError::Transient { retry_after, .. }) => *retry_after,
                         _ => None,
                     };
-                    let wait = retry.next_backoff().unwrap_or(Duration::from_secs(60));
-                    let wait = hinted.map_or(wait, |hint| hint.max(wait));
+                    let wait = backoffs.transient_wait(hinted);
                     let reason = err.to_string();
                     if let Some(held_back) = repeats.check(&reason) {
                         tracing::warn!(stream = %self.stream, retry_in = ?wait, repeats = held_back, "poll failed: {reason}");
@@ -169,8 +164,8 @@ impl Poller {
             None => poll_started_ns - self.config.initial_lookback.as_nanos() as i64,
         };
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
-        let start_time = api::format_timestamp(start_ns);
-        let mut search_after: Option<Box<serde_json::value::RawValue>> = None;
+        let start_time = format_rfc3339_ns(start_ns);
+        let mut paging = Paging::default();
         // After a full page more is waiting: ask for bigger pages for the rest of this poll (`catch_up_limit`).
         let mut limit = self.config.page_size;
         loop {
@@ -187,7 +182,7 @@ impl Poller {
                 end_time: None,
                 limit,
                 sort: "ASC",
-                search_after: search_after.as_deref(),
+                search_after: paging.search_after(),
             };
             let asked = Instant::now();
             let fetched = tokio::select! {
@@ -205,17 +200,8 @@ impl Poller {
             let page = fetched?;
             let polled = page.events.len() as u64;
             let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
-            watermark = if page.full {
-                let last_ms = page
-                    .events
-                    .iter()
-                    .map(|e| e.timestamp_ns)
-                    .max()
-                    .map_or(watermark, |ns| ns.div_euclid(1_000_000) * 1_000_000);
-                watermark.max(last_ms.min(poll_started_ns))
-            } else {
-                watermark.max(poll_started_ns)
-            };
+            let last_event_ns = page.events.iter().map(|e| e.timestamp_ns).max();
+            watermark = next_watermark(watermark, page.full, last_event_ns, poll_started_ns);
             let cursor = Cursor {
                 watermark_ns: watermark,
                 updated_at_ms: now_ms(),
@@ -243,14 +229,12 @@ impl Poller {
                 request_id = page.request_id.as_deref().unwrap_or("-"),
                 "page committed"
             );
-            if !page.full {
+            if !paging
+                .advance(page.full, page.search_after)
+                .map_err(|_| PollError::StuckCursor)?
+            {
                 break;
             }
-            let next = page.search_after;
-            if next.as_ref().map(|n| n.get()) == search_after.as_ref().map(|s| s.get()) {
-                return Err(PollError::StuckCursor);
-            }
-            search_after = next;
             limit = self.catch_up_limit(polled, polled_bytes);
             if self.no_room().is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
@@ -324,31 +308,4 @@ impl Poller {
         .await
         .map_err(|err| QueueError::Damaged(format!("prune task failed: {err}")))?
     }
-}
-
-/// Backoff for passing failures: from `retry.initial` doubling to `retry.max`, jittered, never giving up
-/// (`backoff`'s default gives up after 15 minutes: `max_elapsed_time` must be `None`).
-pub(crate) fn transient_backoff(retry: RetryConfig) -> ExponentialBackoff {
-    backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(retry.initial)
-        .with_max_interval(retry.max)
-        .with_multiplier(2.0)
-        .with_randomization_factor(0.3)
-        .with_max_elapsed_time(None)
-        .build()
-}
-
-/// Backoff for configuration errors: 30 s doubling to 10 min, so a fixed key is noticed soon enough.
-pub(crate) fn rejected_backoff() -> ExponentialBackoff {
-    backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_secs(30))
-        .with_max_interval(Duration::from_secs(600))
-        .with_multiplier(2.0)
-        .with_randomization_factor(0.2)
-        .with_max_elapsed_time(None)
-        .build()
-}
-
-pub(crate) fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }

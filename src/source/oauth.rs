@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::config::Secret;
 use crate::http::HttpClient;
 
-use super::api::FetchError;
+use super::error::FetchError;
 
 /// Assumed when the token endpoint does not say how long its token lives (JumpCloud does not document it):
 /// a 401 renews the token anyway.
