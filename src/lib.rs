@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
