@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod ops;
 pub mod queue;
+pub mod recovery;
 pub mod retry;
 pub mod share;
 pub mod shutdown;
