@@ -12,8 +12,8 @@
 //!   or a power cut it holds the previous checkpoint or the new one, never a mix.
 //! - The file may lag behind the queue, but only in the safe direction: a checkpoint written earlier is
 //!   older, so it makes a recovery collect more again (duplicates), never less. What would move a
-//!   checkpoint *back* (a backfill, dead letters retried: events older than the last file) is written
-//!   before the events are committed ([`Tracker::needs_write_before`]).
+//!   checkpoint *back* (events older than the last file's restore point: late events, a backfill, dead
+//!   letters retried) is written before the events are committed ([`Tracker::needs_write_before`]).
 //! - [`Tracker`] follows what is queued with no I/O of its own: each commit is an extent (its chunk keys,
 //!   its oldest timestamp, its bytes), removed when its last byte is acknowledged or dead-lettered.
 
@@ -246,14 +246,12 @@ impl Tracker {
     }
 
     /// Whether events of stream `tag` as old as `oldest_ns` must be in the file before they are committed:
-    /// true when they are older than the last restore point written, less `overlap` (an ordinary poll
-    /// re-reads that far back from the cursor, so what it finds there is covered already).
-    pub fn needs_write_before(&self, tag: u32, oldest_ns: i64, overlap_ns: i64) -> bool {
-        match self.written.get(&tag) {
-            Some(written) => oldest_ns < written.saturating_sub(overlap_ns),
-            // Nothing written yet for this stream: a recovery would start from initial_lookback.
-            None => true,
-        }
+    /// true when they are older than the last restore point written (late events, a backfill, dead
+    /// letters retried). So the file never promises more than the queue holds.
+    pub fn needs_write_before(&self, tag: u32, oldest_ns: i64) -> bool {
+        self.written
+            .get(&tag)
+            .is_none_or(|written| oldest_ns < *written)
     }
 
     /// Records what was written to the file.
@@ -372,10 +370,14 @@ mod tests {
     #[test]
     fn only_older_events_than_the_file_covers_need_a_write_first() {
         let mut t = Tracker::default();
-        assert!(t.needs_write_before(1, 1_000, 10), "nothing written yet");
+        assert!(t.needs_write_before(1, 1_000), "nothing written yet");
         t.wrote(1, 1_000);
-        assert!(!t.needs_write_before(1, 995, 10), "within the overlap");
-        assert!(t.needs_write_before(1, 989, 10), "older: a backfill");
+        assert!(!t.needs_write_before(1, 1_000), "covered");
+        assert!(!t.needs_write_before(1, 5_000), "newer");
+        assert!(
+            t.needs_write_before(1, 999),
+            "older: a late event or a backfill"
+        );
         assert_eq!(t.written(1), Some(1_000));
     }
 }
