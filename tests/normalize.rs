@@ -10,7 +10,7 @@ use jcdi_forwarder::normalize::{
 use serde_json::{json, Value};
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/normalize")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/normalize")
 }
 
 /// Normalizes `event` (serialized compactly) and returns the document.
