@@ -15,10 +15,12 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::parse::{parse_event, Change, Event, Party};
+use super::python_str::python_str;
 use super::NormalizeError;
 
-/// Changes whose `from`/`to` values the format keeps (lower-cased text);
-/// for any other field only the name is kept.
+/// Changes whose `from`/`to` values the format keeps, rendered by its
+/// template as `{{change.from | string() | lower()}}`; for any other field
+/// the template writes only the name.
 const FIELDS_WITH_VALUES: [&str; 8] = [
     "activated",
     "password_date",
@@ -335,24 +337,20 @@ fn change_doc<'a>(change: &'a Change) -> Option<ChangeDoc<'a>> {
     let with_values = FIELDS_WITH_VALUES.contains(&field);
     Some(ChangeDoc {
         field: Some(field),
-        from: change.from.filter(|_| with_values).and_then(change_value),
-        to: change.to.filter(|_| with_values).and_then(change_value),
+        from: change.from.0.filter(|_| with_values).and_then(change_value),
+        to: change.to.0.filter(|_| with_values).and_then(change_value),
         ..Default::default()
     })
 }
 
-/// The lower-cased text of a change value: `false` → "false",
-/// `"ACTIVATED"` → "activated", `3` → "3". Null and "" give nothing.
-/// Objects and arrays become their compact JSON text, lower-cased.
+/// A change value as the format's template renders it: Python's `str()` of
+/// the decoded value, lower-cased (`null` → "none", `false` → "false",
+/// `"ACTIVATED"` → "activated", `1e20` → "1e+20", `["A", null]` →
+/// "['a', none]"; see `python_str`). An empty rendering gives nothing.
 fn change_value(raw: &RawValue) -> Option<String> {
-    // The raw text came out of a successful parse, so this cannot fail in
-    // practice; a failure just drops the value.
-    let value: Value = serde_json::from_str(raw.get()).ok()?;
-    let text = match value {
-        Value::Null => return None,
-        Value::String(s) => s,
-        other => other.to_string(),
-    };
+    // `None` only for a value nested too deep to render: that value is
+    // dropped, the rest of the event kept.
+    let text = python_str(raw.get())?;
     if text.is_empty() {
         None
     } else {

@@ -14,10 +14,14 @@
 //! the user the event.
 //!
 //! Files: `parse` reads the raw event, `document` maps it to the ECS
-//! document, `stream` drives line-oriented input and the subcommand.
+//! document, `python_str` (with its table `printable`) renders change
+//! values as the format's Python templates do, `stream` drives
+//! line-oriented input and the subcommand.
 
 mod document;
 mod parse;
+mod printable;
+mod python_str;
 mod stream;
 
 use serde_json::Value;

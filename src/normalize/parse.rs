@@ -220,9 +220,21 @@ lenient_object!(EventInfo {
 // they matter may come after them in the object.
 lenient_object!(Change {
     field: Text<'a> = "field",
-    from: Option<&'a RawValue> = "from",
-    to: Option<&'a RawValue> = "to",
+    from: Raw<'a> = "from",
+    to: Raw<'a> = "to",
 });
+
+/// A member's JSON text, unparsed; `None` only when the member is absent
+/// (a JSON `null` is `Some("null")`, which the format renders as `None`).
+#[derive(Default, Clone, Copy)]
+pub(super) struct Raw<'a>(pub(super) Option<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not through `Option`, which would read `null` as absent.
+        <&RawValue>::deserialize(d).map(|raw| Raw(Some(raw)))
+    }
+}
 
 /// `changes`: an array of change objects; anything else counts as absent.
 #[derive(Default)]
