@@ -6,8 +6,9 @@
 //! point. Everything except the Unicode categories Cc, Cf, Cs, Co, Cn, Zl,
 //! Zp and Zs (but the ASCII space) is printable.
 //!
-//! Generated from Python 3.11 (Unicode 14.0.0), the version the format's
-//! parser is assumed to run, by:
+//! Generated from Python 3.11 (Unicode 14.0.0). Sekoia does not say which
+//! Python its parser runs; other versions differ only on characters that
+//! later Unicode versions assign. Regenerate with:
 //!
 //! ```text
 //! python3 -c 'f=[];p=1
