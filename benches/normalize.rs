@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use jcdi_forwarder::normalize::{normalize, normalize_stream};
 
 fn sample_raws() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/normalize");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/normalize");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("sample folder {} missing: {e}", dir.display()))
         .map(|e| e.expect("folder entry").path())

@@ -216,9 +216,9 @@ fn normalize_subcommand_streams_documents_and_reports_bad_lines() {
     let sample: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/vectors/normalize/sso_auth_success.json"),
+                .join("tests/vectors/normalize/sso_auth_success.json"),
         )
-        .expect("sample vector present beside the repository"),
+        .expect("sample vector present in tests/vectors"),
     )
     .expect("sample is JSON");
     let raw = sample["raw"].as_str().expect("raw text");

@@ -10,7 +10,7 @@ use jcdi_forwarder::normalize::{
 use serde_json::{json, Value};
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/normalize")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/normalize")
 }
 
 /// Normalizes `event` (serialized compactly) and returns the document.
@@ -477,7 +477,7 @@ fn changes_keep_values_only_for_listed_fields() {
         at(&doc, "/jumpcloud/changes"),
         Some(&json!([
             {"field": "activated", "from": "false", "to": "true"},
-            {"field": "password_date", "to": "2024-01-02t03:04:05z"},
+            {"field": "password_date", "from": "none", "to": "2024-01-02t03:04:05z"},
             {"field": "state", "from": "staged", "to": "activated"},
             {"field": "suspended", "from": "true", "to": "false"},
             {"field": "enable_user_portal_multifactor", "from": "0", "to": "1"},
@@ -493,11 +493,11 @@ fn changes_keep_values_only_for_listed_fields() {
 
 #[test]
 fn changes_edge_cases() {
-    // Structured values of a listed field become lower-cased compact JSON.
+    // Structured values of a listed field become Python's repr, lower-cased.
     let doc = norm(&json!({"changes": [{"field": "state", "from": ["A", 1], "to": {"K": null}}]}));
     assert_eq!(
         at(&doc, "/jumpcloud/changes"),
-        Some(&json!([{"field": "state", "from": "[\"a\",1]", "to": "{\"k\":null}"}]))
+        Some(&json!([{"field": "state", "from": "['a', 1]", "to": "{'k': none}"}]))
     );
     // Entries without a usable field name are dropped; the rest stays in order.
     let doc = norm(
@@ -531,6 +531,212 @@ fn changes_edge_cases() {
     assert_eq!(
         at(&doc, "/jumpcloud/changes/0"),
         Some(&json!({"field": "state", "from": "activated", "to": "a\"b"}))
+    );
+}
+
+/// Change values of every JSON type, as raw JSON text, and what the format's
+/// `{{change.from | string() | lower()}}` makes of them (`None`: no member,
+/// the rendering is empty). The expected texts are Python 3.11's
+/// `str(json.loads(value)).lower()`.
+const CHANGE_VALUES: &[(&str, Option<&str>)] = &[
+    ("null", Some("none")),
+    ("true", Some("true")),
+    ("false", Some("false")),
+    ("0", Some("0")),
+    ("-0", Some("0")),
+    ("1", Some("1")),
+    ("-2", Some("-2")),
+    ("42", Some("42")),
+    ("9007199254740993", Some("9007199254740993")),
+    ("18446744073709551616", Some("18446744073709551616")),
+    (
+        "-123456789012345678901234567890",
+        Some("-123456789012345678901234567890"),
+    ),
+    ("100", Some("100")),
+    ("1.0", Some("1.0")),
+    ("-0.0", Some("-0.0")),
+    ("0.0", Some("0.0")),
+    ("1.5", Some("1.5")),
+    ("-2.75", Some("-2.75")),
+    ("0.1", Some("0.1")),
+    ("0.30000000000000004", Some("0.30000000000000004")),
+    ("3.14159265358979323846", Some("3.141592653589793")),
+    ("123456789.123456789", Some("123456789.12345679")),
+    ("1e2", Some("100.0")),
+    ("1E+20", Some("1e+20")),
+    ("1e20", Some("1e+20")),
+    ("1.5e300", Some("1.5e+300")),
+    ("1e16", Some("1e+16")),
+    ("1e15", Some("1000000000000000.0")),
+    ("9999999999999999", Some("9999999999999999")),
+    ("9999999999999999.0", Some("1e+16")),
+    ("1234567890123456.0", Some("1234567890123456.0")),
+    ("1e-5", Some("1e-05")),
+    ("0.0001", Some("0.0001")),
+    ("0.00001", Some("1e-05")),
+    ("2.5e-7", Some("2.5e-07")),
+    ("5e-324", Some("5e-324")),
+    ("1.7976931348623157e308", Some("1.7976931348623157e+308")),
+    ("1e-400", Some("0.0")),
+    ("1E400", Some("inf")),
+    ("-1E400", Some("-inf")),
+    (r#""ACTIVATED""#, Some("activated")),
+    (r#""""#, None),
+    (r#"" ""#, Some(" ")),
+    (r#""It's""#, Some("it's")),
+    (r#""say \"Hi\"""#, Some(r#"say "hi""#)),
+    (r#""back\\slash""#, Some(r#"back\slash"#)),
+    (r#""Tab\tNewline\n""#, Some("tab\tnewline\n")),
+    (r#""\u0000\u001F\u007f""#, Some("\u{0}\u{1f}\u{7f}")),
+    (r#""ÉTAT ΣΟΦΊΑ""#, Some("état σοφία")),
+    (r#""日本語""#, Some("日本語")),
+    (r#""🦊""#, Some("🦊")),
+    (r#""\ud83e\udd8a""#, Some("🦊")),
+    (r#""\u00A0""#, Some("\u{a0}")),
+    (r#""\u2028""#, Some("\u{2028}")),
+    (r#""\u200b""#, Some("\u{200b}")),
+    (r#""\udb40\udc01""#, Some("\u{e0001}")),
+    ("[]", Some("[]")),
+    ("{}", Some("{}")),
+    (
+        r#"[ 1 , "A" , null , true , false , 1.5 , 1E400 ]"#,
+        Some("[1, 'a', none, true, false, 1.5, inf]"),
+    ),
+    ("[[1, [2, [3, []]]]]", Some("[[1, [2, [3, []]]]]")),
+    (r#"["It's"]"#, Some(r#"["it's"]"#)),
+    (r#"["a\"b"]"#, Some(r#"['a"b']"#)),
+    (r#"["It's \"both\""]"#, Some(r#"['it\'s "both"']"#)),
+    (r#"["\n\t\r\\\b\f/"]"#, Some(r#"['\n\t\r\\\x08\x0c/']"#)),
+    (
+        r#"["\u0000", "\u001f", "\u007F", "\u0080", "\u00a0", "\u00ad"]"#,
+        Some(r#"['\x00', '\x1f', '\x7f', '\x80', '\xa0', '\xad']"#),
+    ),
+    (
+        r#"["ÉTAT", "🦊", "日本語", "\u2028", "\u200B"]"#,
+        Some(r#"['état', '🦊', '日本語', '\u2028', '\u200b']"#),
+    ),
+    (
+        r#"["\udb40\udc01", "\ud800", "\udc00x", "\ud800\u0041"]"#,
+        Some(r#"['\u000e0001', '\ud800', '\udc00x', '\ud800a']"#),
+    ),
+    (r#"{"K": "V"}"#, Some("{'k': 'v'}")),
+    (
+        r#"{"a": 1, "b": [true, null]}"#,
+        Some("{'a': 1, 'b': [true, none]}"),
+    ),
+    (
+        r#"{ "a" : 1 , "b" : 2 , "a" : 3 }"#,
+        Some("{'a': 3, 'b': 2}"),
+    ),
+    (
+        r#"{"Nested": {"Deep": [{"X": null, "Y": {}}]}}"#,
+        Some("{'nested': {'deep': [{'x': none, 'y': {}}]}}"),
+    ),
+    (
+        r#"{"It's": "x", "\u0000": 1e20, "-0": -0, "f": -0.0}"#,
+        Some(r#"{"it's": 'x', '\x00': 1e+20, '-0': 0, 'f': -0.0}"#),
+    ),
+    // A lone surrogate cannot be Rust text: U+FFFD stands in for it.
+    (r#""A\ud800""#, Some("a\u{fffd}")),
+];
+
+/// An event with two changes holding `value` as `from` and `to`: one of a
+/// field whose values the format keeps, one of a field it does not.
+fn event_with_change_values(value: &str) -> String {
+    format!(
+        r#"{{"changes":[{{"field":"totp_enabled","from":{value},"to":{value}}},{{"field":"company","from":{value},"to":{value}}}]}}"#
+    )
+}
+
+#[test]
+fn change_values_render_as_python_str_lowercased() {
+    let mut failures = Vec::new();
+    for &(value, expected) in CHANGE_VALUES {
+        let raw = event_with_change_values(value);
+        let doc = normalize(&raw).unwrap_or_else(|e| panic!("normalize failed on {raw}: {e}"));
+        let mut listed = json!({"field": "totp_enabled"});
+        if let Some(text) = expected {
+            listed["from"] = json!(text);
+            listed["to"] = json!(text);
+        }
+        // Another field keeps its name only, whatever the value.
+        let want = json!([listed, {"field": "company"}]);
+        let got = at(&doc, "/jumpcloud/changes");
+        if got != Some(&want) {
+            failures.push(format!("{value}:\n  expected {want}\n  got      {got:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} value(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // The stream writes the same documents.
+    let input: Vec<String> = CHANGE_VALUES
+        .iter()
+        .map(|(value, _)| event_with_change_values(value))
+        .collect();
+    let (out, err, stats) = run_stream(input.join("\n").as_bytes(), "values");
+    assert_eq!(err, "");
+    assert_eq!(stats.written, CHANGE_VALUES.len() as u64);
+    for (raw, line) in input.iter().zip(out.lines()) {
+        let doc = normalize(raw).expect("valid");
+        assert_eq!(line, serde_json::to_string(&doc).expect("serializable"));
+    }
+}
+
+#[test]
+fn every_listed_field_renders_null_and_absent_differently() {
+    let fields = [
+        "activated",
+        "password_date",
+        "state",
+        "suspended",
+        "enable_user_portal_multifactor",
+        "mfa.exclusion",
+        "mfa.exclusionUntil",
+        "totp_enabled",
+    ];
+    for field in fields {
+        let doc = norm(&json!({"changes": [
+            {"field": field, "from": null, "to": 1},
+            {"field": field, "to": null},
+            {"field": field, "from": ""}
+        ]}));
+        assert_eq!(
+            at(&doc, "/jumpcloud/changes"),
+            Some(&json!([
+                {"field": field, "from": "none", "to": "1"},
+                {"field": field, "to": "none"},
+                {"field": field}
+            ])),
+            "field {field}"
+        );
+    }
+    // Names are matched exactly: another case is another field.
+    let doc = norm(&json!({"changes": [{"field": "TOTP_enabled", "from": null, "to": 1}]}));
+    assert_eq!(
+        at(&doc, "/jumpcloud/changes"),
+        Some(&json!([{"field": "TOTP_enabled"}]))
+    );
+}
+
+#[test]
+fn change_values_render_up_to_128_levels_deep() {
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let doc = normalize(&event_with_change_values(&nested(128))).expect("valid");
+    assert_eq!(
+        at(&doc, "/jumpcloud/changes/0/from"),
+        Some(&json!(nested(128)))
+    );
+    // One level more: that value is dropped, the change and the event kept.
+    let doc = normalize(&event_with_change_values(&nested(129))).expect("valid");
+    assert_eq!(
+        at(&doc, "/jumpcloud/changes"),
+        Some(&json!([{"field": "totp_enabled"}, {"field": "company"}]))
     );
 }
 
