@@ -1,5 +1,5 @@
-//! Answers the stand-in's HTTP requests: routing, the order of checks (fault, body, auth, query), and the
-//! JumpCloud paging headers of a page.
+//! Answers the stand-in's HTTP requests: routing, the order of checks (fault, body, refused endpoint,
+//! auth, query), and the JumpCloud paging headers of a page.
 //!
 //! Invariants it keeps:
 //! - the request body is always read before answering, so a client still writing it never sees a reset;
@@ -16,14 +16,16 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::faults::{spoil_page, status_answer};
-use super::query::{count_events, parse_query, select_page, Page, Query, Refusal};
+use super::histogram::{histogram, parse_interval};
+use super::query::{count_events, parse_body, parse_query, select_page, Page, Query, Refusal};
 use super::{ApiFault, Shared};
 use crate::standin::{
-    json_answer, message_answer, read_body, Answer, Body, BodyError, DropConnection,
+    json_answer, message_answer, read_body, status_or_500, Answer, Body, BodyError, DropConnection,
 };
 
 pub(super) const EVENTS_PATH: &str = "/insights/directory/v1/events";
 pub(super) const COUNT_PATH: &str = "/insights/directory/v1/events/count";
+pub(super) const INTERVAL_PATH: &str = "/insights/directory/v1/events/interval";
 
 /// Request bodies are small JSON objects; anything larger than this is refused.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -82,11 +84,19 @@ fn with_request_id(mut response: Response<Body>, id: &str) -> Response<Body> {
     response
 }
 
+/// The endpoints served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Endpoint {
+    Events,
+    Count,
+    Interval,
+}
+
 pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
-    let path = request.uri().path();
-    let is_count = match path {
-        EVENTS_PATH => false,
-        COUNT_PATH => true,
+    let endpoint = match request.uri().path() {
+        EVENTS_PATH => Endpoint::Events,
+        COUNT_PATH => Endpoint::Count,
+        INTERVAL_PATH => Endpoint::Interval,
         _ => return Ok(message_answer(StatusCode::NOT_FOUND, "Not Found")),
     };
     let id = request_id(&shared);
@@ -98,11 +108,16 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
         return Ok(with_request_id(answer, &id));
     }
 
-    let fault = if is_count {
-        None
-    } else {
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        shared.lock().faults.pop_front()
+    let counter = match endpoint {
+        Endpoint::Events => &shared.requests,
+        Endpoint::Count => &shared.count_requests,
+        Endpoint::Interval => &shared.interval_requests,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+
+    let fault = match endpoint {
+        Endpoint::Events => shared.lock().faults.pop_front(),
+        Endpoint::Count | Endpoint::Interval => None,
     };
 
     let (parts, body) = request.into_parts();
@@ -132,32 +147,58 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
         Err(BodyError::Broken) => return Err(DropConnection),
     };
 
+    let refused = match endpoint {
+        Endpoint::Events => None,
+        Endpoint::Count | Endpoint::Interval => shared.options.refuse_aggregates,
+    };
+    // A missing endpoint is missing whoever asks: 404 comes before authentication.
+    if refused == Some(404) {
+        let answer = message_answer(StatusCode::NOT_FOUND, "Not Found");
+        return Ok(with_request_id(answer, &id));
+    }
+
     if let Err((status, message)) = check_auth(&shared, &parts.headers) {
         return Ok(with_request_id(message_answer(status, &message), &id));
     }
 
+    if let Some(status) = refused {
+        let status = status_or_500(status);
+        let answer = message_answer(status, status.canonical_reason().unwrap_or("Refused"));
+        return Ok(with_request_id(answer, &id));
+    }
+
     let now = SystemTime::now();
-    let query = match parse_query(&body, shared.options.max_limit, now) {
-        Ok(query) => query,
+    let parsed = parse_body(&body)
+        .and_then(|object| Ok((parse_query(&object, shared.options.max_limit, now)?, object)));
+    let (query, object) = match parsed {
+        Ok(parsed) => parsed,
         Err((status, message)) => {
             return Ok(with_request_id(message_answer(status, &message), &id))
         }
     };
 
-    if is_count {
-        let count = count_events(&shared.lock().events, &query, now);
-        let answer = json_answer(StatusCode::OK, format!("{{\"count\":{count}}}"));
-        return Ok(with_request_id(answer, &id));
-    }
-
-    let page = select_page(&shared.lock().events, &query, now);
-    shared
-        .served
-        .fetch_add(page.raws.len() as u64, Ordering::Relaxed);
-    Ok(with_request_id(
-        page_answer(page, &query, fault.as_ref()),
-        &id,
-    ))
+    let answer = match endpoint {
+        Endpoint::Events => {
+            let page = select_page(&shared.lock().events, &query, now);
+            shared
+                .served
+                .fetch_add(page.raws.len() as u64, Ordering::Relaxed);
+            page_answer(page, &query, fault.as_ref())
+        }
+        Endpoint::Count => {
+            let count = count_events(&shared.lock().events, &query, now);
+            json_answer(StatusCode::OK, format!("{{\"count\":{count}}}"))
+        }
+        Endpoint::Interval => {
+            let buckets = parse_interval(&object)
+                .and_then(|interval| histogram(&shared.lock().events, &query, interval, now));
+            match buckets {
+                Ok(body) => json_answer(StatusCode::OK, body),
+                Err((status, message)) => message_answer(status, &message),
+            }
+        }
+    };
+    Ok(with_request_id(answer, &id))
 }
 
 /// Builds the 200 answer of an events request, possibly spoiled by a fault.

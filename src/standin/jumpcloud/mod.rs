@@ -1,14 +1,18 @@
-//! Stand-in of JumpCloud's Directory Insights API: `POST /insights/directory/v1/events` and `.../events/count`.
+//! Stand-in of JumpCloud's Directory Insights API: `POST /insights/directory/v1/events`, `.../events/count`
+//! and `.../events/interval`.
 //!
 //! This module owns the running stand-in's handle and state: the stored events, the queue of faults to
-//! inject, and the API key; `query` decides what a request selects, `handler` answers requests, `faults`
-//! spoils answers on demand. Invariants it keeps:
+//! inject, and the API key; `query` decides what a request selects, `histogram` buckets it, `handler`
+//! answers requests, `faults` spoils answers on demand. Invariants it keeps:
 //! - events are kept sorted by (timestamp in milliseconds, doc id), the sort key the real API (Elasticsearch)
 //!   pages on; within one millisecond the order is the doc id's, not the nanosecond timestamp's;
 //! - every stored event has a doc id (20 characters, like an Elasticsearch `_id`) unique within its
 //!   millisecond, so sort keys are unique and `search_after` never skips nor repeats an event;
 //! - an answer's array elements are the events' raw texts byte for byte;
-//! - each queued fault replaces the answer to exactly one events request (count requests take none).
+//! - each queued fault replaces the answer to exactly one events request (count and interval requests take
+//!   none);
+//! - `/events`, `/events/count` and `/events/interval` select events with the same code, so for one body
+//!   they agree on which events exist (visibility included).
 //!
 //! The time range is compared at millisecond precision, as Elasticsearch does for a `date` field:
 //! `start_time` and `end_time` are truncated to the millisecond, so every event of the start millisecond is
@@ -16,6 +20,7 @@
 
 mod faults;
 mod handler;
+mod histogram;
 mod query;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -59,6 +64,10 @@ pub struct ApiOptions {
     /// When set, `Authorization: Bearer <token>` from this token stand-in is accepted instead of the API
     /// key (a service account); `x-org-id` is then required, as JumpCloud requires it.
     pub tokens: Option<super::TokenStandIn>,
+    /// When set, `/events/count` and `/events/interval` answer this status instead of their result, to
+    /// test a client's fallback: 404 (an API without these endpoints) is answered before authentication,
+    /// any other status (403: a key not allowed to use them) after it. `/events` is not affected.
+    pub refuse_aggregates: Option<u16>,
 }
 
 impl Default for ApiOptions {
@@ -68,6 +77,7 @@ impl Default for ApiOptions {
             org_id: None,
             max_limit: 10000,
             tokens: None,
+            refuse_aggregates: None,
         }
     }
 }
@@ -78,6 +88,8 @@ struct Shared {
     requests: AtomicU64,
     /// Events sent in answers to events requests (a benchmark's progress meter).
     served: AtomicU64,
+    count_requests: AtomicU64,
+    interval_requests: AtomicU64,
 }
 
 struct State {
@@ -109,6 +121,8 @@ impl ApiStandIn {
             options,
             requests: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            count_requests: AtomicU64::new(0),
+            interval_requests: AtomicU64::new(0),
         });
         let for_server = shared.clone();
         let server =
@@ -167,9 +181,19 @@ impl ApiStandIn {
         self.inner.shared.lock().api_key = key.to_string();
     }
 
-    /// Events requests received (including faulted ones); count requests are not included.
+    /// Events requests received (including faulted ones); count and interval requests are not included.
     pub fn requests(&self) -> u64 {
         self.inner.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// `POST .../events/count` requests received, whatever their answer.
+    pub fn count_requests(&self) -> u64 {
+        self.inner.shared.count_requests.load(Ordering::Relaxed)
+    }
+
+    /// `POST .../events/interval` requests received, whatever their answer.
+    pub fn interval_requests(&self) -> u64 {
+        self.inner.shared.interval_requests.load(Ordering::Relaxed)
     }
 
     /// Events sent in the answers to events requests, repeats included (faulted answers count what they

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::standin::data::parse_time_ns;
 
@@ -87,21 +87,26 @@ pub(super) struct Query {
 /// Why a request is refused: status and message.
 pub(super) type Refusal = (StatusCode, String);
 
-fn bad_request(message: impl Into<String>) -> Refusal {
+pub(super) fn bad_request(message: impl Into<String>) -> Refusal {
     (StatusCode::BAD_REQUEST, message.into())
 }
 
+/// A request body as the JSON object every endpoint expects.
+pub(super) fn parse_body(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_request("invalid request body: expected a JSON object")),
+        Err(error) => Err(bad_request(format!("invalid request body: {error}"))),
+    }
+}
+
+/// The filters and paging of a request body (the fields `/events`, `/events/count` and `/events/interval`
+/// share); other fields are left to the caller.
 pub(super) fn parse_query(
-    body: &[u8],
+    object: &Map<String, Value>,
     max_limit: usize,
     now: SystemTime,
 ) -> Result<Query, Refusal> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| bad_request(format!("invalid request body: {error}")))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| bad_request("invalid request body: expected a JSON object"))?;
-
     let services = match object.get("service") {
         None | Some(Value::Null) => return Err(bad_request("service is required")),
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -250,6 +255,22 @@ fn matches(stored: &Stored, services: &Option<Vec<String>>, now: SystemTime) -> 
     visible && wanted
 }
 
+/// The stored events `query` selects, in ascending sort-key order (`.rev()` for descending): inside its
+/// time range, after its `search_after` when `paged`, of a wanted service, and visible at `now`. Pages,
+/// counts and histograms all walk this one selection, so they can never disagree on what a query means.
+pub(super) fn selected<'a>(
+    events: &'a BTreeMap<SortKey, Stored>,
+    query: &'a Query,
+    now: SystemTime,
+    paged: bool,
+) -> impl DoubleEndedIterator<Item = (&'a SortKey, &'a Stored)> + 'a {
+    key_range(query, paged)
+        .map(|range| events.range(range))
+        .into_iter()
+        .flatten()
+        .filter(move |(_, stored)| matches(stored, &query.services, now))
+}
+
 /// One page: the raw texts and the sort key of the last one.
 pub(super) struct Page {
     pub(super) raws: Vec<Bytes>,
@@ -262,55 +283,29 @@ pub(super) fn select_page(
     now: SystemTime,
 ) -> Page {
     let mut page = Page {
-        raws: Vec::new(),
+        raws: Vec::with_capacity(query.limit.min(events.len())),
         last: None,
     };
-    let Some(range) = key_range(query, true) else {
-        return page;
-    };
-    let iter = events.range(range);
     let mut push = |(key, stored): (&SortKey, &Stored)| {
-        if page.raws.len() >= query.limit {
-            return false;
-        }
-        if matches(stored, &query.services, now) {
-            // Cloning `Bytes` only bumps a reference count: the big copy happens outside the lock.
-            page.raws.push(stored.raw.clone());
-            page.last = Some(key.clone());
-        }
-        page.raws.len() < query.limit
+        // Cloning `Bytes` only bumps a reference count: the big copy happens outside the lock.
+        page.raws.push(stored.raw.clone());
+        page.last = Some(key.clone());
     };
+    let selection = selected(events, query, now, true);
     match query.sort {
-        Sort::Asc => {
-            for entry in iter {
-                if !push(entry) {
-                    break;
-                }
-            }
-        }
-        Sort::Desc => {
-            for entry in iter.rev() {
-                if !push(entry) {
-                    break;
-                }
-            }
-        }
+        Sort::Asc => selection.take(query.limit).for_each(&mut push),
+        Sort::Desc => selection.rev().take(query.limit).for_each(&mut push),
     }
     page
 }
 
+/// How many events a query selects, whatever its `limit` and `search_after` (as `/events/count` answers).
 pub(super) fn count_events(
     events: &BTreeMap<SortKey, Stored>,
     query: &Query,
     now: SystemTime,
 ) -> usize {
-    match key_range(query, false) {
-        Some(range) => events
-            .range(range)
-            .filter(|(_, stored)| matches(stored, &query.services, now))
-            .count(),
-        None => 0,
-    }
+    selected(events, query, now, false).count()
 }
 
 #[cfg(test)]

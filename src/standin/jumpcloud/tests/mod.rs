@@ -1,11 +1,12 @@
 //! The API stand-in's tests, through HTTP as a client sees it: helpers here, cases by theme in the
-//! children (paging and filters, requests refused, faults).
+//! children (paging and filters, requests refused, faults, count and interval).
 
+mod aggregates;
 mod faults;
 mod paging;
 mod requests;
 
-use super::handler::{COUNT_PATH, EVENTS_PATH};
+use super::handler::{COUNT_PATH, EVENTS_PATH, INTERVAL_PATH};
 use super::query::now_ns;
 use super::*;
 use crate::standin::data::{format_timestamp, EventFactory};
