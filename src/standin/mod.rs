@@ -19,7 +19,7 @@ pub use data as events;
 
 pub use data::EventFactory;
 pub use intake::{IntakeFault, IntakeOptions, IntakeStandIn};
-pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn};
+pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn, RateLimit};
 pub use oauth::{TokenOptions, TokenStandIn};
 
 use std::future::Future;

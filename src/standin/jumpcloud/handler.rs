@@ -1,5 +1,5 @@
-//! Answers the stand-in's HTTP requests: routing, the order of checks (fault, body, refused endpoint,
-//! auth, query), and the JumpCloud paging headers of a page.
+//! Answers the stand-in's HTTP requests: routing, the order of checks (rate limit, fault, body, refused
+//! endpoint, auth, query), and the JumpCloud paging headers of a page.
 //!
 //! Invariants it keeps:
 //! - the request body is always read before answering, so a client still writing it never sees a reset;
@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -115,14 +115,30 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
     };
     counter.fetch_add(1, Ordering::Relaxed);
 
-    let fault = match endpoint {
-        Endpoint::Events => shared.lock().faults.pop_front(),
-        Endpoint::Count | Endpoint::Interval => None,
+    // The rate limit comes first, as at a gateway: a refused request reaches nothing, not even a fault.
+    // `limited` is `Some(retry_after)` when the request is refused.
+    let (limited, fault) = {
+        let mut state = shared.lock();
+        let limited = state.bucket.as_mut().and_then(|bucket| {
+            let refused = !bucket.take(Instant::now());
+            refused.then(|| bucket.retry_after())
+        });
+        let fault = match (limited, endpoint) {
+            (None, Endpoint::Events) => state.faults.pop_front(),
+            _ => None,
+        };
+        (limited, fault)
     };
 
     let (parts, body) = request.into_parts();
     // Read the body before any answer, so that a client still writing it never sees a reset.
     let body = read_body(body, MAX_REQUEST_BYTES).await;
+
+    if let Some(retry_after) = limited {
+        shared.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let answer = status_answer(429, r#"{"message":"Too Many Requests"}"#, retry_after);
+        return Ok(with_request_id(answer, &id));
+    }
 
     match &fault {
         Some(ApiFault::Status {

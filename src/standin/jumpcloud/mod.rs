@@ -2,15 +2,16 @@
 //! and `.../events/interval`.
 //!
 //! This module owns the running stand-in's handle and state: the stored events, the queue of faults to
-//! inject, and the API key; `query` decides what a request selects, `histogram` buckets it, `handler`
-//! answers requests, `faults` spoils answers on demand. Invariants it keeps:
+//! inject, the rate limiter and the API key; `query` decides what a request selects, `histogram` buckets
+//! it, `handler` answers requests, `faults` spoils answers on demand, `rate` refuses requests that come too
+//! fast. Invariants it keeps:
 //! - events are kept sorted by (timestamp in milliseconds, doc id), the sort key the real API (Elasticsearch)
 //!   pages on; within one millisecond the order is the doc id's, not the nanosecond timestamp's;
 //! - every stored event has a doc id (20 characters, like an Elasticsearch `_id`) unique within its
 //!   millisecond, so sort keys are unique and `search_after` never skips nor repeats an event;
 //! - an answer's array elements are the events' raw texts byte for byte;
 //! - each queued fault replaces the answer to exactly one events request (count and interval requests take
-//!   none);
+//!   none, nor does a request refused by the rate limit);
 //! - `/events`, `/events/count` and `/events/interval` select events with the same code, so for one body
 //!   they agree on which events exist (visibility included).
 //!
@@ -22,19 +23,23 @@ mod faults;
 mod handler;
 mod histogram;
 mod query;
+mod rate;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::Server;
 use query::{SortKey, Stored};
+use rate::TokenBucket;
 
 pub use super::data::ApiEvent;
 pub use faults::ApiFault;
 pub use query::VALID_SERVICES;
+pub use rate::RateLimit;
 
 /// Characters of an Elasticsearch-like `_id` (URL-safe base64).
 const DOC_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -68,6 +73,9 @@ pub struct ApiOptions {
     /// test a client's fallback: 404 (an API without these endpoints) is answered before authentication,
     /// any other status (403: a key not allowed to use them) after it. `/events` is not affected.
     pub refuse_aggregates: Option<u16>,
+    /// When set, requests to any of the three endpoints that come faster than this get 429 (counted by
+    /// `ApiStandIn::rate_limited`); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for ApiOptions {
@@ -78,6 +86,7 @@ impl Default for ApiOptions {
             max_limit: 10000,
             tokens: None,
             refuse_aggregates: None,
+            rate_limit: None,
         }
     }
 }
@@ -90,6 +99,8 @@ struct Shared {
     served: AtomicU64,
     count_requests: AtomicU64,
     interval_requests: AtomicU64,
+    /// Requests answered 429 by the rate limiter (not by a queued `ApiFault::Status`).
+    rate_limited: AtomicU64,
 }
 
 struct State {
@@ -97,6 +108,8 @@ struct State {
     events: BTreeMap<SortKey, Stored>,
     faults: VecDeque<ApiFault>,
     rng: fastrand::Rng,
+    /// Present when `ApiOptions::rate_limit` is set.
+    bucket: Option<TokenBucket>,
 }
 
 impl Shared {
@@ -117,12 +130,17 @@ impl ApiStandIn {
                 events: BTreeMap::new(),
                 faults: VecDeque::new(),
                 rng: fastrand::Rng::new(),
+                bucket: options
+                    .rate_limit
+                    .clone()
+                    .map(|limit| TokenBucket::new(limit, Instant::now())),
             }),
             options,
             requests: AtomicU64::new(0),
             served: AtomicU64::new(0),
             count_requests: AtomicU64::new(0),
             interval_requests: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         });
         let for_server = shared.clone();
         let server =
@@ -181,7 +199,8 @@ impl ApiStandIn {
         self.inner.shared.lock().api_key = key.to_string();
     }
 
-    /// Events requests received (including faulted ones); count and interval requests are not included.
+    /// Events requests received (including faulted and rate-limited ones); count and interval requests
+    /// are not included.
     pub fn requests(&self) -> u64 {
         self.inner.shared.requests.load(Ordering::Relaxed)
     }
@@ -194,6 +213,11 @@ impl ApiStandIn {
     /// `POST .../events/interval` requests received, whatever their answer.
     pub fn interval_requests(&self) -> u64 {
         self.inner.shared.interval_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 429 because they came faster than `ApiOptions::rate_limit` allows.
+    pub fn rate_limited(&self) -> u64 {
+        self.inner.shared.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Events sent in the answers to events requests, repeats included (faulted answers count what they

@@ -1,9 +1,10 @@
 //! The API stand-in's tests, through HTTP as a client sees it: helpers here, cases by theme in the
-//! children (paging and filters, requests refused, faults, count and interval).
+//! children (paging and filters, requests refused, faults, count and interval, rate limit).
 
 mod aggregates;
 mod faults;
 mod paging;
+mod rate;
 mod requests;
 
 use super::handler::{COUNT_PATH, EVENTS_PATH, INTERVAL_PATH};
