@@ -8,14 +8,18 @@
 //! - after `shutdown` (or when the last handle of a stand-in is dropped) no new connection is accepted and
 //!   open keep-alive connections are closed once their in-flight answer is written.
 
-pub mod events;
+pub mod data;
 pub mod intake;
 pub mod jumpcloud;
 pub mod oauth;
 
-pub use events::EventFactory;
+/// The name the data module had before the stand-ins were split into data and servers, kept so that
+/// `standin::events::{EventFactory, SERVICES, format_timestamp}` paths keep working.
+pub use data as events;
+
+pub use data::EventFactory;
 pub use intake::{IntakeFault, IntakeOptions, IntakeStandIn};
-pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn};
+pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn, RateLimit};
 pub use oauth::{TokenOptions, TokenStandIn};
 
 use std::future::Future;
