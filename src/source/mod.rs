@@ -21,6 +21,8 @@ pub mod api;
 pub mod backfill;
 mod error;
 pub mod oauth;
+#[allow(dead_code)] // wired into the poll loop by the pacing change (issue 13)
+mod pacing;
 mod paging;
 
 use std::sync::Arc;
