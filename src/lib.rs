@@ -19,7 +19,6 @@ pub mod normalize;
 pub mod ops;
 pub mod queue;
 pub mod retry;
-pub mod share;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

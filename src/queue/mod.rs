@@ -12,7 +12,8 @@
 //! - `meta`: cursors (`cursor/<stream>`, [`commit`]), the next sequence number, the in/out counters and the
 //!   per-stream byte counters ([`ledger`]).
 //!
-//! The other files: [`open`] (opening sled), [`read`] (reading batches).
+//! The other files: [`open`] (opening sled), [`read`] (reading batches), [`admission`] (whether a stream may
+//! queue more: the size limit, its share, the disk reserve).
 //!
 //! Invariants (of every file here; each file states its own):
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
@@ -26,10 +27,12 @@ use std::sync::{Arc, Mutex};
 use sled::transaction::TransactionError;
 use sled::Tree;
 
+use admission::Admission;
 use dedup::DedupIndex;
 use ledger::Ledger;
 
 mod acks;
+mod admission;
 mod commit;
 mod dead_letter;
 mod dedup;
@@ -40,6 +43,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+pub use admission::{Limits, Share};
 pub use commit::{CommitOutcome, COMMIT_MAX_EVENTS};
 pub use dead_letter::DeadLetter;
 pub use ledger::Depth;
@@ -89,6 +93,7 @@ pub struct Queue {
     dead: Tree,
     meta: Tree,
     ledger: Arc<Ledger>,
+    admission: Arc<Admission>,
     dir: PathBuf,
 }
 

@@ -65,6 +65,7 @@ impl Queue {
             commit_lock: Arc::default(),
             dead: tree("dead_letter")?,
             ledger: Arc::new(Ledger::load(&meta)?),
+            admission: Arc::default(),
             meta,
             db,
             dir: dir.to_path_buf(),
