@@ -31,15 +31,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the queue in the configured folder (creating it), on a blocking thread.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
-    let dir = config.data_dir.clone();
-    let queue = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|err| {
-            anyhow::anyhow!("cannot create data_dir {}: {err} (create it, or give the agent's user write access)", dir.display())
-        })?;
-        Queue::open(&dir).map_err(anyhow::Error::from)
-    })
-    .await??;
-    Ok(queue)
+    let dir = &config.data_dir;
+    tokio::fs::create_dir_all(dir).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create data_dir {}: {err} (create it, or give the agent's user write access)",
+            dir.display()
+        )
+    })?;
+    Ok(Queue::open_async(dir).await?)
 }
 
 /// Runs the pipeline until `shutdown` is triggered.
@@ -50,10 +49,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     // Events no configured stream will send.
-    let usage = {
-        let queue = queue.clone();
-        tokio::task::spawn_blocking(move || queue.bytes_by_stream()).await??
-    };
+    let usage = queue.run_blocking(|queue| queue.bytes_by_stream()).await?;
     let tags: Vec<u32> = config.streams.iter().map(|s| stream_tag(&s.name)).collect();
     let orphaned: u64 = usage
         .iter()

@@ -258,14 +258,13 @@ impl Forwarder {
         &self,
         after: Option<u64>,
     ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
-        let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
         let tag = self.stream.tag;
-        tokio::task::spawn_blocking(move || {
-            queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
-        })
-        .await
-        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
+        self.queue
+            .run_blocking(move |queue| {
+                queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
+            })
+            .await
     }
 
     /// Dead-letters the oversize events of a batch and delivers the rest.
@@ -308,12 +307,9 @@ impl Forwarder {
                 match outcome {
                     SendOutcome::Accepted => {
                         let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
-                        let queue = self.queue.clone();
-                        tokio::task::spawn_blocking(move || queue.ack(&seqs))
-                            .await
-                            .map_err(|err| {
-                                QueueError::Damaged(format!("ack task failed: {err}"))
-                            })??;
+                        self.queue
+                            .run_blocking(move |queue| queue.ack(&seqs))
+                            .await?;
                         // Not needed for safety (a lost ack only means a resend), but it keeps the
                         // duplicates after a crash down to the batch in flight.
                         self.queue.flush().await?;
@@ -460,12 +456,11 @@ impl Forwarder {
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
-        let queue = self.queue.clone();
         let event = event.clone();
         let reason = reason.to_string();
-        tokio::task::spawn_blocking(move || queue.dead_letter(&event, &reason))
-            .await
-            .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
+        self.queue
+            .run_blocking(move |queue| queue.dead_letter(&event, &reason))
+            .await?;
         self.metrics.dead_lettered(&self.stream.name);
         Ok(())
     }

@@ -13,7 +13,7 @@
 //!   per-stream byte counters ([`ledger`]).
 //!
 //! The other files: [`open`] (opening sled), [`read`] (reading batches), [`admission`] (whether a stream may
-//! queue more: the size limit, its share, the disk reserve).
+//! queue more: the size limit, its share, the disk reserve), [`blocking`] (how async code calls the queue).
 //!
 //! Invariants (of every file here; each file states its own):
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
@@ -33,6 +33,7 @@ use ledger::Ledger;
 
 mod acks;
 mod admission;
+mod blocking;
 mod commit;
 mod dead_letter;
 mod dedup;
@@ -48,6 +49,8 @@ pub use commit::{CommitOutcome, COMMIT_MAX_EVENTS};
 pub use dead_letter::DeadLetter;
 pub use ledger::Depth;
 
+/// What went wrong with the queue. [`QueueError::is_damage`] tells a damaged queue (whose data cannot be
+/// trusted) from one that is unavailable (locked, on a full disk, not permitted) but intact.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(
@@ -70,6 +73,28 @@ pub enum QueueError {
     Storage(#[from] sled::Error),
     #[error("a queued record is damaged: {0}")]
     Damaged(String),
+    /// A call into the queue panicked (sled panics on some damage it finds), with the panic's message.
+    #[error("the queue's storage failed unexpectedly (a panic: {0})")]
+    Panicked(String),
+    /// A call into the queue was dropped before it ran: the runtime is shutting down.
+    #[error("a queue operation was cancelled (shutting down)")]
+    Cancelled,
+}
+
+impl QueueError {
+    /// True when the queue's data is damaged or its storage broke down in an unforeseen way (a damaged
+    /// record, a panic, sled reporting corruption): what collecting again may recover from. False for a
+    /// queue that is intact but unavailable (another process holds it, the disk is full, an I/O error such
+    /// as a permission refused) and for a cancelled call.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            QueueError::Damaged(_) | QueueError::Panicked(_) => true,
+            QueueError::Storage(source) | QueueError::Open { source, .. } => {
+                matches!(source, sled::Error::Corruption { .. })
+            }
+            QueueError::Locked(_) | QueueError::DiskFull(_) | QueueError::Cancelled => false,
+        }
+    }
 }
 
 impl From<TransactionError<QueueError>> for QueueError {

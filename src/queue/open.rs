@@ -152,5 +152,15 @@ mod tests {
         let denied = classify_open_error(dir, io(std::io::ErrorKind::PermissionDenied, "denied"));
         assert!(matches!(denied, QueueError::Open { .. }), "{denied}");
         assert!(denied.to_string().contains("mv /q /q.damaged"), "{denied}");
+        // Only damage is damage: a queue that is merely unavailable is intact.
+        assert!(!locked.is_damage() && !full.is_damage() && !denied.is_damage());
+        let corrupt = classify_open_error(dir, sled::Error::Corruption { at: None, bt: () });
+        assert!(matches!(corrupt, QueueError::Open { .. }), "{corrupt}");
+        assert!(corrupt.is_damage());
+        assert!(QueueError::Storage(sled::Error::Corruption { at: None, bt: () }).is_damage());
+        assert!(!QueueError::Storage(io(std::io::ErrorKind::StorageFull, "no space")).is_damage());
+        assert!(QueueError::Damaged("record #1".into()).is_damage());
+        assert!(QueueError::Panicked("torn".into()).is_damage());
+        assert!(!QueueError::Cancelled.is_damage());
     }
 }

@@ -202,14 +202,12 @@ impl Poller {
                 watermark_ns: watermark,
                 updated_at_ms: now_ms(),
             };
-            let queue = self.queue.clone();
             let stream = self.stream.clone();
             let events = page.events;
-            let outcome = tokio::task::spawn_blocking(move || {
-                queue.commit_page(&stream, &events, Some(cursor))
-            })
-            .await
-            .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
+            let outcome = self
+                .queue
+                .run_blocking(move |queue| queue.commit_page(&stream, &events, Some(cursor)))
+                .await?;
             self.queue.flush().await?;
             self.metrics
                 .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
@@ -257,13 +255,12 @@ impl Poller {
     async fn prune(&self, watermark_ns: i64) -> Result<(), QueueError> {
         let keep = (self.config.overlap + DEDUP_MARGIN).max(self.dedup_window);
         let cutoff = watermark_ns.saturating_sub(keep.as_nanos() as i64);
-        let queue = self.queue.clone();
         let stream = self.stream.clone();
-        tokio::task::spawn_blocking(move || {
-            while queue.prune_dedup(&stream, cutoff, 10_000)? >= 10_000 {}
-            Ok(())
-        })
-        .await
-        .map_err(|err| QueueError::Damaged(format!("prune task failed: {err}")))?
+        self.queue
+            .run_blocking(move |queue| {
+                while queue.prune_dedup(&stream, cutoff, 10_000)? >= 10_000 {}
+                Ok(())
+            })
+            .await
     }
 }
