@@ -2,7 +2,8 @@
 //!
 //! Each stream gets its own poller and its own forwarder (its own HTTP clients, with its sections' proxy
 //! and CA settings), sharing the one queue: a stream that fails (revoked key, unreachable intake) stalls
-//! only itself, and with several streams each may fill only its equal share of the queue ([`StreamShare`]).
+//! only itself, and with several streams each may fill only its equal share of the queue (the queue's
+//! [`Limits`]).
 //!
 //! Invariants: on shutdown the pollers stop first (an in-flight API request is abandoned: nothing was
 //! committed for it), the forwarder finishes or abandons its request within its grace period, and the queue
@@ -18,8 +19,7 @@ use crate::config::Config;
 use crate::event::stream_tag;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
-use crate::share::StreamShare;
+use crate::queue::{Limits, Queue};
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
 use crate::source::api::ApiClient;
@@ -31,15 +31,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the queue in the configured folder (creating it), on a blocking thread.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
-    let dir = config.data_dir.clone();
-    let queue = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|err| {
-            anyhow::anyhow!("cannot create data_dir {}: {err} (create it, or give the agent's user write access)", dir.display())
-        })?;
-        Queue::open(&dir).map_err(anyhow::Error::from)
-    })
-    .await??;
-    Ok(queue)
+    let dir = &config.data_dir;
+    tokio::fs::create_dir_all(dir).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create data_dir {}: {err} (create it, or give the agent's user write access)",
+            dir.display()
+        )
+    })?;
+    Ok(Queue::open_async(dir).await?)
 }
 
 /// Runs the pipeline until `shutdown` is triggered.
@@ -49,11 +48,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    // Each stream's bytes in the queue (for the shares), and events no configured stream will send.
-    let usage = {
-        let queue = queue.clone();
-        tokio::task::spawn_blocking(move || queue.bytes_by_stream()).await??
-    };
+    // Events no configured stream will send.
+    let usage = queue.run_blocking(|queue| queue.bytes_by_stream()).await?;
     let tags: Vec<u32> = config.streams.iter().map(|s| stream_tag(&s.name)).collect();
     let orphaned: u64 = usage
         .iter()
@@ -76,11 +72,14 @@ pub async fn run(
         streams = config.streams.len(),
         "agent started"
     );
-    let share_limit = match config.streams.len() as u64 {
-        0 => return Err(anyhow::anyhow!("the configuration has no stream")),
-        1 => u64::MAX,
-        n => (config.queue.max_bytes / n).max(1),
-    };
+    if config.streams.is_empty() {
+        return Err(anyhow::anyhow!("the configuration has no stream"));
+    }
+    queue.set_limits(Limits {
+        max_bytes: config.queue.max_bytes,
+        min_free_disk: config.queue.min_free_disk,
+        streams: config.streams.len() as u64,
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let mut stream_apis = Vec::new();
     for (stream, tag) in config.streams.iter().zip(tags) {
@@ -90,10 +89,6 @@ pub async fn run(
             .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
         stream_apis.push((stream.name.clone(), api.clone()));
-        let share = Arc::new(StreamShare::new(
-            share_limit,
-            usage.get(&tag).copied().unwrap_or(0),
-        ));
         let wake = Arc::new(Notify::new());
         tracing::info!(
             stream = %stream.name,
@@ -108,10 +103,7 @@ pub async fn run(
             config: stream.jumpcloud.clone(),
             api,
             queue: queue.clone(),
-            max_queue_bytes: config.queue.max_bytes,
-            share: share.clone(),
             dedup_window: config.queue.dedup_window,
-            min_free_disk: config.queue.min_free_disk,
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
         };
@@ -119,7 +111,6 @@ pub async fn run(
             stream: StreamRoute {
                 name: stream.name.clone(),
                 tag,
-                share,
             },
             config: stream.sekoia.clone(),
             http: intake_http,

@@ -21,7 +21,6 @@ pub mod ops;
 pub mod queue;
 pub mod recovery;
 pub mod retry;
-pub mod share;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -34,7 +34,6 @@ use crate::http::HttpClient;
 use crate::metrics::{Metrics, Outcome};
 use crate::queue::{Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
-use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 
 /// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
@@ -50,7 +49,6 @@ pub struct StreamRoute {
     pub name: String,
     /// [`crate::queue::stream_tag`] of the name: the queued events it marks are this forwarder's.
     pub tag: u32,
-    pub share: Arc<StreamShare>,
 }
 
 /// Forwards one stream's queued events to its intake until shutdown.
@@ -260,14 +258,13 @@ impl Forwarder {
         &self,
         after: Option<u64>,
     ) -> Result<(Vec<QueuedEvent>, Option<u64>), QueueError> {
-        let queue = self.queue.clone();
         let (max_events, max_bytes) = (self.config.batch_max_events, self.config.batch_max_bytes);
         let tag = self.stream.tag;
-        tokio::task::spawn_blocking(move || {
-            queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
-        })
-        .await
-        .map_err(|err| QueueError::Damaged(format!("read task failed: {err}")))?
+        self.queue
+            .run_blocking(move |queue| {
+                queue.read_stream_batch(tag, after, max_events, max_bytes, MAX_SCAN)
+            })
+            .await
     }
 
     /// Dead-letters the oversize events of a batch and delivers the rest.
@@ -310,18 +307,12 @@ impl Forwarder {
                 match outcome {
                     SendOutcome::Accepted => {
                         let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
-                        let queue = self.queue.clone();
-                        tokio::task::spawn_blocking(move || queue.ack(&seqs))
-                            .await
-                            .map_err(|err| {
-                                QueueError::Damaged(format!("ack task failed: {err}"))
-                            })??;
+                        self.queue
+                            .run_blocking(move |queue| queue.ack(&seqs))
+                            .await?;
                         // Not needed for safety (a lost ack only means a resend), but it keeps the
                         // duplicates after a crash down to the batch in flight.
                         self.queue.flush().await?;
-                        self.stream
-                            .share
-                            .remove(chunk.iter().map(|e| e.raw.len() as u64).sum());
                         self.metrics
                             .send_succeeded(&self.stream.name, chunk.len() as u64);
                         repeats.reset();
@@ -465,14 +456,11 @@ impl Forwarder {
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
-        let queue = self.queue.clone();
-        let bytes = event.raw.len() as u64;
         let event = event.clone();
         let reason = reason.to_string();
-        tokio::task::spawn_blocking(move || queue.dead_letter(&event, &reason))
-            .await
-            .map_err(|err| QueueError::Damaged(format!("dead-letter task failed: {err}")))??;
-        self.stream.share.remove(bytes);
+        self.queue
+            .run_blocking(move |queue| queue.dead_letter(&event, &reason))
+            .await?;
         self.metrics.dead_lettered(&self.stream.name);
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::ops::Bound;
 
 use sled::Tree;
 
-use super::{ordered_time, QueueError};
+use super::QueueError;
 
 /// Size of one entry: ordered timestamp (8 bytes) and identity hash (16 bytes).
 const ENTRY_LEN: usize = 24;
@@ -192,6 +192,11 @@ impl DedupIndex {
         }
         Ok(forgotten)
     }
+}
+
+/// Maps an i64 timestamp to bytes that sort like the numbers (sign bit flipped, big-endian).
+pub(super) fn ordered_time(ns: i64) -> [u8; 8] {
+    ((ns as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 fn entry(timestamp_ns: i64, hash: &[u8; 16]) -> Entry {

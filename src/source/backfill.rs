@@ -113,12 +113,11 @@ pub async fn run(
         };
         backoffs.reset();
         let polled = page.events.len() as u64;
-        let (queue2, stream2, events) = (queue.clone(), stream.to_string(), page.events);
-        let outcome =
-            tokio::task::spawn_blocking(move || queue2.commit_page(&stream2, &events, None))
-                .await
-                .map_err(|err| format!("commit task failed: {err}"))?
-                .map_err(|err| err.to_string())?;
+        let (stream2, events) = (stream.to_string(), page.events);
+        let outcome = queue
+            .run_blocking(move |queue| queue.commit_page(&stream2, &events, None))
+            .await
+            .map_err(|err| err.to_string())?;
         queue.flush().await.map_err(|err| err.to_string())?;
         metrics.page_committed(stream, polled, outcome.queued, outcome.duplicates);
         progress.polled += polled;

@@ -14,8 +14,8 @@
 //!   before the next request: a commit lost in a crash takes its cursor with it, and is simply read again.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
 //!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
-//! - When the queue is over its size limit, or this stream over its share of it ([`StreamShare`]), polling
-//!   pauses; nothing is dropped.
+//! - When the queue has no room for this stream ([`Queue::no_room`]: its size limit, the stream's share, the
+//!   disk reserve), polling pauses; nothing is dropped.
 
 pub mod api;
 pub mod backfill;
@@ -36,7 +36,6 @@ use crate::event::Cursor;
 use crate::metrics::{Metrics, Outcome};
 use crate::queue::{Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
-use crate::share::StreamShare;
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
 use paging::{next_watermark, Paging};
@@ -49,14 +48,10 @@ pub struct Poller {
     pub stream: String,
     pub config: JumpcloudConfig,
     pub api: ApiClient,
+    /// Also the judge of whether this stream may queue more ([`Queue::no_room`]).
     pub queue: Queue,
-    pub max_queue_bytes: u64,
-    /// This stream's share of the queue (with several streams; unlimited with one).
-    pub share: Arc<StreamShare>,
     /// How long event ids are remembered (`queue.dedup_window`).
     pub dedup_window: Duration,
-    /// `queue.min_free_disk`: see `Poller::no_room`.
-    pub min_free_disk: u64,
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
@@ -84,14 +79,15 @@ impl Poller {
         let mut last_request: Option<Instant> = None;
         let mut storage = StorageFailures::default();
         while !shutdown.is_triggered() {
-            if let Some(why) = self.no_room() {
+            if let Some(why) = self.queue.no_room(&self.stream) {
                 if !paused {
+                    let share = self.queue.share(&self.stream);
                     tracing::warn!(
                         stream = %self.stream,
                         queued_bytes = self.queue.depth().bytes,
-                        limit = self.max_queue_bytes,
-                        stream_bytes = self.share.used(),
-                        stream_limit = self.share.limit(),
+                        limit = self.queue.max_bytes(),
+                        stream_bytes = share.bytes,
+                        stream_limit = share.limit,
                         "{why}: polling paused until the forwarder drains the queue; nothing is dropped \
                          (JumpCloud keeps events for 90 days)"
                     );
@@ -208,16 +204,13 @@ impl Poller {
                 watermark_ns: watermark,
                 updated_at_ms: now_ms(),
             };
-            let queue = self.queue.clone();
             let stream = self.stream.clone();
             let events = page.events;
-            let outcome = tokio::task::spawn_blocking(move || {
-                queue.commit_page(&stream, &events, Some(cursor))
-            })
-            .await
-            .map_err(|err| QueueError::Damaged(format!("commit task failed: {err}")))??;
+            let outcome = self
+                .queue
+                .run_blocking(move |queue| queue.commit_page(&stream, &events, Some(cursor)))
+                .await?;
             self.queue.flush().await?;
-            self.share.add(outcome.queued_bytes);
             self.metrics
                 .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
             if outcome.queued > 0 {
@@ -238,7 +231,7 @@ impl Poller {
                 break;
             }
             limit = self.catch_up_limit(polled, polled_bytes);
-            if self.no_room().is_some() || shutdown.is_triggered() {
+            if self.queue.no_room(&self.stream).is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
             }
@@ -247,53 +240,16 @@ impl Poller {
         Ok(())
     }
 
-    /// The page size after a full page: `catch_up_page_size`, but no more events than the room left in the
-    /// queue and in this stream's share is likely to hold (judged by the size of the page just read), and
-    /// never less than `page_size`. So a stream overshoots its share by at most one ordinary page, as with
-    /// `page_size` alone, and one stream's catch-up cannot fill the others' room.
+    /// The page size after a full page: `catch_up_page_size`, but no more events than the room the queue
+    /// has left for this stream ([`Queue::room_bytes`]) is likely to hold (judged by the size of the page
+    /// just read), and never less than `page_size`. So a stream overshoots its share by at most one
+    /// ordinary page, as with `page_size` alone, and one stream's catch-up cannot fill the others' room.
     fn catch_up_limit(&self, polled: u64, polled_bytes: u64) -> u32 {
         let catch_up = self.config.catch_up_page_size.max(self.config.page_size);
-        let disk_room = match self.queue.disk_free_bytes() {
-            // sled needs two to three times the raw bytes on disk.
-            Some(free) if self.min_free_disk > 0 => free.saturating_sub(self.min_free_disk) / 3,
-            _ => u64::MAX,
-        };
-        let room = self
-            .max_queue_bytes
-            .saturating_sub(self.queue.depth().bytes)
-            .min(self.share.limit().saturating_sub(self.share.used()))
-            .min(disk_room);
+        let room = self.queue.room_bytes(&self.stream);
         let average = (polled_bytes / polled.max(1)).max(1);
         let fits = u32::try_from(room / average).unwrap_or(u32::MAX);
         fits.clamp(self.config.page_size, catch_up)
-    }
-
-    /// Why polling must pause, if it must: the whole queue is at its limit, this stream at its share, or
-    /// the disk is almost full. A full disk would stop sled from writing acks and even from opening the
-    /// queue, so polling stops while there is still room for the forwarder to drain it.
-    fn no_room(&self) -> Option<String> {
-        if self.queue.depth().bytes >= self.max_queue_bytes {
-            return Some("queue is full (queue.max_bytes)".to_string());
-        }
-        if self.share.is_full() {
-            return Some(
-                "this stream has its equal share of the queue (queue.max_bytes / streams)"
-                    .to_string(),
-            );
-        }
-        if self.min_free_disk > 0 {
-            if let Some(free) = self.queue.disk_free_bytes() {
-                if free < self.min_free_disk {
-                    return Some(format!(
-                        "the disk of {} is almost full ({} free, queue.min_free_disk is {})",
-                        self.queue.dir().display(),
-                        bytesize::ByteSize(free),
-                        bytesize::ByteSize(self.min_free_disk)
-                    ));
-                }
-            }
-        }
-        None
     }
 
     /// Forgets dedup entries too old to be read again: older than the overlap window (plus a margin)
@@ -301,13 +257,12 @@ impl Poller {
     async fn prune(&self, watermark_ns: i64) -> Result<(), QueueError> {
         let keep = (self.config.overlap + DEDUP_MARGIN).max(self.dedup_window);
         let cutoff = watermark_ns.saturating_sub(keep.as_nanos() as i64);
-        let queue = self.queue.clone();
         let stream = self.stream.clone();
-        tokio::task::spawn_blocking(move || {
-            while queue.prune_dedup(&stream, cutoff, 10_000)? >= 10_000 {}
-            Ok(())
-        })
-        .await
-        .map_err(|err| QueueError::Damaged(format!("prune task failed: {err}")))?
+        self.queue
+            .run_blocking(move |queue| {
+                while queue.prune_dedup(&stream, cutoff, 10_000)? >= 10_000 {}
+                Ok(())
+            })
+            .await
     }
 }

@@ -1,0 +1,166 @@
+//! Opening the queue: sled's settings, the wait for its lock, the repair of what an interrupted snapshot
+//! leaves, and the classification of what goes wrong (another process, a full disk, anything else).
+//!
+//! Invariants:
+//! - An existing queue is opened with the segment size it was created with (sled refuses another); only a
+//!   new queue gets [`NEW_QUEUE_SEGMENT_SIZE`].
+//! - A snapshot sled did not finish writing (`snap.*.generating`) is removed before opening: it is never
+//!   the one to use, and sled would otherwise prefer it and refuse to open.
+//! - Opening reports another process holding the queue as [`QueueError::Locked`] and a full disk as
+//!   [`QueueError::DiskFull`], distinct from a damaged queue; it waits [`LOCK_WAIT`] for a lock this process
+//!   may still hold itself.
+//! - `flush_every_ms` stays at sled's default (a real fsync every 500 ms): never None.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::dedup::DedupIndex;
+use super::ledger::Ledger;
+use super::{Queue, QueueError};
+
+/// sled's page cache; its 1 GiB default would make RSS grow with the database. sled splits it in 256 shards
+/// that each keep their most recent node whatever its size, so the real floor is higher than this.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+
+/// How long opening waits for a queue's lock before saying another process holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// sled's log segment size for a new queue (sled's default is 512 KiB). sled writes any node larger than a
+/// quarter of a segment to a file of its own (open, write, fsync, later unlink); with 1 MiB segments a leaf
+/// of full chunks (up to 17 of them) stays in the log. An existing queue keeps the size it was created
+/// with, which sled stores in its `conf` file and refuses to change.
+pub(super) const NEW_QUEUE_SEGMENT_SIZE: usize = 1024 * 1024;
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir`.
+    pub fn open(dir: &Path) -> Result<Queue, QueueError> {
+        remove_incomplete_snapshots(dir);
+        let open_error = |source: sled::Error| classify_open_error(dir, source);
+        // flush_every_ms stays at its default (a real fsync every 500 ms): never None.
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .segment_size(existing_segment_size(dir).unwrap_or(NEW_QUEUE_SEGMENT_SIZE))
+            .mode(sled::Mode::HighThroughput);
+        // sled lets go of its lock file only when the last of its background threads has let go of the
+        // database, a moment after the `Db` was dropped: a queue opened again by the same process (a
+        // command after another, a test) can find its own lock still held. Another process holding it
+        // is reported once the wait is over.
+        let lock_wait_ends = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(open_error) {
+                Err(QueueError::Locked(_)) if Instant::now() < lock_wait_ends => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let meta = tree("meta")?;
+        Ok(Queue {
+            events: tree("events")?,
+            acked: tree("acked")?,
+            dedup: DedupIndex::new(tree("dedup")?),
+            commit_lock: Arc::default(),
+            dead: tree("dead_letter")?,
+            ledger: Arc::new(Ledger::load(&meta)?),
+            admission: Arc::default(),
+            meta,
+            db,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// What an error of sled's while opening `dir` means for the operator.
+fn classify_open_error(dir: &Path, source: sled::Error) -> QueueError {
+    match &source {
+        // sled wraps the EWOULDBLOCK of its file lock in an error of its own wording.
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            QueueError::Locked(dir.display().to_string())
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            QueueError::DiskFull(dir.display().to_string())
+        }
+        _ => QueueError::Open {
+            dir: dir.display().to_string(),
+            source,
+        },
+    }
+}
+
+/// The segment size an existing queue was created with, from the `segment_size: N` line of sled's `conf`
+/// file (text lines followed by a 4-byte checksum). `None` for a new queue, or when the file cannot be
+/// read: sled then reports the problem itself.
+pub(super) fn existing_segment_size(dir: &Path) -> Option<usize> {
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// sled 0.34 writes a snapshot as `snap.<lsn>.generating` and renames it when complete, but on open it
+/// also considers `.generating` files, and the newest one wins: a snapshot cut short (a full disk, a crash
+/// at that instant) then makes the queue refuse to open ("Read corrupted data"). Such a file is by
+/// definition incomplete and never the one to use: removing it lets sled open from the previous snapshot
+/// and its log, losing nothing.
+fn remove_incomplete_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %entry.path().display(), "removed an incomplete sled snapshot left by an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), "cannot remove an incomplete sled snapshot: {err}")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_errors_are_told_apart() {
+        let dir = Path::new("/q");
+        let io = |kind: std::io::ErrorKind, text: &str| {
+            sled::Error::Io(std::io::Error::new(kind, text.to_string()))
+        };
+        let locked = classify_open_error(
+            dir,
+            io(
+                std::io::ErrorKind::Other,
+                "could not acquire lock on \"/q/db\"",
+            ),
+        );
+        assert!(matches!(locked, QueueError::Locked(_)), "{locked}");
+        let full = classify_open_error(dir, io(std::io::ErrorKind::StorageFull, "no space"));
+        assert!(matches!(full, QueueError::DiskFull(_)), "{full}");
+        let denied = classify_open_error(dir, io(std::io::ErrorKind::PermissionDenied, "denied"));
+        assert!(matches!(denied, QueueError::Open { .. }), "{denied}");
+        assert!(denied.to_string().contains("mv /q /q.damaged"), "{denied}");
+        // Only damage is damage: a queue that is merely unavailable is intact.
+        assert!(!locked.is_damage() && !full.is_damage() && !denied.is_damage());
+        let corrupt = classify_open_error(dir, sled::Error::Corruption { at: None, bt: () });
+        assert!(matches!(corrupt, QueueError::Open { .. }), "{corrupt}");
+        assert!(corrupt.is_damage());
+        assert!(QueueError::Storage(sled::Error::Corruption { at: None, bt: () }).is_damage());
+        assert!(!QueueError::Storage(io(std::io::ErrorKind::StorageFull, "no space")).is_damage());
+        assert!(QueueError::Damaged("record #1".into()).is_damage());
+        assert!(QueueError::Panicked("torn".into()).is_damage());
+        assert!(!QueueError::Cancelled.is_damage());
+    }
+}
