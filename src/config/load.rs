@@ -107,14 +107,8 @@ impl Reader<'_> {
         let streams = self.stream_list(streams_value, named, &jumpcloud, &sekoia);
         let queue = self.queue(&mut queue);
         let api = self.api(&mut api);
-        let (first_jumpcloud, first_sekoia) = match streams.first() {
-            Some(first) => (first.jumpcloud.clone(), first.sekoia.clone()),
-            None => (jumpcloud, sekoia),
-        };
         Config {
             data_dir,
-            jumpcloud: first_jumpcloud,
-            sekoia: first_sekoia,
             queue,
             api,
             streams,

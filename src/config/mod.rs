@@ -7,7 +7,12 @@
 //!
 //! Entry points: [`Config::load`] (a file, `${VAR}` from the process environment),
 //! [`Config::load_without_secrets`] (a file, for commands that never use the secrets) and
-//! [`Config::parse`] (text, with the environment given as a function: what tests use).
+//! [`Config::parse`] (text, with the environment given as a function: what tests use). These three keep
+//! their signatures: tools and tests build configurations through them.
+//!
+//! What to poll and where to send live only in [`Config::streams`] (find one with [`Config::stream`], or
+//! [`Config::pick_stream`] for a command that works on one stream): `[jumpcloud]` and `[sekoia]` are
+//! defaults the streams inherit, never read on their own.
 //!
 //! The files: `load` (the entry points and the top level of a file), `reader` (the TOML table reader:
 //! typed values, unknown keys with "did you mean" hints), `env` (`${VAR}` expansion, [`Secret`], secrets
@@ -75,15 +80,41 @@ pub fn sekoia_region_url(region: &str) -> String {
 pub struct Config {
     /// Where the queue (a sled database) lives.
     pub data_dir: PathBuf,
-    /// The first stream's JumpCloud settings (in the single-section form, the only stream), for summaries
-    /// and single-stream tools. The pipeline uses [`Config::streams`].
-    pub jumpcloud: JumpcloudConfig,
-    /// The first stream's destination, like `jumpcloud`.
-    pub sekoia: SekoiaConfig,
     pub queue: QueueConfig,
-    /// Every stream, in file order; never empty after a successful parse.
+    /// Every stream, in file order; never empty after a successful parse. The only place the JumpCloud and
+    /// Sekoia.io settings live: `[jumpcloud]` and `[sekoia]` are defaults the streams inherit, and in the
+    /// single-section form they make the one stream named `"default"`.
     pub streams: Vec<StreamConfig>,
     pub api: ApiConfig,
+}
+
+impl Config {
+    /// The stream named `name`, if there is one.
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|stream| stream.name == name)
+    }
+
+    /// The stream a command that works on one stream (a backfill) is for: the one named, or, when no name
+    /// is given, the only one. The error lists the streams' names.
+    pub fn pick_stream(&self, name: Option<&str>) -> Result<&StreamConfig, String> {
+        let names = || {
+            self.streams
+                .iter()
+                .map(|stream| stream.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (name, self.streams.as_slice()) {
+            (Some(name), _) => self.stream(name).ok_or_else(|| {
+                format!("no stream is named {name:?}; the streams are: {}", names())
+            }),
+            (None, [only]) => Ok(only),
+            (None, _) => Err(format!(
+                "there are several streams: name one with --stream ({})",
+                names()
+            )),
+        }
+    }
 }
 
 /// The `[api]` section: the local HTTP endpoint for metrics, health, status and admin actions.

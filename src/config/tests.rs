@@ -40,14 +40,14 @@ fn the_documented_form_parses() {
     let loaded = Config::parse(ISSUE_FORM, "c.toml", &env).expect("valid");
     let c = loaded.config;
     assert_eq!(
-        c.jumpcloud.auth,
+        c.streams[0].jumpcloud.auth,
         JumpcloudAuth::ApiKey(Secret::new("jc-secret"))
     );
     assert_eq!(c.streams.len(), 1);
     assert_eq!(c.streams[0].name, DEFAULT_STREAM);
-    assert_eq!(c.jumpcloud.org_id.as_deref(), Some("abc"));
-    assert_eq!(c.jumpcloud.overlap, Duration::from_secs(600));
-    assert_eq!(c.sekoia.batch_max_bytes, 4 * 1024 * 1024);
+    assert_eq!(c.streams[0].jumpcloud.org_id.as_deref(), Some("abc"));
+    assert_eq!(c.streams[0].jumpcloud.overlap, Duration::from_secs(600));
+    assert_eq!(c.streams[0].sekoia.batch_max_bytes, 4 * 1024 * 1024);
     assert_eq!(c.queue.max_bytes, 10 * 1024 * 1024 * 1024);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
@@ -57,11 +57,11 @@ fn only_the_keys_are_required() {
     let text = "[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"b\"\n";
     let c = Config::parse(text, "c.toml", &env).expect("valid").config;
     assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-    assert_eq!(c.jumpcloud.services, vec!["all".to_string()]);
-    assert_eq!(c.jumpcloud.page_size, 1000);
-    assert_eq!(c.jumpcloud.catch_up_page_size, 1000);
-    assert_eq!(c.sekoia.max_in_flight, 2);
-    assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
+    assert_eq!(c.streams[0].jumpcloud.services, vec!["all".to_string()]);
+    assert_eq!(c.streams[0].jumpcloud.page_size, 1000);
+    assert_eq!(c.streams[0].jumpcloud.catch_up_page_size, 1000);
+    assert_eq!(c.streams[0].sekoia.max_in_flight, 2);
+    assert_eq!(c.streams[0].sekoia.intake_url, "https://intake.sekoia.io");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn small_test_values_are_accepted_with_warnings() {
     let text = "[jumpcloud]\napi_key = \"a\"\npoll_interval = \"1s\"\noverlap = \"0s\"\n[sekoia]\nintake_key = \"b\"\n";
     let loaded = Config::parse(text, "c.toml", &env).expect("valid");
     assert_eq!(
-        loaded.config.jumpcloud.poll_interval,
+        loaded.config.streams[0].jumpcloud.poll_interval,
         Duration::from_secs(1)
     );
     assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
@@ -168,4 +168,32 @@ fn env_expansion() {
 fn secrets_do_not_print() {
     let s = Secret::new("hunter2");
     assert!(!format!("{s:?} {s}").contains("hunter2"));
+}
+
+#[test]
+fn a_backfill_names_its_stream_when_there_are_several() {
+    let text = r#"
+[jumpcloud]
+api_key = "k"
+[sekoia]
+intake_key = "i"
+[[streams]]
+name = "acme"
+org_id = "a1"
+intake_key = "ia"
+[[streams]]
+name = "globex"
+org_id = "g1"
+intake_key = "ig"
+"#;
+    let config = Config::parse(text, "t", &|_| None).expect("valid").config;
+    let err = config.pick_stream(None).unwrap_err();
+    assert!(err.contains("--stream (acme, globex)"), "{err}");
+    assert_eq!(config.pick_stream(Some("globex")).unwrap().name, "globex");
+    assert!(config
+        .pick_stream(Some("initech"))
+        .unwrap_err()
+        .contains("no stream is named"));
+    assert_eq!(config.stream("acme").map(|s| s.name.as_str()), Some("acme"));
+    assert!(config.stream("initech").is_none());
 }
