@@ -325,22 +325,23 @@ async fn start_backfill(
             )
         }
     };
-    let (from_ns, to_ns) =
-        match backfill::check_window(wanted.from, wanted.to, state.config.jumpcloud.retention) {
-            Ok(window) => window,
-            Err(err) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err})),
-        };
-    let target = match pick_stream(&state.config, wanted.stream.as_deref()) {
-        Ok(stream) => match state.apis.iter().find(|(name, _)| *name == stream.name) {
-            Some((_, api)) => (stream.clone(), api.clone()),
-            None => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"error": "unknown stream"}),
-                )
-            }
-        },
+    let (stream, from_ns, to_ns) = match check_backfill(
+        &state.config,
+        wanted.stream.as_deref(),
+        wanted.from,
+        wanted.to,
+    ) {
+        Ok(checked) => checked,
         Err(err) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err})),
+    };
+    let target = match state.apis.iter().find(|(name, _)| *name == stream.name) {
+        Some((_, api)) => (stream.clone(), api.clone()),
+        None => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "unknown stream"}),
+            )
+        }
     };
     {
         let Ok(mut current) = state.backfill.lock() else {
@@ -393,28 +394,18 @@ async fn start_backfill(
     json(StatusCode::ACCEPTED, &serde_json::json!({"started": true}))
 }
 
-/// The stream a backfill is for: the one named, or the only one.
-pub fn pick_stream<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a StreamConfig, String> {
-    let names = || {
-        config
-            .streams
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match name {
-        Some(name) => config
-            .streams
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no stream is named {name:?}; the streams are: {}", names())),
-        None if config.streams.len() == 1 => Ok(&config.streams[0]),
-        None => Err(format!(
-            "there are several streams: name one with --stream ({})",
-            names()
-        )),
-    }
+/// Checks a backfill of `stream` (the one named, or the only one) over `from..to`: the stream is picked
+/// first, so that the window is checked against the retention of the stream the backfill runs on. Returns
+/// that stream and the window in nanoseconds.
+pub fn check_backfill<'a>(
+    config: &'a Config,
+    stream: Option<&str>,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<(&'a StreamConfig, i64, i64), String> {
+    let stream = config.pick_stream(stream)?;
+    let (from_ns, to_ns) = backfill::check_window(from, to, stream.jumpcloud.retention)?;
+    Ok((stream, from_ns, to_ns))
 }
 
 /// A request to the running agent's endpoint: `Ok(None)` when nothing listens there.
@@ -463,29 +454,107 @@ pub async fn ask_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HttpClient;
+    use crate::standin::{ApiOptions, ApiStandIn};
 
-    #[test]
-    fn a_backfill_names_its_stream_when_there_are_several() {
-        let text = r#"
+    /// Three streams whose retentions differ; the first is neither the longest nor the shortest.
+    fn three_retentions(base_url: &str) -> Config {
+        let text = format!(
+            r#"
 [jumpcloud]
-api_key = "k"
+base_url = "{base_url}"
+api_key = "demo-api-key"
+min_request_interval = "0s"
 [sekoia]
 intake_key = "i"
+[api]
+enabled = false
 [[streams]]
-name = "acme"
-org_id = "a1"
-intake_key = "ia"
+name = "fifteen"
+retention = "15d"
 [[streams]]
-name = "globex"
-org_id = "g1"
-intake_key = "ig"
-"#;
-        let config = Config::parse(text, "t", &|_| None).expect("valid").config;
-        let err = pick_stream(&config, None).unwrap_err();
-        assert!(err.contains("--stream (acme, globex)"), "{err}");
-        assert_eq!(pick_stream(&config, Some("globex")).unwrap().name, "globex");
-        assert!(pick_stream(&config, Some("initech"))
-            .unwrap_err()
-            .contains("no stream is named"));
+name = "thirty"
+retention = "30d"
+[[streams]]
+name = "ten"
+retention = "10d"
+"#
+        );
+        Config::parse(&text, "t", &|_| None).expect("valid").config
+    }
+
+    async fn post_backfill(addr: SocketAddr, stream: &str, days_ago: i64) -> (StatusCode, String) {
+        let now = chrono::Utc::now();
+        let body = serde_json::json!({
+            "from": (now - chrono::Duration::days(days_ago)).to_rfc3339(),
+            "to": now.to_rfc3339(),
+            "stream": stream,
+        });
+        let (status, body) = ask_agent(addr, Method::POST, "/backfill", Some(body.to_string()))
+            .await
+            .expect("the endpoint answers")
+            .expect("the endpoint listens");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_backfill_window_is_checked_against_the_retention_of_its_own_stream() {
+        let jumpcloud = ApiStandIn::start(ApiOptions::default())
+            .await
+            .expect("stand-in");
+        let config = three_retentions(&jumpcloud.base_url());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = Queue::open(dir.path()).expect("queue");
+        let apis = config
+            .streams
+            .iter()
+            .map(|stream| {
+                let http = HttpClient::new(Duration::from_secs(5)).expect("client");
+                let api = ApiClient::new(http, &stream.jumpcloud).expect("api client");
+                (stream.name.clone(), api)
+            })
+            .collect();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let state = Arc::new(AdminState {
+            config,
+            queue,
+            metrics: Arc::new(Metrics::new()),
+            apis,
+            shutdown,
+            backfill: Mutex::new(None),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bound");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve(listener, state));
+
+        // 12 days ago is within the first stream's 15 days, but not within the 10 days of "ten".
+        let (status, said) = post_backfill(addr, "ten", 12).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{said}");
+        assert!(
+            said.contains("older than JumpCloud's retention (10 days"),
+            "{said}"
+        );
+
+        // 20 days ago is beyond the first stream's 15 days, but within the 30 days of "thirty".
+        let (status, said) = post_backfill(addr, "thirty", 20).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{said}");
+        let progress = loop {
+            let (status, body) = ask_agent(addr, Method::GET, "/backfill", None)
+                .await
+                .expect("the endpoint answers")
+                .expect("the endpoint listens");
+            assert_eq!(status, StatusCode::OK);
+            let progress: backfill::Progress = serde_json::from_slice(&body).expect("progress");
+            if progress.done || progress.error.is_some() {
+                break progress;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(progress.error, None, "the backfill ran to its end");
+        assert!(jumpcloud.requests() >= 1, "it asked JumpCloud");
+        trigger.trigger();
+        server.await.expect("the endpoint stops");
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{check_data_dir, Config};
+use crate::event::DEFAULT_STREAM;
 use crate::metrics::Metrics;
 use crate::ops::DeadLetterAction;
 
@@ -184,19 +185,52 @@ fn validate(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     }
     if let Some(loaded) = loaded {
-        let c = &loaded.config;
-        println!(
-            "{}: valid. Polls {} (services {}) every {:?}, forwards to {}/batch, queue in {} (limit {}).",
-            path.display(),
-            c.jumpcloud.base_url,
-            c.jumpcloud.services.join(","),
-            c.jumpcloud.poll_interval,
-            c.sekoia.intake_url,
-            c.data_dir.display(),
-            bytesize::ByteSize(c.queue.max_bytes)
-        );
+        print!("{}", summary(path, &loaded.config));
     }
     ExitCode::SUCCESS
+}
+
+/// What `validate` prints for a valid configuration: every stream, then the queue.
+fn summary(path: &std::path::Path, c: &Config) -> String {
+    let queue = format!(
+        "queue in {} (limit {})",
+        c.data_dir.display(),
+        bytesize::ByteSize(c.queue.max_bytes)
+    );
+    match c.streams.as_slice() {
+        // The single-section form: one line, as it always was.
+        [only] if only.name == DEFAULT_STREAM => format!(
+            "{}: valid. Polls {} (services {}) every {:?}, forwards to {}/batch, {queue}.\n",
+            path.display(),
+            only.jumpcloud.base_url,
+            only.jumpcloud.services.join(","),
+            only.jumpcloud.poll_interval,
+            only.sekoia.intake_url,
+        ),
+        streams => {
+            let count = streams.len();
+            let mut text = format!(
+                "{}: valid. {count} stream{}, {queue}:\n",
+                path.display(),
+                if count == 1 { "" } else { "s" }
+            );
+            for stream in streams {
+                let org = match &stream.jumpcloud.org_id {
+                    Some(org) => format!("org {org}, "),
+                    None => String::new(),
+                };
+                text.push_str(&format!(
+                    "  - {}: polls {} ({org}services {}) every {:?}, forwards to {}/batch\n",
+                    stream.name,
+                    stream.jumpcloud.base_url,
+                    stream.jumpcloud.services.join(","),
+                    stream.jumpcloud.poll_interval,
+                    stream.sekoia.intake_url,
+                ));
+            }
+            text
+        }
+    }
 }
 
 /// Runs `command` with a loaded configuration, or prints every problem.

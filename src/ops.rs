@@ -354,7 +354,8 @@ pub async fn backfill(
     from: String,
     to: Option<String>,
 ) -> anyhow::Result<()> {
-    let stream = admin::pick_stream(&config, stream.as_deref())
+    let stream = config
+        .pick_stream(stream.as_deref())
         .map_err(anyhow::Error::msg)?
         .clone();
     let from = parse_time(&from).context("--from")?;

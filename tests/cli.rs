@@ -115,6 +115,59 @@ fn validate_accepts_a_good_config_and_checks_the_data_dir() {
 }
 
 #[test]
+fn validate_summarises_every_stream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("streams.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"data_dir = {:?}
+[jumpcloud]
+api_key = "k"
+[sekoia]
+intake_key = "i"
+[sekoia.eu]
+region = "fra2"
+intake_key = "e"
+[[streams]]
+name = "acme"
+org_id = "a1"
+poll_interval = "30s"
+[[streams]]
+name = "globex"
+region = "eu"
+services = ["sso"]
+destination = "eu"
+"#,
+            dir.path().join("queue").display().to_string()
+        ),
+    )
+    .expect("written");
+    let output = binary()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("valid. 2 streams, queue in "), "{all}");
+    assert!(
+        all.contains(
+            "  - acme: polls https://api.jumpcloud.com (org a1, services all) every 30s, \
+             forwards to https://intake.sekoia.io/batch"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "  - globex: polls https://api.eu.jumpcloud.com (services sso) every 60s, \
+             forwards to https://intake.fra2.sekoia.io/api/v1/intake-http/batch"
+        ),
+        "{all}"
+    );
+}
+
+#[test]
 fn help_and_version() {
     let help = binary().arg("--help").output().expect("runs");
     let all = text(&help);

@@ -197,7 +197,7 @@ fn proxy_settings_from_the_environment_and_the_file() {
         ("NO_PROXY", ".internal".to_string()),
     ]);
     let config = parse_with(base, &env);
-    match &config.jumpcloud.transport.proxy {
+    match &config.streams[0].jumpcloud.transport.proxy {
         ProxyConfig::Environment {
             http,
             https,
@@ -218,13 +218,19 @@ fn proxy_settings_from_the_environment_and_the_file() {
     // Per section: `proxy` overrides the environment, "none" goes direct.
     let text = "[jumpcloud]\napi_key = \"k\"\nproxy = \"none\"\n[sekoia]\nintake_key = \"i\"\nproxy = \"http://p.corp:3128\"\n";
     let config = parse_with(text, &env);
-    assert_eq!(config.jumpcloud.transport.proxy, ProxyConfig::Direct);
+    assert_eq!(
+        config.streams[0].jumpcloud.transport.proxy,
+        ProxyConfig::Direct
+    );
     assert!(
-        matches!(&config.sekoia.transport.proxy, ProxyConfig::Url(url) if url.expose() == "http://p.corp:3128")
+        matches!(&config.streams[0].sekoia.transport.proxy, ProxyConfig::Url(url) if url.expose() == "http://p.corp:3128")
     );
     // No variable at all: direct.
     assert_eq!(
-        parse_with(base, &HashMap::new()).sekoia.transport.proxy,
+        parse_with(base, &HashMap::new()).streams[0]
+            .sekoia
+            .transport
+            .proxy,
         ProxyConfig::Direct
     );
     // Unusable values are problems that never show the credentials.
@@ -518,7 +524,7 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     );
     let config = loaded.config;
     assert!(matches!(
-        config.jumpcloud.auth,
+        config.streams[0].jumpcloud.auth,
         JumpcloudAuth::ServiceAccount { .. }
     ));
     let queue = jcdi_forwarder::agent::open_queue(&config)
@@ -604,10 +610,13 @@ fn secrets_from_files() {
                 [sekoia]\nintake_key_file = \"${CREDENTIALS_DIRECTORY}/intake_key\"\n";
     let loaded = Config::parse(text, "c.toml", &|name| env.get(name).cloned()).expect("valid");
     assert_eq!(
-        loaded.config.jumpcloud.auth,
+        loaded.config.streams[0].jumpcloud.auth,
         JumpcloudAuth::ApiKey(jcdi_forwarder::config::Secret::new("from-a-file"))
     );
-    assert_eq!(loaded.config.sekoia.intake_key.expose(), "intake-from-file");
+    assert_eq!(
+        loaded.config.streams[0].sekoia.intake_key.expose(),
+        "intake-from-file"
+    );
     if cfg!(unix) {
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
         assert!(
@@ -640,18 +649,27 @@ fn secrets_from_files() {
 fn regions_and_overrides() {
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\n[sekoia]\nintake_key = \"i\"\nregion = \"usa1\"\n";
     let c = parse_with(text, &HashMap::new());
-    assert_eq!(c.jumpcloud.base_url, "https://api.eu.jumpcloud.com");
     assert_eq!(
-        c.sekoia.intake_url,
+        c.streams[0].jumpcloud.base_url,
+        "https://api.eu.jumpcloud.com"
+    );
+    assert_eq!(
+        c.streams[0].sekoia.intake_url,
         "https://intake.usa1.sekoia.io/api/v1/intake-http"
     );
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"in\"\n[sekoia]\nintake_key = \"i\"\nregion = \"fra1\"\n";
     let c = parse_with(text, &HashMap::new());
-    assert_eq!(c.jumpcloud.base_url, "https://api.in.jumpcloud.com");
-    assert_eq!(c.sekoia.intake_url, "https://intake.sekoia.io");
+    assert_eq!(
+        c.streams[0].jumpcloud.base_url,
+        "https://api.in.jumpcloud.com"
+    );
+    assert_eq!(c.streams[0].sekoia.intake_url, "https://intake.sekoia.io");
     let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\nbase_url = \"https://jc.example\"\n[sekoia]\nintake_key = \"i\"\n";
     let loaded = Config::parse(text, "c", &|_| None).expect("valid");
-    assert_eq!(loaded.config.jumpcloud.base_url, "https://jc.example");
+    assert_eq!(
+        loaded.config.streams[0].jumpcloud.base_url,
+        "https://jc.example"
+    );
     assert_eq!(
         loaded.warnings,
         vec!["jumpcloud.region is ignored: base_url is set and wins"]
