@@ -1,0 +1,351 @@
+//! powercut-fs: a test filesystem that forgets, when the power is cut, every write not yet made
+//! durable with `fsync`.
+//!
+//! It is a FUSE passthrough over a *backing* directory, mounted on a *mountpoint* by the test
+//! process ([`PowerCutFs::mount`]). The program under test works in the mountpoint as on any disk.
+//! At any moment the test calls [`Mounted::cut_power`]: from then on every call on the mount fails
+//! with `EIO`, the backing directory is rolled back to its durable state, and the mount goes away.
+//! Mounting the same backing directory again shows what a machine would find after a reboot.
+//! This is how etcd (LazyFS), RocksDB (`FaultInjectionTestFS`) and bbolt (dm-flakey) test
+//! themselves.
+//!
+//! # The durability model
+//!
+//! - **Reads see the latest writes** (the page-cache view), whether synced or not.
+//! - **File data** (content *and* length: writes, truncates, `fallocate`) is volatile until an
+//!   `fsync` or `fdatasync` of that file, through any descriptor of it. Both make the whole file
+//!   durable (content and length); `fdatasync` is not weaker here.
+//! - **Namespace operations** (create, mkdir, unlink, rmdir, rename) follow
+//!   [`MetadataDurability`]:
+//!   - [`MetadataDurability::OnDirSync`] (the default, conservative, LazyFS-like): they are lost
+//!     at a cut unless a directory was fsynced after them. An fsync of *any* directory commits
+//!     every namespace operation made before it, in order, as a journaling filesystem commits its
+//!     metadata journal as a whole (ext4, XFS). An fsync of a *file* does not make its name
+//!     durable (POSIX asks for the directory's fsync; LazyFS agrees). This catches a missing
+//!     directory fsync after "write temp, fsync, rename".
+//!   - [`MetadataDurability::Immediate`]: they are durable at once, only file data is volatile.
+//!     This is roughly ext4 in `data=ordered` mode, whose journal commits renames and creates
+//!     within seconds whatever the program does; choose it to test only data durability. A file
+//!     created and written but never fsynced then survives a cut, empty (ext4's zero-length file).
+//! - **A torn write** ([`Tear`]): the cut may keep a prefix of the last write that was not made
+//!   durable, on top of the durable content, as a disk that lost power mid-write would.
+//! - Not modelled (durable at once): permissions, owners and timestamps.
+//! - Not seen at all, because FUSE does not pass them on: `sync_file_range`, `sync` and `syncfs`.
+//!   Writes "synced" only that way stay volatile. sled 0.34 flushes its log with
+//!   `sync_file_range` and only sometimes calls `fsync`: exactly the class of bug this surfaces.
+//!
+//! A "write" is one FUSE write request: the kernel splits a large `write(2)` into requests of at
+//! most 128 KiB, so a torn write tears the last of those.
+//!
+//! # How
+//!
+//! The backing directory always holds the latest state; the filesystem records just enough to
+//! roll it back (see `volatile.rs`): the durable bytes of ranges overwritten since the last
+//! fsync (saved once, before the first overwrite), each file's durable length, and a journal of
+//! namespace operations whose removed or replaced entries wait in a hidden trash directory,
+//! `.powercut-fs-trash` at the root of the backing directory (invisible through the mount). Nothing
+//! is copied for appends, so the cost is the size of what is overwritten between two fsyncs.
+//! Files are opened with `FOPEN_DIRECT_IO` and attributes are never cached, so every read, write
+//! and stat reaches the filesystem (and fails with `EIO` after a cut) instead of the page cache.
+//! Unlinked files that are still open keep working. Symlinks, hard links and special files cannot
+//! be created through the mount.
+//!
+//! # Requirements
+//!
+//! Linux with `/dev/fuse`. As root the mount is a plain `mount(2)` and nothing else is needed;
+//! another user needs `fusermount3` (Debian package `fuse3`, see `install-deps.sh`). No libfuse
+//! headers are needed. Tests that mount are `#[ignore = "needs root and /dev/fuse"]`.
+
+#![cfg(target_os = "linux")]
+
+mod fdpath;
+mod fs;
+mod state;
+mod volatile;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::mount::{umount2, MntFlags};
+
+use crate::state::State;
+
+/// The hidden directory, at the root of the backing directory, where removed and replaced
+/// entries wait until the removal is durable.
+const TRASH_NAME: &str = ".powercut-fs-trash";
+
+/// When create, mkdir, unlink, rmdir and rename become durable. See the crate documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetadataDurability {
+    /// Lost at a power cut unless a directory fsync came after them (conservative).
+    #[default]
+    OnDirSync,
+    /// Durable at once; only file data is volatile.
+    Immediate,
+}
+
+/// How a mount behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// When namespace operations become durable.
+    pub metadata: MetadataDurability,
+    /// Let users other than the one who mounted use the mount (`allow_other`; as another user
+    /// than root this needs `user_allow_other` in `/etc/fuse.conf`).
+    pub allow_other: bool,
+}
+
+/// What a power cut does to the last write that was not made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tear {
+    /// Lost whole, like every other volatile write.
+    None,
+    /// A random prefix of it (possibly empty, never all of it) reaches the disk.
+    RandomPrefix,
+    /// Its first `n` bytes (at most all of them) reach the disk.
+    Prefix(usize),
+}
+
+/// What a power cut threw away.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CutReport {
+    /// Files whose content or length was rolled back to their last fsync.
+    pub files_rolled_back: usize,
+    /// Bytes of durable content written back over volatile writes.
+    pub bytes_restored: u64,
+    /// Namespace operations undone (only with [`MetadataDurability::OnDirSync`]).
+    pub namespace_ops_undone: usize,
+    /// The write that was torn, if one was.
+    pub torn: Option<TornWrite>,
+}
+
+/// The write a power cut tore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornWrite {
+    /// Where in its file the write started.
+    pub offset: u64,
+    /// How many bytes it wrote.
+    pub len: usize,
+    /// How many of them (from the start) survived the cut.
+    pub kept: usize,
+}
+
+/// Mounts the filesystem.
+#[derive(Debug)]
+pub struct PowerCutFs;
+
+impl PowerCutFs {
+    /// Mounts `backing` on `mountpoint` and serves it from a background thread of this process.
+    ///
+    /// Everything in `backing` is durable at this point. Fails with a clear error when FUSE is
+    /// not available (no `/dev/fuse`, or not root and no `fusermount3`), when either path is not
+    /// a directory, or when the mountpoint lies inside the backing directory.
+    pub fn mount(backing: &Path, mountpoint: &Path, options: Options) -> io::Result<Mounted> {
+        check_fuse_available()?;
+        let backing = canonical_dir(backing, "backing directory")?;
+        let mountpoint = canonical_dir(mountpoint, "mountpoint")?;
+        if mountpoint.starts_with(&backing) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "mountpoint {} lies inside the backing directory {}",
+                    mountpoint.display(),
+                    backing.display()
+                ),
+            ));
+        }
+        let state = State::new(&backing, options.metadata).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("preparing backing directory {}: {e}", backing.display()),
+            )
+        })?;
+        let state = Arc::new(Mutex::new(state));
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("powercut-fs".to_owned()),
+            MountOption::Subtype("powercut".to_owned()),
+        ];
+        if options.allow_other {
+            config.acl = SessionACL::All;
+            config.mount_options.push(MountOption::DefaultPermissions);
+        }
+        config.n_threads = Some(1);
+        let session = Session::new(fs::Front::new(state.clone()), &mountpoint, &config)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("mounting powercut-fs on {}: {e}", mountpoint.display()),
+                )
+            })?;
+        let serving = std::thread::Builder::new()
+            .name("powercut-fs".to_owned())
+            .spawn(move || session.run())?;
+        Ok(Mounted {
+            state,
+            backing,
+            mountpoint,
+            serving: Mutex::new(Some(serving)),
+        })
+    }
+}
+
+/// A mounted powercut-fs. Dropping it unmounts cleanly (everything written becomes durable, as
+/// at an orderly shutdown); [`Mounted::cut_power`] unmounts the other way.
+#[derive(Debug)]
+pub struct Mounted {
+    state: Arc<Mutex<State>>,
+    backing: PathBuf,
+    mountpoint: PathBuf,
+    /// The thread serving the mount; `None` once unmounted.
+    serving: Mutex<Option<JoinHandle<io::Result<()>>>>,
+}
+
+impl Mounted {
+    /// Where the filesystem is mounted (canonical).
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The backing directory (canonical). Between mounts it holds exactly the durable state.
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+
+    /// Cuts the power: [`Mounted::cut_power_with`] with [`Tear::RandomPrefix`] when
+    /// `tear_last_write`, else [`Tear::None`].
+    pub fn cut_power(&self, tear_last_write: bool) -> io::Result<CutReport> {
+        let tear = if tear_last_write {
+            Tear::RandomPrefix
+        } else {
+            Tear::None
+        };
+        self.cut_power_with(tear)
+    }
+
+    /// Cuts the power. At once (under the lock every filesystem call takes), every later call on
+    /// the mount fails with `EIO`, from any process, including on files already open; the
+    /// backing directory is rolled back to its durable state, keeping the part of the last write
+    /// that `tear` says; then the mount is taken down (lazily if files are still open there: those
+    /// keep failing with `EIO` until closed). A second cut is an error.
+    pub fn cut_power_with(&self, tear: Tear) -> io::Result<CutReport> {
+        let report = lock(&self.state).cut(tear)?;
+        self.take_down()?;
+        Ok(report)
+    }
+
+    /// Unmounts cleanly and says whether that went well (dropping does the same, silently).
+    pub fn unmount(self) -> io::Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&self) -> io::Result<()> {
+        let settled = lock(&self.state).settle();
+        let down = self.take_down();
+        settled.and(down)
+    }
+
+    /// Unmounts, if still mounted. A plain unmount when nothing is open on the mount, then the
+    /// serving thread ends; a lazy one (`MNT_DETACH`) when something is, then the thread goes on
+    /// serving those files until they are closed, and is left to end by itself.
+    fn take_down(&self) -> io::Result<()> {
+        let Some(serving) = lock(&self.serving).take() else {
+            return Ok(());
+        };
+        if detach(&self.mountpoint)? {
+            return Ok(());
+        }
+        match serving.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other("the powercut-fs thread panicked")),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // An error here (already unmounted by hand, say) leaves nothing to clean up.
+        let _ = self.shut_down();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in a filesystem call leaves the state as consistent as an error would.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn check_fuse_available() -> io::Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "FUSE is not available: /dev/fuse does not exist (modprobe fuse; \
+             in a container, pass the device in)",
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() && fusermount().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "FUSE is not available: not root, and neither fusermount3 nor fusermount \
+             is installed (apt-get install fuse3)",
+        ));
+    }
+    Ok(())
+}
+
+fn fusermount() -> Option<&'static str> {
+    ["fusermount3", "fusermount"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("-V").output().is_ok())
+}
+
+fn canonical_dir(path: &Path, what: &str) -> io::Result<PathBuf> {
+    let canonical = path.canonicalize().map_err(|e| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    })?;
+    if !canonical.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} {} is not a directory", path.display()),
+        ));
+    }
+    Ok(canonical)
+}
+
+/// Unmounts `mountpoint`; true if only lazily (something is still open there).
+fn detach(mountpoint: &Path) -> io::Result<bool> {
+    match umount2(mountpoint, MntFlags::empty()) {
+        Ok(()) => Ok(false),
+        Err(nix::errno::Errno::EBUSY) => {
+            umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| unmount_error(mountpoint, e))?;
+            Ok(true)
+        }
+        Err(nix::errno::Errno::EPERM) => {
+            // Not root: only the setuid helper may unmount, and it unmounts lazily.
+            let helper = fusermount().ok_or_else(|| {
+                io::Error::other("cannot unmount: not root and no fusermount3 installed")
+            })?;
+            let status = Command::new(helper)
+                .args(["-u", "-z", "--"])
+                .arg(mountpoint)
+                .status()?;
+            if !status.success() {
+                return Err(io::Error::other(format!(
+                    "{helper} -u -z {} failed: {status}",
+                    mountpoint.display()
+                )));
+            }
+            Ok(true)
+        }
+        Err(e) => Err(unmount_error(mountpoint, e)),
+    }
+}
+
+fn unmount_error(mountpoint: &Path, e: nix::errno::Errno) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("unmounting {}: {e}", mountpoint.display()),
+    )
+}
