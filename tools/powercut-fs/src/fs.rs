@@ -146,10 +146,7 @@ impl Filesystem for Front {
             // RENAME_NOREPLACE and RENAME_EXCHANGE are not modelled.
             return reply.error(Errno::EINVAL);
         }
-        empty(
-            reply,
-            self.state().rename(parent, name, newparent, newname),
-        );
+        empty(reply, self.state().rename(parent, name, newparent, newname));
     }
 
     fn link(
@@ -265,7 +262,12 @@ impl Filesystem for Front {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (index, entry) in entries.iter().enumerate().skip(start) {
             // The offset of an entry is where the next readdir resumes.
-            if reply.add(INodeNo(entry.ino), index as u64 + 1, entry.kind, &entry.name) {
+            if reply.add(
+                INodeNo(entry.ino),
+                index as u64 + 1,
+                entry.kind,
+                &entry.name,
+            ) {
                 break;
             }
         }

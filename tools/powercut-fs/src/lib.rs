@@ -35,7 +35,8 @@
 //!   `sync_file_range` and only sometimes calls `fsync`: exactly the class of bug this surfaces.
 //!
 //! A "write" is one FUSE write request: the kernel splits a large `write(2)` into requests of at
-//! most 128 KiB, so a torn write tears the last of those.
+//! most 1 MiB (256 pages, `/proc/sys/fs/fuse/max_pages_limit`), so a torn write tears the last
+//! of those.
 //!
 //! # How
 //!
@@ -64,6 +65,7 @@ mod state;
 mod volatile;
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -174,8 +176,8 @@ impl PowerCutFs {
             config.mount_options.push(MountOption::DefaultPermissions);
         }
         config.n_threads = Some(1);
-        let session = Session::new(fs::Front::new(state.clone()), &mountpoint, &config)
-            .map_err(|e| {
+        let session =
+            Session::new(fs::Front::new(state.clone()), &mountpoint, &config).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("mounting powercut-fs on {}: {e}", mountpoint.display()),
@@ -184,12 +186,16 @@ impl PowerCutFs {
         let serving = std::thread::Builder::new()
             .name("powercut-fs".to_owned())
             .spawn(move || session.run())?;
-        Ok(Mounted {
+        let mut mounted = Mounted {
             state,
             backing,
             mountpoint,
+            device: 0,
             serving: Mutex::new(Some(serving)),
-        })
+        };
+        // Served by the thread just started; on failure, dropping `mounted` unmounts.
+        mounted.device = std::fs::metadata(&mounted.mountpoint)?.dev();
+        Ok(mounted)
     }
 }
 
@@ -200,6 +206,8 @@ pub struct Mounted {
     state: Arc<Mutex<State>>,
     backing: PathBuf,
     mountpoint: PathBuf,
+    /// The device number of the mount, which names its FUSE connection.
+    device: u64,
     /// The thread serving the mount; `None` once unmounted.
     serving: Mutex<Option<JoinHandle<io::Result<()>>>>,
 }
@@ -229,8 +237,10 @@ impl Mounted {
     /// Cuts the power. At once (under the lock every filesystem call takes), every later call on
     /// the mount fails with `EIO`, from any process, including on files already open; the
     /// backing directory is rolled back to its durable state, keeping the part of the last write
-    /// that `tear` says; then the mount is taken down (lazily if files are still open there: those
-    /// keep failing with `EIO` until closed). A second cut is an error.
+    /// that `tear` says; then the mount is taken down. If files are still open there, the FUSE
+    /// connection is aborted (calls on them then fail with `ENOTCONN`, and none can hang) and
+    /// the mount detached; where the connection cannot be aborted (no fusectl), they go on
+    /// failing with `EIO` until closed. A second cut is an error.
     pub fn cut_power_with(&self, tear: Tear) -> io::Result<CutReport> {
         let report = lock(&self.state).cut(tear)?;
         self.take_down()?;
@@ -248,14 +258,31 @@ impl Mounted {
         settled.and(down)
     }
 
-    /// Unmounts, if still mounted. A plain unmount when nothing is open on the mount, then the
-    /// serving thread ends; a lazy one (`MNT_DETACH`) when something is, then the thread goes on
-    /// serving those files until they are closed, and is left to end by itself.
+    /// Unmounts, if still mounted. A plain unmount when nothing is open on the mount. When
+    /// something is, the FUSE connection is aborted first (through fusectl), so that every call
+    /// on those files fails at once and none can wait on the serving thread, then the mount is
+    /// detached lazily. Without fusectl the thread goes on serving those files until they are
+    /// closed, and is left to end by itself.
     fn take_down(&self) -> io::Result<()> {
         let Some(serving) = lock(&self.serving).take() else {
             return Ok(());
         };
-        if detach(&self.mountpoint)? {
+        let ended = match umount2(&self.mountpoint, MntFlags::empty()) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EBUSY) => {
+                let aborted = abort_connection(self.device).is_ok();
+                umount2(&self.mountpoint, MntFlags::MNT_DETACH)
+                    .map_err(|e| unmount_error(&self.mountpoint, e))?;
+                aborted
+            }
+            Err(nix::errno::Errno::EPERM) => {
+                let aborted = abort_connection(self.device).is_ok();
+                fusermount_unmount(&self.mountpoint)?;
+                aborted
+            }
+            Err(e) => return Err(unmount_error(&self.mountpoint, e)),
+        };
+        if !ended {
             return Ok(());
         }
         match serving.join() {
@@ -274,7 +301,9 @@ impl Drop for Mounted {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in a filesystem call leaves the state as consistent as an error would.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn check_fuse_available() -> io::Result<()> {
@@ -302,9 +331,9 @@ fn fusermount() -> Option<&'static str> {
 }
 
 fn canonical_dir(path: &Path, what: &str) -> io::Result<PathBuf> {
-    let canonical = path.canonicalize().map_err(|e| {
-        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-    })?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))?;
     if !canonical.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -314,33 +343,55 @@ fn canonical_dir(path: &Path, what: &str) -> io::Result<PathBuf> {
     Ok(canonical)
 }
 
-/// Unmounts `mountpoint`; true if only lazily (something is still open there).
-fn detach(mountpoint: &Path) -> io::Result<bool> {
-    match umount2(mountpoint, MntFlags::empty()) {
-        Ok(()) => Ok(false),
-        Err(nix::errno::Errno::EBUSY) => {
-            umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| unmount_error(mountpoint, e))?;
-            Ok(true)
-        }
-        Err(nix::errno::Errno::EPERM) => {
-            // Not root: only the setuid helper may unmount, and it unmounts lazily.
-            let helper = fusermount().ok_or_else(|| {
-                io::Error::other("cannot unmount: not root and no fusermount3 installed")
-            })?;
-            let status = Command::new(helper)
-                .args(["-u", "-z", "--"])
-                .arg(mountpoint)
-                .status()?;
-            if !status.success() {
-                return Err(io::Error::other(format!(
-                    "{helper} -u -z {} failed: {status}",
-                    mountpoint.display()
-                )));
+/// Where fusectl, the FUSE control filesystem, is normally mounted.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Aborts the FUSE connection of the filesystem on `device`: every request pending or to come
+/// fails with `ENOTCONN`, and the serving thread's read ends. Mounts fusectl if it is not.
+fn abort_connection(device: u64) -> io::Result<()> {
+    use nix::sys::stat::{major, minor};
+    // fusectl names a connection by the kernel's dev_t: major << 20 | minor.
+    let abort = Path::new(FUSECTL)
+        .join(((major(device) << 20) | minor(device)).to_string())
+        .join("abort");
+    if !abort.exists() {
+        let mounted = nix::mount::mount(
+            Some("fusectl"),
+            FUSECTL,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+        match mounted {
+            // EBUSY: mounted already; then the write below says what is wrong.
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("mounting fusectl on {FUSECTL}: {e}"),
+                ))
             }
-            Ok(true)
         }
-        Err(e) => Err(unmount_error(mountpoint, e)),
     }
+    std::fs::write(&abort, b"1")
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", abort.display())))
+}
+
+/// Not root: only the setuid helper may unmount, and it unmounts lazily.
+fn fusermount_unmount(mountpoint: &Path) -> io::Result<()> {
+    let helper = fusermount()
+        .ok_or_else(|| io::Error::other("cannot unmount: not root and no fusermount3 installed"))?;
+    let status = Command::new(helper)
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "{helper} -u -z {} failed: {status}",
+            mountpoint.display()
+        )));
+    }
+    Ok(())
 }
 
 fn unmount_error(mountpoint: &Path, e: nix::errno::Errno) -> io::Error {

@@ -171,7 +171,6 @@ impl State {
         fh
     }
 
-
     pub(crate) fn lookup(&mut self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
         self.alive()?;
         if Self::hidden(parent, name) {
@@ -452,7 +451,7 @@ impl State {
 
     pub(crate) fn statfs(&self) -> Result<nix::sys::statvfs::Statvfs> {
         self.alive()?;
-        Ok(nix::sys::statvfs::statvfs(&self.backing).map_err(|e| Errno::from_i32(e as i32))?)
+        nix::sys::statvfs::statvfs(&self.backing).map_err(|e| Errno::from_i32(e as i32))
     }
 
     /// How every open file is opened: no page cache, so reads reach the filesystem too.
@@ -493,7 +492,8 @@ fn timestamp(secs: i64, nanos: i64) -> SystemTime {
     } else {
         UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
     };
-    time.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
+    time.and_then(|t| t.checked_add(nanos))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 fn attr(ino: u64, metadata: &fs::Metadata) -> FileAttr {
