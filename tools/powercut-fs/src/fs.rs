@@ -192,11 +192,11 @@ impl Filesystem for Front {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.state().write(fh.0, offset, data) {
+        match self.state().write(fh.0, offset, data, flags.0) {
             Ok(written) => reply.written(written),
             Err(e) => reply.error(e),
         }

@@ -14,7 +14,8 @@
 //! - **Reads see the latest writes** (the page-cache view), whether synced or not.
 //! - **File data** (content *and* length: writes, truncates, `fallocate`) is volatile until an
 //!   `fsync` or `fdatasync` of that file, through any descriptor of it. Both make the whole file
-//!   durable (content and length); `fdatasync` is not weaker here.
+//!   durable (content and length); `fdatasync` is not weaker here. A write through an `O_SYNC` or
+//!   `O_DSYNC` descriptor (or with `RWF_DSYNC`) makes the file durable when it returns.
 //! - **Namespace operations** (create, mkdir, unlink, rmdir, rename) follow
 //!   [`MetadataDurability`]:
 //!   - [`MetadataDurability::OnDirSync`] (the default, conservative, LazyFS-like): they are lost
@@ -49,7 +50,9 @@
 //! Files are opened with `FOPEN_DIRECT_IO` and attributes are never cached, so every read, write
 //! and stat reaches the filesystem (and fails with `EIO` after a cut) instead of the page cache.
 //! Unlinked files that are still open keep working. Symlinks, hard links and special files cannot
-//! be created through the mount.
+//! be created through the mount, `RENAME_EXCHANGE`/`RENAME_NOREPLACE` are refused (`EINVAL`), and
+//! shared writable `mmap` is not available (direct I/O). Locks (`flock`, `fcntl`) are handled by
+//! the kernel, per mount.
 //!
 //! # Requirements
 //!

@@ -369,7 +369,9 @@ impl State {
         Ok(data)
     }
 
-    pub(crate) fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Writes `data` at `offset`; `flags` are the file's open flags as the kernel passes them
+    /// with each write (with `O_DSYNC` also for `pwritev2(RWF_DSYNC)`).
+    pub(crate) fn write(&mut self, fh: u64, offset: u64, data: &[u8], flags: i32) -> Result<u32> {
         self.alive()?;
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let (file, key) = file_of(&self.handles, fh)?;
@@ -377,6 +379,10 @@ impl State {
             .before_write(key, || fdpath::reopen_rw(file), offset, data.len() as u64)?;
         file.write_all_at(data, offset)?;
         self.volatile.wrote(key, offset, data);
+        if flags & nix::fcntl::OFlag::O_DSYNC.bits() != 0 {
+            // O_SYNC and O_DSYNC (O_SYNC includes it): durable when write(2) returns.
+            self.volatile.file_synced(key);
+        }
         Ok(written)
     }
 

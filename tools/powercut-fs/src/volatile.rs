@@ -502,3 +502,193 @@ fn remove_any(path: &Path) -> io::Result<Key> {
 fn errno(errno: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(errno as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rollback on a plain directory, driven the way the filesystem drives it (tell first,
+    //! then change): runs without root or FUSE.
+
+    use super::*;
+
+    struct Dir {
+        tmp: tempfile::TempDir,
+        root: Arc<File>,
+        volatile: Volatile,
+    }
+
+    impl Dir {
+        fn new(model: MetadataDurability) -> Dir {
+            let tmp = tempfile::tempdir().unwrap();
+            let trash = Trash::prepare(&tmp.path().join(crate::TRASH_NAME)).unwrap();
+            let root = Arc::new(fdpath::hold(tmp.path()).unwrap());
+            Dir {
+                tmp,
+                root,
+                volatile: Volatile::new(model, trash),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.tmp.path().join(name)
+        }
+
+        fn write(&mut self, name: &str, offset: u64, data: &[u8]) {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.path(name))
+                .unwrap();
+            let key = key_of(&file.metadata().unwrap());
+            let reopen = || fdpath::reopen_rw(&file);
+            self.volatile
+                .before_write(key, reopen, offset, data.len() as u64)
+                .unwrap();
+            file.write_all_at(data, offset).unwrap();
+            self.volatile.wrote(key, offset, data);
+        }
+
+        fn set_len(&mut self, name: &str, len: u64) {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(self.path(name))
+                .unwrap();
+            let key = key_of(&file.metadata().unwrap());
+            self.volatile
+                .before_set_len(key, || fdpath::reopen_rw(&file), len)
+                .unwrap();
+            file.set_len(len).unwrap();
+        }
+
+        fn sync(&mut self, name: &str) {
+            let key = key_of(&fs::metadata(self.path(name)).unwrap());
+            self.volatile.file_synced(key);
+        }
+
+        fn names(&self) -> Vec<OsString> {
+            let mut names: Vec<_> = fs::read_dir(self.tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    #[test]
+    fn overlapping_overwrites_truncates_and_growth_roll_back_to_the_durable_bytes() {
+        let mut dir = Dir::new(MetadataDurability::Immediate);
+        let durable: Vec<u8> = (0..100).collect();
+        fs::write(dir.path("f"), &durable).unwrap();
+        dir.write("f", 10, &[0xAA; 20]);
+        dir.write("f", 5, &[0xBB; 10]);
+        dir.write("f", 25, &[0xCC; 10]);
+        dir.set_len("f", 50);
+        dir.write("f", 60, &[0xDD; 30]);
+        dir.set_len("f", 300);
+        dir.write("f", 95, &[0xEE; 100]);
+        let report = dir.volatile.cut(Tear::None).unwrap();
+        assert_eq!(fs::read(dir.path("f")).unwrap(), durable);
+        assert_eq!(report.files_rolled_back, 1);
+        // 5..35 saved before the first overwrites, 50..100 before the shrink: each byte once.
+        assert_eq!(report.bytes_restored, 30 + 50);
+    }
+
+    #[test]
+    fn a_synced_file_keeps_its_content_and_later_writes_roll_back_to_it() {
+        let mut dir = Dir::new(MetadataDurability::Immediate);
+        fs::write(dir.path("f"), b"one").unwrap();
+        dir.write("f", 0, b"two, longer");
+        dir.sync("f");
+        dir.write("f", 0, b"THREE");
+        dir.write("f", 11, b" and more");
+        dir.volatile.cut(Tear::None).unwrap();
+        assert_eq!(fs::read(dir.path("f")).unwrap(), b"two, longer");
+    }
+
+    #[test]
+    fn a_tear_keeps_the_chosen_prefix_of_the_last_write_only() {
+        let mut dir = Dir::new(MetadataDurability::Immediate);
+        fs::write(dir.path("f"), b"0123456789").unwrap();
+        dir.write("f", 2, b"ab");
+        dir.write("f", 8, b"WXYZ");
+        let report = dir.volatile.cut(Tear::Prefix(3)).unwrap();
+        assert_eq!(
+            report.torn,
+            Some(TornWrite {
+                offset: 8,
+                len: 4,
+                kept: 3
+            })
+        );
+        assert_eq!(fs::read(dir.path("f")).unwrap(), b"01234567WXY");
+    }
+
+    #[test]
+    fn namespace_operations_roll_back_in_reverse_until_a_directory_sync() {
+        let mut dir = Dir::new(MetadataDurability::OnDirSync);
+        let root = dir.root.clone();
+        fs::write(dir.path("a"), b"a").unwrap();
+        fs::write(dir.path("b"), b"b").unwrap();
+        // Committed: c created, a removed.
+        fs::write(dir.path("c"), b"c").unwrap();
+        dir.volatile.created(&root, OsStr::new("c"));
+        dir.volatile.remove(&root, OsStr::new("a"), false).unwrap();
+        dir.volatile.dirs_synced().unwrap();
+        // Not committed: d created, renamed over b; c removed; a directory made.
+        fs::write(dir.path("d"), b"d").unwrap();
+        dir.volatile.created(&root, OsStr::new("d"));
+        dir.volatile
+            .rename(&root, OsStr::new("d"), &root, OsStr::new("b"))
+            .unwrap();
+        dir.volatile.remove(&root, OsStr::new("c"), false).unwrap();
+        fs::create_dir(dir.path("e")).unwrap();
+        dir.volatile.created(&root, OsStr::new("e"));
+        assert_eq!(fs::read(dir.path("b")).unwrap(), b"d");
+        let report = dir.volatile.cut(Tear::None).unwrap();
+        assert_eq!(report.namespace_ops_undone, 4);
+        assert_eq!(dir.names(), ["b", "c"]);
+        assert_eq!(fs::read(dir.path("b")).unwrap(), b"b");
+        assert_eq!(fs::read(dir.path("c")).unwrap(), b"c");
+    }
+
+    #[test]
+    fn removing_checks_types_and_emptiness_before_parking_anything() {
+        let mut dir = Dir::new(MetadataDurability::OnDirSync);
+        let root = dir.root.clone();
+        fs::create_dir(dir.path("full")).unwrap();
+        fs::write(dir.path("full/x"), b"").unwrap();
+        fs::write(dir.path("file"), b"").unwrap();
+        let code = |e: io::Error| e.raw_os_error().unwrap();
+        let remove = |v: &mut Volatile, name: &str, is_dir: bool| {
+            v.remove(&root, OsStr::new(name), is_dir).map_err(code)
+        };
+        assert_eq!(
+            remove(&mut dir.volatile, "full", true),
+            Err(libc_errno::ENOTEMPTY)
+        );
+        assert_eq!(
+            remove(&mut dir.volatile, "full", false),
+            Err(libc_errno::EISDIR)
+        );
+        assert_eq!(
+            remove(&mut dir.volatile, "file", true),
+            Err(libc_errno::ENOTDIR)
+        );
+        let over_dir = dir
+            .volatile
+            .rename(&root, OsStr::new("file"), &root, OsStr::new("full"))
+            .map_err(code);
+        assert_eq!(over_dir, Err(libc_errno::EISDIR));
+        dir.volatile.settle().unwrap();
+        assert_eq!(dir.names(), ["file", "full"], "nothing moved, trash gone");
+    }
+
+    /// errno values, as the kernel returns them.
+    mod libc_errno {
+        use nix::errno::Errno;
+        pub const ENOTEMPTY: i32 = Errno::ENOTEMPTY as i32;
+        pub const EISDIR: i32 = Errno::EISDIR as i32;
+        pub const ENOTDIR: i32 = Errno::ENOTDIR as i32;
+    }
+}

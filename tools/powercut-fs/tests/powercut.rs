@@ -105,6 +105,27 @@ fn a_write_followed_by_fsync_survives() {
 
 #[test]
 #[ignore = "needs root and /dev/fuse"]
+fn a_write_through_an_o_dsync_descriptor_is_durable_when_it_returns() {
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_DSYNC: i32 = 0o10000;
+    let rig = Rig::new(MetadataDurability::OnDirSync);
+    fs::write(rig.b("wal"), b"").unwrap();
+    let mounted = rig.mount();
+    let mut wal = OpenOptions::new()
+        .append(true)
+        .custom_flags(O_DSYNC)
+        .open(rig.m("wal"))
+        .unwrap();
+    wal.write_all(b"record 1;").unwrap();
+    wal.write_all(b"record 2;").unwrap();
+    let plain = OpenOptions::new().write(true).open(rig.m("wal")).unwrap();
+    plain.write_all_at(b"lost", 18).unwrap();
+    mounted.cut_power(false).unwrap();
+    assert_eq!(fs::read(rig.b("wal")).unwrap(), b"record 1;record 2;");
+}
+
+#[test]
+#[ignore = "needs root and /dev/fuse"]
 fn length_changes_without_fsync_are_lost() {
     let rig = Rig::new(MetadataDurability::OnDirSync);
     fs::write(rig.b("grown"), b"0123456789").unwrap();
@@ -447,6 +468,12 @@ fn a_second_cut_is_an_error() {
     let mounted = rig.mount();
     mounted.cut_power(false).unwrap();
     assert!(mounted.cut_power(false).is_err());
+}
+
+#[test]
+fn a_mount_can_be_cut_from_another_thread() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Mounted>();
 }
 
 #[test]
