@@ -29,7 +29,10 @@
 //!     within seconds whatever the program does; choose it to test only data durability. A file
 //!     created and written but never fsynced then survives a cut, empty (ext4's zero-length file).
 //! - **A torn write** ([`Tear`]): the cut may keep a prefix of the last write that was not made
-//!   durable, on top of the durable content, as a disk that lost power mid-write would.
+//!   durable, in place on top of the durable content, as a disk that lost power mid-write would.
+//!   If earlier unsynced writes lay between the durable end of the file and that write, they are
+//!   lost and read as zeros: a hole, as XFS or ext4 with `data=writeback` can show after a crash
+//!   (the size reached the disk, some data did not).
 //! - Not modelled (durable at once): permissions, owners and timestamps.
 //! - Not seen at all, because FUSE does not pass them on: `sync_file_range`, `sync` and `syncfs`.
 //!   Writes "synced" only that way stay volatile. sled 0.34 flushes its log with
@@ -56,9 +59,11 @@
 //!
 //! # Requirements
 //!
-//! Linux with `/dev/fuse`. As root the mount is a plain `mount(2)` and nothing else is needed;
-//! another user needs `fusermount3` (Debian package `fuse3`, see `install-deps.sh`). No libfuse
-//! headers are needed. Tests that mount are `#[ignore = "needs root and /dev/fuse"]`.
+//! Linux with `/dev/fuse`. As root the mount is a plain `mount(2)` and nothing else is needed
+//! (to abort connections, fusectl is mounted on `/sys/fs/fuse/connections` if it is not yet, as
+//! systemd does at boot); another user needs `fusermount3` (Debian package `fuse3`, see
+//! `install-deps.sh`) and a `/dev/fuse` open to all (mode 0666). No libfuse headers are needed.
+//! Tests that mount are `#[ignore = "needs root and /dev/fuse"]`.
 
 #![cfg(target_os = "linux")]
 
@@ -74,7 +79,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use nix::mount::{umount2, MntFlags};
 
 use crate::state::State;
@@ -179,13 +184,14 @@ impl PowerCutFs {
             config.mount_options.push(MountOption::DefaultPermissions);
         }
         config.n_threads = Some(1);
-        let session =
-            Session::new(fs::Front::new(state.clone()), &mountpoint, &config).map_err(|e| {
+        let mut session = Session::new(fs::Front::new(state.clone()), &mountpoint, &config)
+            .map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("mounting powercut-fs on {}: {e}", mountpoint.display()),
                 )
             })?;
+        let unmounter = session.unmount_callable();
         let serving = std::thread::Builder::new()
             .name("powercut-fs".to_owned())
             .spawn(move || session.run())?;
@@ -194,6 +200,7 @@ impl PowerCutFs {
             backing,
             mountpoint,
             device: 0,
+            unmounter: Mutex::new(unmounter),
             serving: Mutex::new(Some(serving)),
         };
         // Served by the thread just started; on failure, dropping `mounted` unmounts.
@@ -211,6 +218,8 @@ pub struct Mounted {
     mountpoint: PathBuf,
     /// The device number of the mount, which names its FUSE connection.
     device: u64,
+    /// The only way the mount is ever unmounted by path (see `take_down`).
+    unmounter: Mutex<SessionUnmounter>,
     /// The thread serving the mount; `None` once unmounted.
     serving: Mutex<Option<JoinHandle<io::Result<()>>>>,
 }
@@ -245,9 +254,11 @@ impl Mounted {
     /// the mount detached; where the connection cannot be aborted (no fusectl), they go on
     /// failing with `EIO` until closed. A second cut is an error.
     pub fn cut_power_with(&self, tear: Tear) -> io::Result<CutReport> {
-        let report = lock(&self.state).cut(tear)?;
-        self.take_down()?;
-        Ok(report)
+        let report = lock(&self.state).cut(tear);
+        // Down even if the rollback failed: the power is off either way.
+        let down = self.take_down();
+        let report = report?;
+        down.map(|()| report)
     }
 
     /// Unmounts cleanly and says whether that went well (dropping does the same, silently).
@@ -261,29 +272,33 @@ impl Mounted {
         settled.and(down)
     }
 
-    /// Unmounts, if still mounted. A plain unmount when nothing is open on the mount. When
-    /// something is, the FUSE connection is aborted first (through fusectl), so that every call
-    /// on those files fails at once and none can wait on the serving thread, then the mount is
-    /// detached lazily. Without fusectl the thread goes on serving those files until they are
-    /// closed, and is left to end by itself.
+    /// Unmounts, if still mounted: a plain unmount when nothing is open on the mount. When
+    /// something is, the FUSE connection is aborted (through fusectl), so that every call on
+    /// those files fails at once and none can wait on the serving thread, and the mount is
+    /// detached. Without fusectl the thread goes on serving those files until they are closed,
+    /// and is left to end by itself.
     fn take_down(&self) -> io::Result<()> {
         let Some(serving) = lock(&self.serving).take() else {
             return Ok(());
         };
-        let ended = match umount2(&self.mountpoint, MntFlags::empty()) {
-            Ok(()) => true,
-            Err(nix::errno::Errno::EBUSY) => {
+        // This takes the mount out of fuser's hands whatever the outcome, so that fuser never
+        // unmounts by path later (when the thread ends), which could hit a newer mount there.
+        let ended = match lock(&self.unmounter).unmount() {
+            // Root: unmounted, the thread ends. Not root: fusermount unmounted lazily.
+            Ok(()) if nix::unistd::geteuid().is_root() => true,
+            Ok(()) => abort_connection(self.device).is_ok(),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
                 let aborted = abort_connection(self.device).is_ok();
                 umount2(&self.mountpoint, MntFlags::MNT_DETACH)
                     .map_err(|e| unmount_error(&self.mountpoint, e))?;
                 aborted
             }
-            Err(nix::errno::Errno::EPERM) => {
-                let aborted = abort_connection(self.device).is_ok();
-                fusermount_unmount(&self.mountpoint)?;
-                aborted
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("unmounting {}: {e}", self.mountpoint.display()),
+                ))
             }
-            Err(e) => return Err(unmount_error(&self.mountpoint, e)),
         };
         if !ended {
             return Ok(());
@@ -378,23 +393,6 @@ fn abort_connection(device: u64) -> io::Result<()> {
     }
     std::fs::write(&abort, b"1")
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", abort.display())))
-}
-
-/// Not root: only the setuid helper may unmount, and it unmounts lazily.
-fn fusermount_unmount(mountpoint: &Path) -> io::Result<()> {
-    let helper = fusermount()
-        .ok_or_else(|| io::Error::other("cannot unmount: not root and no fusermount3 installed"))?;
-    let status = Command::new(helper)
-        .args(["-u", "-z", "--"])
-        .arg(mountpoint)
-        .status()?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "{helper} -u -z {} failed: {status}",
-            mountpoint.display()
-        )));
-    }
-    Ok(())
 }
 
 fn unmount_error(mountpoint: &Path, e: nix::errno::Errno) -> io::Error {

@@ -414,6 +414,75 @@ fn a_process_writing_when_the_power_goes_gets_errors_and_does_not_hang() {
 
 #[test]
 #[ignore = "needs root and /dev/fuse"]
+fn every_acknowledged_fsync_survives_a_cut_at_a_random_moment() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let record = |n: usize| format!("record {n:06}\n").into_bytes();
+    for round in 0..5 {
+        let rig = Rig::new(MetadataDurability::OnDirSync);
+        fs::write(rig.b("log"), b"").unwrap();
+        let mounted = rig.mount();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let mut log = OpenOptions::new().append(true).open(rig.m("log")).unwrap();
+        let writer = std::thread::spawn({
+            let acked = acked.clone();
+            move || {
+                for n in 0.. {
+                    let written = log.write_all(&record(n)).and_then(|()| {
+                        // Every third record is left unsynced until the next one.
+                        if n % 3 == 2 {
+                            Ok(())
+                        } else {
+                            log.sync_data()
+                        }
+                    });
+                    match written {
+                        Ok(()) if n % 3 != 2 => acked.store(n + 1, Ordering::SeqCst),
+                        Ok(()) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        let cut_after = 20 + round * 37;
+        while acked.load(Ordering::SeqCst) < cut_after {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let report = mounted.cut_power(true).unwrap();
+        writer.join().unwrap();
+        let acked = acked.load(Ordering::SeqCst);
+        let content = fs::read(rig.b("log")).unwrap();
+        let whole = content
+            .chunks(record(0).len())
+            .enumerate()
+            .take_while(|(n, chunk)| *chunk == record(*n))
+            .count();
+        assert!(
+            whole >= acked,
+            "round {round}: {whole} records survived, {acked} acknowledged"
+        );
+        // After them: only a torn prefix of a later record, after a hole (zeros) if records
+        // between were lost.
+        let rest = &content[whole * record(0).len()..];
+        let hole = rest.iter().take_while(|b| **b == 0).count();
+        let lost = hole / record(0).len();
+        assert_eq!(hole % record(0).len(), 0, "round {round}: {report:?}");
+        assert!(
+            rest[hole..].len() < record(0).len() && record(whole + lost).starts_with(&rest[hole..]),
+            "round {round}: {report:?}, tail {:?}",
+            String::from_utf8_lossy(rest)
+        );
+        if hole > 0 {
+            assert!(
+                report.torn.is_some_and(|t| t.kept > 0),
+                "a hole only under a torn write"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and /dev/fuse"]
 fn tens_of_megabytes_of_appends_and_overwrites_roll_back_exactly() {
     let rig = Rig::new(MetadataDurability::OnDirSync);
     let chunk: Vec<u8> = (0..65_536u32).map(|i| (i % 253) as u8).collect();
