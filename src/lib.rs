@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod agent;
-pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -19,7 +18,6 @@ pub mod metrics;
 pub mod normalize;
 pub mod ops;
 pub mod queue;
-pub mod recovery;
 pub mod retry;
 pub mod shutdown;
 pub mod sink;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{format_rfc3339_ns, now_ns};
+use crate::event::stream_tag;
 
 /// The file's name in `data_dir`.
 pub const FILE_NAME: &str = "checkpoint.json";
@@ -262,6 +263,174 @@ impl Tracker {
     /// The restore point last written for stream `tag`.
     pub fn written(&self, tag: u32) -> Option<i64> {
         self.written.get(&tag).copied()
+    }
+}
+
+/// The queue's side of the checkpoint: what is queued per stream ([`Tracker`]), each stream's cursor as
+/// last committed, and the file as last written (which also keeps the history of recoveries).
+#[derive(Debug)]
+pub(super) struct Checkpoints {
+    dir: PathBuf,
+    tracker: Tracker,
+    /// Stream name → its cursor's watermark, as last committed (or read at open).
+    cursors: BTreeMap<String, i64>,
+    /// Stream tag → name, for every stream this queue has seen.
+    names: HashMap<u32, String>,
+    file: CheckpointFile,
+}
+
+impl Checkpoints {
+    /// The state of a queue just opened in `dir`: `file` is the checkpoint file found there (if any),
+    /// `cursors` the streams' cursors in the database, `queued` the bytes each stream has queued, and
+    /// `next_seq` the first key a new chunk will get. `oldest_queued(tag)` finds the oldest timestamp a
+    /// stream has queued by reading the queue; it is called only for a queue with events and no
+    /// checkpoint for their stream (one written before checkpoints existed).
+    pub(super) fn load(
+        dir: &Path,
+        file: Option<CheckpointFile>,
+        cursors: Vec<(String, i64)>,
+        queued: &HashMap<u32, u64>,
+        next_seq: u64,
+        mut oldest_queued: impl FnMut(u32) -> Option<i64>,
+    ) -> Checkpoints {
+        let file = file.unwrap_or_default();
+        let mut state = Checkpoints {
+            dir: dir.to_path_buf(),
+            tracker: Tracker::default(),
+            cursors: cursors.into_iter().collect(),
+            names: HashMap::new(),
+            file,
+        };
+        let names: Vec<String> = state
+            .cursors
+            .keys()
+            .chain(state.file.streams.keys())
+            .cloned()
+            .collect();
+        for name in names {
+            state.names.insert(stream_tag(&name), name);
+        }
+        for (name, stream) in &state.file.streams {
+            state.tracker.wrote(stream_tag(name), stream.restore_cursor_ns);
+        }
+        for (&tag, &bytes) in queued {
+            // The last file covers what was queued when it was written, and everything committed since
+            // (anything older was written to it first): its restore point bounds the oldest queued event.
+            let oldest = state
+                .names
+                .get(&tag)
+                .and_then(|name| state.file.streams.get(name))
+                .map(|stream| stream.restore_cursor_ns)
+                .or_else(|| oldest_queued(tag));
+            if let Some(oldest) = oldest {
+                state
+                    .tracker
+                    .queued_before_open(tag, next_seq, oldest, bytes);
+            }
+        }
+        state
+    }
+
+    /// Before events of `stream` as old as `oldest_ns` are committed: writes the checkpoint first when they
+    /// are older than what it covers.
+    pub(super) fn before_commit(&mut self, stream: &str, oldest_ns: i64) -> std::io::Result<()> {
+        let tag = stream_tag(stream);
+        self.names.entry(tag).or_insert_with(|| stream.to_string());
+        if self.tracker.needs_write_before(tag, oldest_ns) {
+            self.write(Some((tag, oldest_ns)))?;
+        }
+        Ok(())
+    }
+
+    /// A commit of `stream` queued `bytes` in chunks `first_key..=last_key`, none older than `oldest_ns`,
+    /// and moved its cursor to `cursor_ns` (if it did).
+    pub(super) fn committed(
+        &mut self,
+        stream: &str,
+        keys: (u64, u64),
+        oldest_ns: i64,
+        bytes: u64,
+        cursor_ns: Option<i64>,
+    ) {
+        let tag = stream_tag(stream);
+        self.tracker
+            .committed(tag, keys.0, keys.1, oldest_ns, bytes);
+        if let Some(cursor) = cursor_ns {
+            self.cursors.insert(stream.to_string(), cursor);
+        }
+    }
+
+    /// Dead letters of stream `tag` were put back in chunks `first_key..=last_key`.
+    pub(super) fn requeued(&mut self, tag: u32, keys: (u64, u64), oldest_ns: i64, bytes: u64) {
+        self.tracker
+            .committed(tag, keys.0, keys.1, oldest_ns, bytes);
+    }
+
+    /// Events of stream `tag` left the chunk at `key` (acknowledged or dead-lettered): `bytes` of them,
+    /// leaving `stream_bytes_left` of the stream queued.
+    pub(super) fn removed(&mut self, tag: u32, key: u64, bytes: u64, stream_bytes_left: u64) {
+        self.tracker.removed(tag, key, bytes);
+        if stream_bytes_left == 0 {
+            self.tracker.stream_empty(tag);
+        }
+    }
+
+    /// The oldest timestamp of stream `tag` still queued (what [`Checkpoints::before_commit`] must cover).
+    pub(super) fn oldest_queued(&self, tag: u32) -> Option<i64> {
+        self.tracker.oldest(tag)
+    }
+
+    /// Writes the file when a stream's restore point moved since it was last written. True if it wrote.
+    pub(super) fn write_if_moved(&mut self) -> std::io::Result<bool> {
+        let moved = self.names.iter().any(|(&tag, name)| {
+            let cursor = self.cursors.get(name).copied();
+            self.tracker.restore_point(tag, cursor) != self.tracker.written(tag)
+        });
+        if moved {
+            self.write(None)?;
+        }
+        Ok(moved)
+    }
+
+    /// Writes the file now; `lower` moves one stream's restore point back to cover events about to be
+    /// committed.
+    fn write(&mut self, lower: Option<(u32, i64)>) -> std::io::Result<()> {
+        let mut streams = BTreeMap::new();
+        let mut written = Vec::new();
+        for (&tag, name) in &self.names {
+            let cursor = self.cursors.get(name).copied();
+            let oldest = self.tracker.oldest(tag);
+            let mut restore = self.tracker.restore_point(tag, cursor);
+            if let Some((lowered, ns)) = lower {
+                if lowered == tag {
+                    restore = Some(restore.map_or(ns, |r| r.min(ns)));
+                }
+            }
+            if let Some(restore) = restore {
+                streams.insert(name.clone(), StreamCheckpoint::new(restore, cursor, oldest));
+                written.push((tag, restore));
+            }
+        }
+        let mut file = self.file.clone();
+        file.streams = streams;
+        file.write(&self.dir)?;
+        self.file = file;
+        for (tag, restore) in written {
+            self.tracker.wrote(tag, restore);
+        }
+        Ok(())
+    }
+
+    /// Records a recovery in the file (and writes it).
+    pub(super) fn record_recovery(&mut self, recovery: Recovery) -> std::io::Result<()> {
+        self.file.recoveries_total += 1;
+        self.file.recoveries.push(recovery);
+        self.write(None)
+    }
+
+    /// The file as last written (or read at open).
+    pub(super) fn file(&self) -> &CheckpointFile {
+        &self.file
     }
 }
 
