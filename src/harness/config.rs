@@ -28,7 +28,12 @@ impl ConfigBuilder {
 
     /// A configuration whose queue lives in `data_dir`.
     pub fn new(data_dir: &Path) -> ConfigBuilder {
-        ConfigBuilder::empty().set("data_dir", path(data_dir))
+        ConfigBuilder::empty().data_dir(data_dir)
+    }
+
+    /// Where the queue lives.
+    pub fn data_dir(self, dir: &Path) -> ConfigBuilder {
+        self.set("data_dir", path_value(dir))
     }
 
     /// The JumpCloud API to poll (`[jumpcloud]`): its base URL and API key. The key may be a `${VAR}`
@@ -45,7 +50,7 @@ impl ConfigBuilder {
     }
 
     pub fn poll_interval(self, every: Duration) -> ConfigBuilder {
-        self.set("jumpcloud.poll_interval", duration(every))
+        self.set("jumpcloud.poll_interval", duration_value(every))
     }
 
     pub fn page_size(self, events: u32) -> ConfigBuilder {
@@ -53,27 +58,27 @@ impl ConfigBuilder {
     }
 
     pub fn initial_lookback(self, window: Duration) -> ConfigBuilder {
-        self.set("jumpcloud.initial_lookback", duration(window))
+        self.set("jumpcloud.initial_lookback", duration_value(window))
     }
 
     pub fn overlap(self, window: Duration) -> ConfigBuilder {
-        self.set("jumpcloud.overlap", duration(window))
+        self.set("jumpcloud.overlap", duration_value(window))
     }
 
     pub fn min_request_interval(self, interval: Duration) -> ConfigBuilder {
-        self.set("jumpcloud.min_request_interval", duration(interval))
+        self.set("jumpcloud.min_request_interval", duration_value(interval))
     }
 
     /// The poller's retry delays (`jumpcloud.retry_initial`, `jumpcloud.retry_max`).
     pub fn api_retry(self, initial: Duration, max: Duration) -> ConfigBuilder {
-        self.set("jumpcloud.retry_initial", duration(initial))
-            .set("jumpcloud.retry_max", duration(max))
+        self.set("jumpcloud.retry_initial", duration_value(initial))
+            .set("jumpcloud.retry_max", duration_value(max))
     }
 
     /// The forwarder's retry delays (`sekoia.retry_initial`, `sekoia.retry_max`).
     pub fn intake_retry(self, initial: Duration, max: Duration) -> ConfigBuilder {
-        self.set("sekoia.retry_initial", duration(initial))
-            .set("sekoia.retry_max", duration(max))
+        self.set("sekoia.retry_initial", duration_value(initial))
+            .set("sekoia.retry_max", duration_value(max))
     }
 
     pub fn batch_max_events(self, events: u32) -> ConfigBuilder {
@@ -160,12 +165,12 @@ impl ConfigBuilder {
 }
 
 /// A duration as the configuration file spells it (`"100ms"`, `"1m"`, `"3h"`).
-pub fn duration(value: Duration) -> Value {
+pub fn duration_value(value: Duration) -> Value {
     Value::String(humantime::format_duration(value).to_string())
 }
 
 /// A path as a TOML string (the configuration holds paths as text).
-pub fn path(value: &Path) -> Value {
+pub fn path_value(value: &Path) -> Value {
     Value::String(value.to_string_lossy().into_owned())
 }
 

@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::standin::{ApiOptions, ApiStandIn, IntakeOptions, IntakeStandIn};
 
 pub use arrival::{duplicates, missing, wait_all_arrived, Arrival};
-pub use config::{duration, path, ConfigBuilder};
+pub use config::{duration_value, path_value, ConfigBuilder};
 pub use in_process::InProcessAgent;
 pub use process::{AgentCommand, AgentProcess, Binary};
 
