@@ -48,12 +48,15 @@ const UNIT_FILE: &str = concat!(
     "/packaging/jcdi-forwarder.service"
 );
 
-/// Allocator variables the bench passes on to the agent when they are set for the bench.
-const INHERITED: [&str; 2] = ["GLIBC_TUNABLES", "MALLOC_ARENA_MAX"];
+/// Whether a variable of the bench's environment passes on to the agent: glibc's allocator settings
+/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...). Nothing else does.
+fn inherited(name: &str) -> bool {
+    name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
+}
 
 /// The `Environment=NAME=value` lines of the packaged systemd unit, so that the agent is measured as it
 /// runs once installed (its allocator settings matter: BENCHMARKS.md, "Memory"). A variable already set
-/// in the bench's own environment wins (the unit's line is left out), and [`INHERITED`] ones pass on:
+/// in the bench's own environment wins (the unit's line is left out), and [`inherited`] ones pass on:
 /// `GLIBC_TUNABLES= cargo bench ...` measures glibc's defaults.
 fn unit_environment() -> Vec<(String, String)> {
     let unit = std::fs::read_to_string(UNIT_FILE).unwrap_or_default();
@@ -65,11 +68,10 @@ fn unit_environment() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The bench's own values of [`INHERITED`] variables.
+/// The bench's own [`inherited`] variables.
 fn inherited_environment() -> Vec<(String, String)> {
-    INHERITED
-        .iter()
-        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+    std::env::vars()
+        .filter(|(name, _)| inherited(name))
         .collect()
 }
 

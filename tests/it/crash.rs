@@ -17,7 +17,10 @@ async fn kill_9_at_random_moments_loses_nothing() {
         &h.builder()
             .page_size(400)
             .min_request_interval(Duration::from_millis(20))
-            .batch_max_events(250),
+            .batch_max_events(250)
+            // Any free port at each start: a port free once may be taken by another test's connection
+            // between two restarts, and an agent that cannot listen exits.
+            .set("api.listen", "127.0.0.1:0"),
     );
     // Every run appends to the same log.
     let agent_command = binary()
