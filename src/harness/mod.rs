@@ -3,9 +3,9 @@
 //! ([`Binary`], [`AgentProcess`]) or in-process ([`InProcessAgent`]), wait with a deadline ([`wait_until`])
 //! and report what arrived ([`missing`], [`duplicates`], [`Arrival`]).
 //!
-//! It is part of the library (and so of the binary) because `demo` uses it; it asserts nothing and panics
-//! on nothing: each failure is an error the caller turns into a test failure or an exit code. Everything
-//! listens on and talks to 127.0.0.1 only.
+//! It is part of the library (and so of the binary) because `demo` uses it; it asserts nothing: each failure
+//! is an error that the caller turns into a test failure or an exit code. Everything listens on and talks
+//! to 127.0.0.1 only, and a child process gets only the environment it is given.
 
 mod arrival;
 mod config;
