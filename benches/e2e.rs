@@ -13,14 +13,16 @@
 //! `cargo bench --bench e2e -- [--events N] [--runs R] [--quick] [--only throughput|backlog]
 //! [--set section.key=value]...`. Cargo builds the binary with the bench profile (= release settings) and
 //! passes its path in `CARGO_BIN_EXE_jcdi-forwarder`; `--binary PATH` picks another one. Nothing here
-//! asserts a timing: it measures and prints. The agent gets the environment the packaged systemd unit sets
-//! (its allocator settings), unless the same variables are set for the bench.
+//! asserts a timing: it measures and prints. The agent is run through `jcdi_forwarder::harness` with a clean
+//! environment: it gets the variables the packaged systemd unit sets (its allocator settings), unless the
+//! same variables are set for the bench, which then pass on.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use jcdi_forwarder::clock::now_ns;
+use jcdi_forwarder::harness::{AgentProcess, Binary, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
 
 const API_KEY: &str = "bench-api-key";
@@ -33,9 +35,10 @@ struct Args {
     throughput: bool,
     backlog: bool,
     binary: PathBuf,
-    /// `section.key` → TOML value text, replacing the bench's defaults.
-    overrides: Vec<(String, String, String)>,
-    /// Set in the agent's environment: what the systemd unit sets (see [`unit_environment`]).
+    /// `section.key` → TOML value, replacing the bench's defaults.
+    overrides: Vec<(String, toml::Value)>,
+    /// The agent's environment: what the systemd unit sets, or the bench's own value (see
+    /// [`agent_environment`]).
     agent_env: Vec<(String, String)>,
 }
 
@@ -45,10 +48,16 @@ const UNIT_FILE: &str = concat!(
     "/packaging/jcdi-forwarder.service"
 );
 
+/// Whether a variable of the bench's environment passes on to the agent: glibc's allocator settings
+/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...). Nothing else does.
+fn inherited(name: &str) -> bool {
+    name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
+}
+
 /// The `Environment=NAME=value` lines of the packaged systemd unit, so that the agent is measured as it
 /// runs once installed (its allocator settings matter: BENCHMARKS.md, "Memory"). A variable already set
-/// in the bench's own environment wins, and the agent inherits it: `GLIBC_TUNABLES= cargo bench ...`
-/// measures glibc's defaults.
+/// in the bench's own environment wins (the unit's line is left out), and [`inherited`] ones pass on:
+/// `GLIBC_TUNABLES= cargo bench ...` measures glibc's defaults.
 fn unit_environment() -> Vec<(String, String)> {
     let unit = std::fs::read_to_string(UNIT_FILE).unwrap_or_default();
     unit.lines()
@@ -56,6 +65,13 @@ fn unit_environment() -> Vec<(String, String)> {
         .filter_map(|assignment| assignment.split_once('='))
         .filter(|(name, _)| std::env::var_os(name).is_none())
         .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+/// The bench's own [`inherited`] variables.
+fn inherited_environment() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| inherited(name))
         .collect()
 }
 
@@ -75,7 +91,10 @@ fn parse_args() -> Args {
         backlog: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
         overrides: Vec::new(),
-        agent_env: unit_environment(),
+        agent_env: unit_environment()
+            .into_iter()
+            .chain(inherited_environment())
+            .collect(),
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
     // to the quick size, so the test suite only checks that the bench works.
@@ -106,14 +125,16 @@ fn parse_args() -> Args {
                 let Some((path, toml_value)) = text.split_once('=') else {
                     usage()
                 };
-                let Some((section, key)) = path.split_once('.') else {
+                if !path.contains('.') {
+                    usage()
+                }
+                // A value as it would stand in the file: `100`, `"1s"`, `["sso"]`.
+                let parsed: Result<toml::Table, _> = format!("v = {}", toml_value.trim()).parse();
+                let Some(parsed) = parsed.ok().and_then(|mut table| table.remove("v")) else {
+                    eprintln!("--set {text}: the value is not a TOML value (quote strings)");
                     usage()
                 };
-                args.overrides.push((
-                    section.trim().to_string(),
-                    key.trim().to_string(),
-                    toml_value.trim().to_string(),
-                ));
+                args.overrides.push((path.trim().to_string(), parsed));
             }
             _ => usage(),
         }
@@ -141,17 +162,11 @@ async fn bench(args: Args) {
         args.binary.display(),
         load_average()
     );
-    let inherited = ["GLIBC_TUNABLES", "MALLOC_ARENA_MAX"]
-        .iter()
-        .filter_map(|name| {
-            Some(format!(
-                "{name}={:?} (inherited)",
-                std::env::var(name).ok()?
-            ))
-        });
-    let from_unit = args
-        .agent_env
-        .iter()
+    let inherited = inherited_environment()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value:?} (inherited)"));
+    let from_unit = unit_environment()
+        .into_iter()
         .map(|(name, value)| format!("{name}={value} (from the systemd unit)"));
     let environment: Vec<String> = from_unit.chain(inherited).collect();
     println!(
@@ -222,13 +237,12 @@ impl Bench {
             let config = self.write_config(dir.path(), &intake);
             let bench_cpu = self_cpu_seconds();
             let started = Instant::now();
-            let mut child = spawn_agent(&self.args, &config, dir.path());
-            let pid = child.id();
+            let mut agent = spawn_agent(&self.args, &config, dir.path());
+            let pid = agent.id();
             let mut first_batch = None;
             let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
-            wait_until(
-                &mut child,
-                dir.path(),
+            wait_for(
+                &mut agent,
                 deadline,
                 "the events did not all arrive in time",
                 Duration::from_millis(5),
@@ -244,7 +258,7 @@ impl Bench {
             let cpu = cpu_seconds(pid);
             let peak = status_kb(pid, "VmHWM:") as f64 / 1024.0;
             let disk = disk_usage(&dir.path().join("queue"));
-            terminate(&mut child);
+            terminate(&mut agent).await;
             let result = Run {
                 seconds,
                 events_per_second: n as f64 / seconds,
@@ -309,12 +323,11 @@ impl Bench {
         // 1. Intake down: everything is polled into the queue.
         let served_before = self.api.events_served();
         let started = Instant::now();
-        let mut child = spawn_agent(&self.args, &config, dir.path());
-        let pid = child.id();
+        let mut agent = spawn_agent(&self.args, &config, dir.path());
+        let pid = agent.id();
         let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
-        wait_until(
-            &mut child,
-            dir.path(),
+        wait_for(
+            &mut agent,
             deadline,
             "the backlog was not polled in time",
             Duration::from_millis(5),
@@ -324,9 +337,8 @@ impl Bench {
         // The poller commits a page before it asks for the next one: the next request proves the last
         // page is in the queue.
         let requests = self.api.requests();
-        wait_until(
-            &mut child,
-            dir.path(),
+        wait_for(
+            &mut agent,
             deadline,
             "no request after the last page",
             Duration::from_millis(5),
@@ -354,18 +366,16 @@ impl Bench {
         );
 
         // 2. kill -9, the intake comes back, restart.
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = agent.kill_9();
         let disk_after_kill = disk_usage(&queue_dir);
         intake.set_outage(false);
         let received_before = intake.received_count();
         let restarted = Instant::now();
-        let mut child = spawn_agent(&self.args, &config, dir.path());
-        let pid = child.id();
+        let mut agent = spawn_agent(&self.args, &config, dir.path());
+        let pid = agent.id();
         let deadline = restarted + Duration::from_secs(60 + n as u64 / 2_000);
-        wait_until(
-            &mut child,
-            dir.path(),
+        wait_for(
+            &mut agent,
             deadline,
             "nothing forwarded after the restart",
             Duration::from_millis(1),
@@ -373,9 +383,8 @@ impl Bench {
         )
         .await;
         let first_batch = restarted.elapsed().as_secs_f64();
-        wait_until(
-            &mut child,
-            dir.path(),
+        wait_for(
+            &mut agent,
             deadline,
             "the backlog did not drain in time",
             Duration::from_millis(5),
@@ -386,7 +395,7 @@ impl Bench {
         let drain_cpu = cpu_seconds(pid);
         let drain_hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
         let disk_drained = disk_usage(&queue_dir);
-        terminate(&mut child);
+        terminate(&mut agent).await;
         println!(
             "restart after kill -9 with the backlog (disk {:.1} MB): first batch forwarded after \
              {first_batch:.3} s; drained in {drained_in:.2} s ({:.0} events/s, CPU {drain_cpu:.2} s, \
@@ -408,42 +417,22 @@ impl Bench {
     /// The agent's configuration: defaults, except what the stand-ins make pointless (the API's politeness
     /// interval: the stand-in has no rate limit) and the `--set` overrides.
     fn write_config(&self, dir: &Path, intake: &IntakeStandIn) -> PathBuf {
-        let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut set = |section: &str, key: &str, value: String| {
-            sections
-                .entry(section.to_string())
-                .or_default()
-                .insert(key.to_string(), value);
-        };
-        set("jumpcloud", "base_url", toml_string(&self.api.base_url()));
-        set("jumpcloud", "api_key", toml_string(API_KEY));
-        set("jumpcloud", "poll_interval", toml_string("1s"));
-        set("jumpcloud", "initial_lookback", toml_string("3h"));
-        set("jumpcloud", "overlap", toml_string("60s"));
-        set("jumpcloud", "min_request_interval", toml_string("0s"));
-        set("jumpcloud", "retry_initial", toml_string("100ms"));
-        set("jumpcloud", "retry_max", toml_string("1s"));
-        set("sekoia", "intake_url", toml_string(&intake.base_url()));
-        set("sekoia", "intake_key", toml_string(INTAKE_KEY));
-        set("sekoia", "retry_initial", toml_string("100ms"));
-        set("sekoia", "retry_max", toml_string("1s"));
-        // A free port: never collide with an agent (or another bench) on the default one.
-        set("api", "listen", toml_string("127.0.0.1:0"));
-        for (section, key, value) in &self.args.overrides {
-            set(section, key, value.clone());
-        }
-        let mut text = format!(
-            "data_dir = {}\n",
-            toml_string(&dir.join("queue").display().to_string())
-        );
-        for (section, keys) in &sections {
-            text.push_str(&format!("[{section}]\n"));
-            for (key, value) in keys {
-                text.push_str(&format!("{key} = {value}\n"));
-            }
+        let mut config = ConfigBuilder::new(&dir.join("queue"))
+            .jumpcloud(&self.api.base_url(), API_KEY)
+            .sekoia(&intake.base_url(), INTAKE_KEY)
+            .poll_interval(Duration::from_secs(1))
+            .initial_lookback(Duration::from_secs(3 * 3600))
+            .overlap(Duration::from_secs(60))
+            .min_request_interval(Duration::ZERO)
+            .api_retry(Duration::from_millis(100), Duration::from_secs(1))
+            .intake_retry(Duration::from_millis(100), Duration::from_secs(1))
+            // A free port: never collide with an agent (or another bench) on the default one.
+            .set("api.listen", "127.0.0.1:0");
+        for (path, value) in &self.args.overrides {
+            config = config.set(path, value.clone());
         }
         let path = dir.join("config.toml");
-        std::fs::write(&path, text).expect("config written");
+        config.write(&path).expect("config written");
         path
     }
 }
@@ -458,77 +447,37 @@ async fn start_intake() -> IntakeStandIn {
     .expect("intake stand-in")
 }
 
-fn toml_string(text: &str) -> String {
-    format!("{text:?}")
-}
-
-fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> Child {
-    let binary = &args.binary;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("agent.log"))
-        .expect("log file");
-    Command::new(binary)
-        .args(["--log-level", "warn", "run", "--config"])
-        .arg(config)
-        .envs(args.agent_env.iter().map(|(key, value)| (key, value)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|err| {
-            panic!(
-                "cannot start {}: {err} (build it with `cargo build --release`, or pass --binary)",
-                binary.display()
-            )
-        })
+fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> AgentProcess {
+    let mut command = Binary::new(&args.binary)
+        .agent(config, &dir.join("agent.log"))
+        .log_level("warn");
+    for (name, value) in &args.agent_env {
+        command = command.env(name, value);
+    }
+    command.spawn().unwrap_or_else(|err| {
+        panic!("{err:#} (build it with `cargo build --release`, or pass --binary)")
+    })
 }
 
 /// Checks `done` every `every` until it holds; fails the bench, with the agent's log, if the agent exits
 /// or `deadline` passes first.
-async fn wait_until(
-    child: &mut Child,
-    dir: &Path,
+async fn wait_for(
+    agent: &mut AgentProcess,
     deadline: Instant,
     what: &str,
     every: Duration,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) {
-    while !done() {
-        check_alive(child, dir);
-        if Instant::now() > deadline {
-            fail(child, dir, what);
-        }
-        tokio::time::sleep(every).await;
+    if let Err(err) = agent.wait_for(deadline, every, what, done).await {
+        panic!("{err:#}");
     }
-}
-
-fn check_alive(child: &mut Child, dir: &Path) {
-    if let Ok(Some(status)) = child.try_wait() {
-        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-        panic!("the agent exited ({status}); its log:\n{log}");
-    }
-}
-
-fn fail(child: &mut Child, dir: &Path, what: &str) -> ! {
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(30).collect();
-    panic!(
-        "{what}; the agent's last log lines, newest first:\n{}",
-        tail.join("\n")
-    );
 }
 
 /// SIGTERM (a clean stop), then waits.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+async fn terminate(agent: &mut AgentProcess) {
+    if let Err(err) = agent.stop(Duration::from_secs(30)).await {
+        eprintln!("{err:#}");
+    }
 }
 
 fn summary(what: &str, values: impl Iterator<Item = f64>) {
@@ -629,8 +578,4 @@ fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_default()
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().expect("in range")
 }

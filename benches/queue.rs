@@ -28,7 +28,7 @@ impl Pages {
     fn new() -> Pages {
         Pages {
             factory: EventFactory::new(11),
-            next_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - 24 * 3600 * SECOND,
+            next_ns: jcdi_forwarder::clock::now_ns() - 24 * 3600 * SECOND,
         }
     }
 

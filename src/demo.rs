@@ -6,28 +6,21 @@
 //! outage in the middle of the run. It ends with exit code 0 only if every forwardable event reached the
 //! intake byte for byte and the oversize one is in the dead-letter store.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
+use crate::harness::{self, Arrival, ConfigBuilder, InProcessAgent, StandIns};
+use crate::standin::{ApiOptions, EventFactory, IntakeOptions};
 
 const SECOND: i64 = 1_000_000_000;
 const DEADLINE: Duration = Duration::from_secs(180);
 
 /// Runs the demo with `event_count` events and an intake outage of `outage_seconds`.
 pub async fn run(event_count: usize, outage_seconds: u64) -> anyhow::Result<()> {
-    let api = ApiStandIn::start(ApiOptions::default())
-        .await
-        .context("starting the JumpCloud stand-in")?;
-    let intake = IntakeStandIn::start(IntakeOptions::default())
-        .await
-        .context("starting the intake stand-in")?;
+    let stand_ins = StandIns::start(ApiOptions::default(), IntakeOptions::default()).await?;
+    let (api, intake) = (&stand_ins.api, &stand_ins.intake);
     let data = tempfile::tempdir().context("creating a temporary folder")?;
 
     let now = crate::clock::now_ns();
@@ -57,7 +50,8 @@ pub async fn run(event_count: usize, outage_seconds: u64) -> anyhow::Result<()> 
     events.extend(burst.iter().cloned());
     events.extend(late.iter().cloned());
     events.extend(future.iter().cloned());
-    let expected: HashSet<String> = events.iter().map(|e| e.raw.clone()).collect();
+    // Everything but the oversize event must reach the intake.
+    let expected = events.clone();
     events.push(oversize.clone());
     api.add_events(events);
 
@@ -79,41 +73,9 @@ pub async fn run(event_count: usize, outage_seconds: u64) -> anyhow::Result<()> 
     );
     println!();
 
-    let config_text = format!(
-        r#"
-data_dir = {data_dir:?}
-[jumpcloud]
-base_url = "{api}"
-api_key = "demo-api-key"
-services = ["all"]
-poll_interval = "1s"
-page_size = 1000
-initial_lookback = "3h"
-overlap = "10m"
-min_request_interval = "50ms"
-[sekoia]
-intake_url = "{intake}"
-intake_key = "demo-intake-key"
-batch_max_events = 1000
-[queue]
-max_bytes = "1GiB"
-[api]
-listen = "127.0.0.1:0"
-"#,
-        data_dir = data.path().display().to_string(),
-        api = api.base_url(),
-        intake = intake.base_url(),
-    );
-    let config = Config::parse(&config_text, "demo", &|_| None)
-        .map_err(|err| anyhow::anyhow!("{err}"))?
-        .config;
+    let config = demo_config(&stand_ins, data.path()).parse()?;
     let queue = crate::agent::open_queue(&config).await?;
-    let metrics = Arc::new(Metrics::default());
-    let (trigger, shutdown) = crate::shutdown::channel();
-    let agent = {
-        let (config, queue, metrics) = (config.clone(), queue.clone(), metrics.clone());
-        tokio::spawn(async move { crate::agent::run(&config, queue, metrics, shutdown).await })
-    };
+    let agent = InProcessAgent::start(&config, &queue);
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
@@ -122,7 +84,7 @@ listen = "127.0.0.1:0"
     let mut last_line = Instant::now();
     let arrived = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let m = metrics.snapshot();
+        let m = agent.metrics.snapshot();
         if !outage_done && outage.is_none() && m.events_forwarded as usize >= expected.len() / 4 {
             intake.set_outage(true);
             outage = Some(Instant::now());
@@ -154,10 +116,7 @@ listen = "127.0.0.1:0"
         }
         let all_in = intake.received_count() >= expected.len()
             && outage_done
-            && intake.with_received(|got| {
-                let got: HashSet<&String> = got.iter().collect();
-                expected.iter().all(|raw| got.contains(raw))
-            });
+            && harness::missing(intake, &expected).is_empty();
         if all_in && m.events_dead_lettered >= 1 {
             if tty {
                 println!();
@@ -169,14 +128,14 @@ listen = "127.0.0.1:0"
             break false;
         }
     };
-    trigger_and_wait(trigger, agent).await?;
+    let metrics = agent.metrics.clone();
+    agent.stop().await?;
+    let m = metrics.snapshot();
 
-    let received = intake.received();
-    let unique: HashSet<&String> = received.iter().collect();
-    let missing = expected.iter().filter(|raw| !unique.contains(raw)).count();
+    let arrival = Arrival::of(intake, &expected);
+    let missing = arrival.missing;
     let dead = queue.dead_letters()?;
     let oversize_kept = dead.iter().any(|letter| letter.raw == oversize.raw);
-    let m = metrics.snapshot();
     println!();
     println!("Summary");
     println!(
@@ -189,9 +148,9 @@ listen = "127.0.0.1:0"
     );
     println!(
         "  received by the intake stand-in:         {} strings, {} unique, {} duplicates",
-        received.len(),
-        unique.len(),
-        received.len() - unique.len()
+        arrival.received,
+        arrival.unique,
+        arrival.duplicates()
     );
     println!("  forwardable events missing at the intake: {missing}");
     println!(
@@ -212,10 +171,18 @@ listen = "127.0.0.1:0"
     }
 }
 
-async fn trigger_and_wait(
-    trigger: crate::shutdown::ShutdownTrigger,
-    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    trigger.trigger();
-    agent.await.context("the agent task failed")?
+/// The demo's configuration: large pages, a long overlap (for the events indexed late), a gentle request
+/// rate, and the local endpoint on any free port.
+fn demo_config(stand_ins: &StandIns, data_dir: &std::path::Path) -> ConfigBuilder {
+    stand_ins
+        .config(data_dir)
+        .set("jumpcloud.services", vec!["all"])
+        .poll_interval(Duration::from_secs(1))
+        .page_size(1000)
+        .initial_lookback(Duration::from_secs(3 * 3600))
+        .overlap(Duration::from_secs(600))
+        .min_request_interval(Duration::from_millis(50))
+        .batch_max_events(1000)
+        .queue_max_bytes("1GiB")
+        .set("api.listen", "127.0.0.1:0")
 }

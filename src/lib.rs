@@ -4,7 +4,8 @@
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
 //! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
-//! [`share`] keeps each stream to its share of the queue.
+//! [`share`] keeps each stream to its share of the queue; [`harness`] runs the agent against the stand-ins
+//! for `demo`, the integration tests and the end-to-end bench.
 
 pub mod admin;
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod harness;
 pub mod http;
 pub mod metrics;
 pub mod normalize;

@@ -1,16 +1,11 @@
 //! The binary as a user runs it: `validate`, `--help`, bad credentials, and a clean stop on SIGTERM.
 
-mod common;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use common::*;
+use crate::support::*;
+use jcdi_forwarder::harness::ConfigBuilder;
 use jcdi_forwarder::standin::EventFactory;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
-}
 
 fn text(output: &Output) -> String {
     format!(
@@ -40,9 +35,9 @@ batch_max_bytes = "100GiB"
     )
     .expect("written");
     let output = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&path)
-        .env_remove("JCDI_TEST_UNSET_VARIABLE")
         .output()
         .expect("runs");
     let all = text(&output);
@@ -69,15 +64,13 @@ fn validate_accepts_a_good_config_and_checks_the_data_dir() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("good.toml");
     let data = dir.path().join("queue");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = {:?}\n[jumpcloud]\napi_key = \"${{JK}}\"\n[sekoia]\nintake_key = \"${{SK}}\"\n",
-            data.display().to_string()
-        ),
-    )
-    .expect("written");
+    ConfigBuilder::new(&data)
+        .set("jumpcloud.api_key", "${JK}")
+        .set("sekoia.intake_key", "${SK}")
+        .write(&path)
+        .expect("written");
     let output = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&path)
         .env("JK", "jumpcloud-secret-value")
@@ -93,15 +86,13 @@ fn validate_accepts_a_good_config_and_checks_the_data_dir() {
     // A data folder that cannot be created is a problem of its own.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "").expect("written");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = {:?}\n[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"b\"\n",
-            blocker.join("queue").display().to_string()
-        ),
-    )
-    .expect("written");
+    ConfigBuilder::new(&blocker.join("queue"))
+        .set("jumpcloud.api_key", "a")
+        .set("sekoia.intake_key", "b")
+        .write(&path)
+        .expect("written");
     let output = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&path)
         .output()
@@ -144,6 +135,7 @@ destination = "eu"
     )
     .expect("written");
     let output = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&path)
         .output()
@@ -169,13 +161,13 @@ destination = "eu"
 
 #[test]
 fn help_and_version() {
-    let help = binary().arg("--help").output().expect("runs");
+    let help = binary().command().arg("--help").output().expect("runs");
     let all = text(&help);
     assert!(help.status.success());
     for command in ["run", "validate", "demo"] {
         assert!(all.contains(command), "{all}");
     }
-    let version = binary().arg("--version").output().expect("runs");
+    let version = binary().command().arg("--version").output().expect("runs");
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("jcdi-forwarder {}", env!("CARGO_PKG_VERSION"))
@@ -184,38 +176,23 @@ fn help_and_version() {
 
 /// Runs the binary against the stand-ins until `ready`, then sends SIGTERM; returns its stderr.
 async fn run_until(h: &Harness, env: &[(&str, &str)], ready: impl Fn() -> bool) -> String {
-    let config_path = h.dir.path().join("config.toml");
-    std::fs::write(&config_path, h.config_text("", "")).expect("config written");
-    let log_path = h.dir.path().join("stderr.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut command = binary();
-    command
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let config = h.write_config(&h.builder());
+    let mut command = binary().agent(&config, &h.dir.path().join("stderr.log"));
     for (name, value) in env {
-        command.env(name, value);
+        command = command.env(name, value);
     }
-    let mut child = command.spawn().expect("starts");
+    let mut agent = command.spawn().expect("starts");
     assert!(
         wait_until(Duration::from_secs(30), ready).await,
         "the agent got going"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let asked = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().expect("reaped");
+    let status = agent
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("stops within its deadline");
     assert!(status.success(), "SIGTERM gives exit 0: {status:?}");
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "stops within its deadline"
-    );
-    std::fs::read_to_string(&log_path).expect("log readable")
+    agent.log()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +253,7 @@ fn normalize_subcommand_streams_documents_and_reports_bad_lines() {
     .expect("sample is JSON");
     let raw = sample["raw"].as_str().expect("raw text");
     let mut child = binary()
+        .command()
         .arg("normalize")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -6,35 +6,58 @@
 //! The proxy environment is passed to `Config::parse` as a map: no test reads or changes the process
 //! environment, so they run in parallel safely.
 
-mod common;
-mod network_support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::network::{ConnectProxy, TestCa};
+use crate::support::*;
 use jcdi_forwarder::config::{Config, JumpcloudAuth, ProxyConfig};
+use jcdi_forwarder::harness::{path_value, ConfigBuilder};
 use jcdi_forwarder::standin::{
     ApiEvent, ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn, TokenOptions,
     TokenStandIn,
 };
-use network_support::{ConnectProxy, TestCa};
 
-const LONG: Duration = Duration::from_secs(60);
+/// Fast polling and retries for tests.
+trait Fast {
+    /// The JumpCloud side: short intervals, pages of 100, quick retries.
+    fn fast_poll(self) -> Self;
+    /// The forwarder's quick retries.
+    fn fast_send(self) -> Self;
+}
 
-/// Fast polling and retries for tests, as lines of a JumpCloud section.
-const FAST: &str = "poll_interval = \"1s\"\npage_size = 100\ninitial_lookback = \"3h\"\noverlap = \"60s\"\n\
-                    min_request_interval = \"0s\"\nretry_initial = \"100ms\"\nretry_max = \"500ms\"\n";
-const FAST_SEND: &str = "retry_initial = \"100ms\"\nretry_max = \"500ms\"\n";
+impl Fast for ConfigBuilder {
+    fn fast_poll(self) -> ConfigBuilder {
+        self.poll_interval(Duration::from_secs(1))
+            .page_size(100)
+            .initial_lookback(Duration::from_secs(3 * 3600))
+            .overlap(Duration::from_secs(60))
+            .min_request_interval(Duration::ZERO)
+            .api_retry(Duration::from_millis(100), Duration::from_millis(500))
+    }
 
-/// The local metrics endpoint is turned off: tests run in parallel and would all want its port.
-const NO_ENDPOINT: &str = "\n[api]\nenabled = false\n";
+    fn fast_send(self) -> ConfigBuilder {
+        self.intake_retry(Duration::from_millis(100), Duration::from_millis(500))
+    }
+}
 
-fn parse_with(text: &str, env: &HashMap<&str, String>) -> Config {
-    let text = format!("{text}{NO_ENDPOINT}");
-    let loaded = Config::parse(&text, "test", &|name| env.get(name).cloned())
+/// Parses with `env` as the environment. The local metrics endpoint is turned off: tests run in parallel
+/// and would all want its port.
+fn parse_with(builder: &ConfigBuilder, env: &HashMap<&str, String>) -> Config {
+    let loaded = builder
+        .clone()
+        .admin_disabled()
+        .parse_with_env(&|name| env.get(name).cloned())
         .unwrap_or_else(|err| panic!("test config is invalid: {err}"));
     loaded.config
+}
+
+/// The queue in `dir`, this API and this intake with the test keys, polling fast.
+fn polling(dir: &tempfile::TempDir, api_url: &str, intake_url: &str) -> ConfigBuilder {
+    ConfigBuilder::new(&dir.path().join("queue"))
+        .jumpcloud(api_url, API_KEY)
+        .sekoia(intake_url, INTAKE_KEY)
+        .fast_poll()
 }
 
 fn events(seed: u64, count: usize) -> Vec<ApiEvent> {
@@ -67,10 +90,6 @@ async fn intake(key: &str) -> IntakeStandIn {
     .expect("intake stand-in")
 }
 
-fn queue_dir(dir: &tempfile::TempDir) -> String {
-    format!("{:?}", dir.path().join("queue").display().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_with_basic_auth_carries_both_destinations() {
     let proxy = ConnectProxy::start(Some(("agent", "pr0xy-s3cret"))).await;
@@ -78,16 +97,11 @@ async fn a_proxy_with_basic_auth_carries_both_destinations() {
     let sent = events(11, 300);
     api.add_events(sent.clone());
     let dir = tempfile::tempdir().expect("dir");
-    let text = format!(
-        "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\napi_key = \"{API_KEY}\"\nproxy = \"{}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\nproxy = \"{}\"\n{FAST_SEND}",
-        queue_dir(&dir),
-        api.base_url(),
-        proxy.url_with("agent", "pr0xy-s3cret"),
-        intake.base_url(),
-        proxy.url_with("agent", "pr0xy-s3cret"),
-    );
-    let config = parse_with(&text, &HashMap::new());
+    let builder = polling(&dir, &api.base_url(), &intake.base_url())
+        .fast_send()
+        .set("jumpcloud.proxy", proxy.url_with("agent", "pr0xy-s3cret"))
+        .set("sekoia.proxy", proxy.url_with("agent", "pr0xy-s3cret"));
+    let config = parse_with(&builder, &HashMap::new());
     assert!(
         !format!("{config:?}").contains("pr0xy-s3cret"),
         "proxy credentials never print"
@@ -95,9 +109,11 @@ async fn a_proxy_with_basic_auth_carries_both_destinations() {
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&intake, &sent, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&intake, &sent, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(
         proxy.tunnels_to_port(api.local_addr().port()) >= 1,
         "API through the proxy: {:?}",
@@ -117,22 +133,17 @@ async fn wrong_proxy_credentials_say_so_without_showing_them() {
     let (api, intake) = (api(API_KEY, None).await, intake(INTAKE_KEY).await);
     api.add_events(events(12, 5));
     let dir = tempfile::tempdir().expect("dir");
-    let text = format!(
-        "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\napi_key = \"{API_KEY}\"\nproxy = \"{}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}",
-        queue_dir(&dir),
-        api.base_url(),
-        proxy.url_with("agent", "wr0ng-pass"),
-        intake.base_url(),
-    );
-    let config = parse_with(&text, &HashMap::new());
+    let builder = polling(&dir, &api.base_url(), &intake.base_url())
+        .fast_send()
+        .set("jumpcloud.proxy", proxy.url_with("agent", "wr0ng-pass"));
+    let config = parse_with(&builder, &HashMap::new());
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     let seen = wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await;
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(seen);
     assert!(error.contains("asks for credentials (407"), "{error}");
     assert!(
@@ -155,25 +166,26 @@ async fn the_environment_proxy_is_used_except_for_no_proxy_hosts() {
     api.add_events(sent.clone());
     let dir = tempfile::tempdir().expect("dir");
     // The API is named `localhost`, listed in no_proxy: direct. The intake, 127.0.0.1: through the proxy.
-    let text = format!(
-        "data_dir = {}\n[jumpcloud]\nbase_url = \"http://localhost:{}\"\napi_key = \"{API_KEY}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}",
-        queue_dir(&dir),
-        api.local_addr().port(),
-        intake.base_url(),
-    );
+    let builder = polling(
+        &dir,
+        &format!("http://localhost:{}", api.local_addr().port()),
+        &intake.base_url(),
+    )
+    .fast_send();
     let env = HashMap::from([
         ("http_proxy", proxy.url()),
         ("https_proxy", proxy.url()),
         ("no_proxy", "example.org, localhost".to_string()),
     ]);
-    let config = parse_with(&text, &env);
+    let config = parse_with(&builder, &env);
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&intake, &sent, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&intake, &sent, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(
         proxy.tunnels_to_port(api.local_addr().port()),
         0,
@@ -188,7 +200,9 @@ async fn the_environment_proxy_is_used_except_for_no_proxy_hosts() {
 
 #[test]
 fn proxy_settings_from_the_environment_and_the_file() {
-    let base = "[jumpcloud]\napi_key = \"k\"\n[sekoia]\nintake_key = \"i\"\n";
+    let base = ConfigBuilder::empty()
+        .set("jumpcloud.api_key", "k")
+        .set("sekoia.intake_key", "i");
     // Upper case wins over lower case, as with curl; ALL_PROXY fills in.
     let env = HashMap::from([
         ("HTTPS_PROXY", "http://u:p@proxy.corp:3128".to_string()),
@@ -196,7 +210,7 @@ fn proxy_settings_from_the_environment_and_the_file() {
         ("ALL_PROXY", "proxy.corp:8080".to_string()),
         ("NO_PROXY", ".internal".to_string()),
     ]);
-    let config = parse_with(base, &env);
+    let config = parse_with(&base, &env);
     match &config.streams[0].jumpcloud.transport.proxy {
         ProxyConfig::Environment {
             http,
@@ -216,8 +230,11 @@ fn proxy_settings_from_the_environment_and_the_file() {
         other => panic!("expected the environment's proxy, got {other:?}"),
     }
     // Per section: `proxy` overrides the environment, "none" goes direct.
-    let text = "[jumpcloud]\napi_key = \"k\"\nproxy = \"none\"\n[sekoia]\nintake_key = \"i\"\nproxy = \"http://p.corp:3128\"\n";
-    let config = parse_with(text, &env);
+    let per_section = base
+        .clone()
+        .set("jumpcloud.proxy", "none")
+        .set("sekoia.proxy", "http://p.corp:3128");
+    let config = parse_with(&per_section, &env);
     assert_eq!(
         config.streams[0].jumpcloud.transport.proxy,
         ProxyConfig::Direct
@@ -227,7 +244,7 @@ fn proxy_settings_from_the_environment_and_the_file() {
     );
     // No variable at all: direct.
     assert_eq!(
-        parse_with(base, &HashMap::new()).streams[0]
+        parse_with(&base, &HashMap::new()).streams[0]
             .sekoia
             .transport
             .proxy,
@@ -238,13 +255,12 @@ fn proxy_settings_from_the_environment_and_the_file() {
         "HTTPS_PROXY",
         "https://u:hunter2@proxy.corp:3128".to_string(),
     )]);
-    let err = Config::parse(
-        "[jumpcloud]\napi_key = \"k\"\nproxy = \"socks5://u:hunter2@h:1\"\n[sekoia]\nintake_key = \"i\"\n",
-        "c.toml",
-        &|name| bad.get(name).cloned(),
-    )
-    .expect_err("bad proxies")
-    .to_string();
+    let err = base
+        .clone()
+        .set("jumpcloud.proxy", "socks5://u:hunter2@h:1")
+        .parse_with_env(&|name| bad.get(name).cloned())
+        .expect_err("bad proxies")
+        .to_string();
     assert!(
         err.contains("jumpcloud.proxy = \"socks5://***@h:1\" uses socks5://"),
         "{err}"
@@ -268,25 +284,17 @@ async fn a_private_ca_fails_clearly_without_ca_file_and_works_with_it() {
     let dir = tempfile::tempdir().expect("dir");
     let ca_path = dir.path().join("corp-ca.pem");
     std::fs::write(&ca_path, &ca.ca_pem).expect("write CA");
-    let text = |ca_line: &str| {
-        format!(
-            "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\napi_key = \"{API_KEY}\"\n{ca_line}\n{FAST}\
-             [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}",
-            queue_dir(&dir),
-            front.base_url(),
-            intake.base_url(),
-        )
-    };
+    let builder = polling(&dir, &front.base_url(), &intake.base_url()).fast_send();
 
     // Without ca_file: the poller says which host, what is wrong, and which setting fixes it.
-    let config = parse_with(&text(""), &HashMap::new());
+    let config = parse_with(&builder, &HashMap::new());
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await);
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(
         error.contains(
             "the TLS certificate of localhost is signed by a CA this host does not trust"
@@ -302,12 +310,14 @@ async fn a_private_ca_fails_clearly_without_ca_file_and_works_with_it() {
 
     // With it: everything arrives.
     let config = parse_with(
-        &text(&format!("ca_file = {:?}", ca_path.display().to_string())),
+        &builder.set("jumpcloud.ca_file", path_value(&ca_path)),
         &HashMap::new(),
     );
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&intake, &sent, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&intake, &sent, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
 }
 
 #[test]
@@ -315,11 +325,12 @@ fn a_ca_file_that_is_not_a_pem_bundle_is_a_problem() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("ca.pem");
     std::fs::write(&path, "not a certificate\n").expect("write");
-    let text = format!(
-        "[jumpcloud]\napi_key = \"k\"\nca_file = {:?}\n[sekoia]\nintake_key = \"i\"\nca_file = \"/nonexistent/ca.pem\"\n",
-        path.display().to_string()
-    );
-    let err = Config::parse(&text, "c.toml", &|_| None)
+    let err = ConfigBuilder::empty()
+        .set("jumpcloud.api_key", "k")
+        .set("jumpcloud.ca_file", path_value(&path))
+        .set("sekoia.intake_key", "i")
+        .set("sekoia.ca_file", "/nonexistent/ca.pem")
+        .parse_with_env(&|_| None)
         .expect_err("bad CA files")
         .to_string();
     assert!(
@@ -356,22 +367,37 @@ impl TwoOrgs {
     }
 
     /// The MSP form: shared settings in [jumpcloud]/[sekoia], one named destination, one inline key.
-    fn config(&self, queue_extra: &str, stream_a_extra: &str) -> Config {
-        let text = format!(
-            "data_dir = {dir}\n[queue]\n{queue_extra}\n\
-             [jumpcloud]\n{FAST}\n\
-             [sekoia]\nintake_url = \"{ib}\"\n{FAST_SEND}\n\
-             [sekoia.acme]\nintake_url = \"{ia}\"\nintake_key_file = {keyfile:?}\n\
-             [[streams]]\nname = \"acme\"\nbase_url = \"{aa}\"\norg_id = \"{ORG_A}\"\napi_key = \"${{ACME_KEY}}\"\ndestination = \"acme\"\n{stream_a_extra}\n\
-             [[streams]]\nname = \"globex\"\nbase_url = \"{ab}\"\norg_id = \"{ORG_B}\"\napi_key = \"key-b\"\nintake_key = \"intake-b\"\n",
-            dir = queue_dir(&self.dir),
-            ia = self.intake_a.base_url(),
-            ib = self.intake_b.base_url(),
-            aa = self.api_a.base_url(),
-            ab = self.api_b.base_url(),
-            keyfile = self.key_file().display().to_string(),
-        );
-        parse_with(&text, &HashMap::from([("ACME_KEY", "key-a".to_string())]))
+    /// `acme_extra`: more keys of acme's stream; `change`: any other setting.
+    fn config(
+        &self,
+        acme_extra: Vec<(&str, toml::Value)>,
+        change: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    ) -> Config {
+        let acme = [
+            ("name", "acme".into()),
+            ("base_url", self.api_a.base_url().into()),
+            ("org_id", ORG_A.into()),
+            ("api_key", "${ACME_KEY}".into()),
+            ("destination", "acme".into()),
+        ];
+        let builder = ConfigBuilder::new(&self.dir.path().join("queue"))
+            .fast_poll()
+            .set("sekoia.intake_url", self.intake_b.base_url())
+            .fast_send()
+            .set("sekoia.acme.intake_url", self.intake_a.base_url())
+            .set("sekoia.acme.intake_key_file", path_value(&self.key_file()))
+            .stream(acme.into_iter().chain(acme_extra))
+            .stream([
+                ("name", "globex".into()),
+                ("base_url", self.api_b.base_url().into()),
+                ("org_id", ORG_B.into()),
+                ("api_key", "key-b".into()),
+                ("intake_key", "intake-b".into()),
+            ]);
+        parse_with(
+            &change(builder),
+            &HashMap::from([("ACME_KEY", "key-a".to_string())]),
+        )
     }
 
     fn key_file(&self) -> std::path::PathBuf {
@@ -403,14 +429,18 @@ async fn two_streams_each_reach_only_their_own_intake_and_a_revoked_key_stalls_o
     let (a, b) = (events(21, 400), events(22, 300));
     orgs.api_a.add_events(a.clone());
     orgs.api_b.add_events(b.clone());
-    let config = orgs.config("", "");
+    let config = orgs.config(vec![], |b| b);
     assert_eq!(config.streams.len(), 2);
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&orgs.intake_a, &a, LONG).await;
-    wait_all_arrived(&orgs.intake_b, &b, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&orgs.intake_a, &a, LONG)
+        .await
+        .expect("every event arrives");
+    wait_all_arrived(&orgs.intake_b, &b, LONG)
+        .await
+        .expect("every event arrives");
     let (got_a, got_b) = (received_set(&orgs.intake_a), received_set(&orgs.intake_b));
     assert!(
         b.iter().all(|e| !got_a.contains(&e.raw)),
@@ -428,10 +458,12 @@ async fn two_streams_each_reach_only_their_own_intake_and_a_revoked_key_stalls_o
     let (late_a, late_b) = (recent(23, 50), recent(24, 60));
     orgs.api_a.add_events(late_a.clone());
     orgs.api_b.add_events(late_b.clone());
-    wait_all_arrived(&orgs.intake_b, &late_b, LONG).await;
+    wait_all_arrived(&orgs.intake_b, &late_b, LONG)
+        .await
+        .expect("every event arrives");
     // The last-error slot is shared by the streams until metrics get a stream label: count refusals.
     assert!(wait_until(LONG, || agent.metrics.snapshot().api_requests_failed >= 1).await);
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(
         orgs.intake_a.received_count(),
         a.len(),
@@ -449,11 +481,13 @@ async fn a_stream_whose_intake_refuses_its_key_fills_only_its_share_of_the_queue
     orgs.intake_a.set_intake_key("a-new-key");
     let a = events(31, 600);
     orgs.api_a.add_events(a.clone());
-    let config = orgs.config("max_bytes = \"200KiB\"", "page_size = 20");
+    let config = orgs.config(vec![("page_size", 20.into())], |b| {
+        b.queue_max_bytes("200KiB")
+    });
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(
         wait_until(LONG, || agent.metrics.snapshot().polls_paused_queue_full
             >= 1)
@@ -464,7 +498,9 @@ async fn a_stream_whose_intake_refuses_its_key_fills_only_its_share_of_the_queue
     for round in 0..3 {
         let b = recent(32 + round, 80);
         orgs.api_b.add_events(b.clone());
-        wait_all_arrived(&orgs.intake_b, &b, LONG).await;
+        wait_all_arrived(&orgs.intake_b, &b, LONG)
+            .await
+            .expect("every event arrives");
     }
     let depth = queue.depth();
     assert!(
@@ -474,11 +510,13 @@ async fn a_stream_whose_intake_refuses_its_key_fills_only_its_share_of_the_queue
     assert_eq!(orgs.intake_a.received_count(), 0);
     // The key is fixed at the intake: acme's events all arrive (its configuration error retry is slow:
     // restart the agent instead of waiting for it).
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     orgs.intake_a.set_intake_key("intake-a");
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&orgs.intake_a, &a, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&orgs.intake_a, &a, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(duplicates(&orgs.intake_a), 0);
 }
 
@@ -506,17 +544,16 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     let secret_path = dir.path().join("client_secret");
     std::fs::write(&secret_path, "svc-s3cret\n").expect("write");
     set_mode(&secret_path, 0o600);
-    let text = format!(
-        "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\norg_id = \"{ORG_A}\"\nclient_id = \"svc-client\"\n\
-         client_secret_file = {:?}\ntoken_url = \"{}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n{FAST_SEND}{NO_ENDPOINT}",
-        queue_dir(&dir),
-        api.base_url(),
-        secret_path.display().to_string(),
-        tokens.token_url(),
-        intake.base_url(),
-    );
-    let loaded = Config::parse(&text, "test", &|_| None).expect("valid");
+    let loaded = polling(&dir, &api.base_url(), &intake.base_url())
+        .remove("jumpcloud.api_key")
+        .set("jumpcloud.org_id", ORG_A)
+        .set("jumpcloud.client_id", "svc-client")
+        .set("jumpcloud.client_secret_file", path_value(&secret_path))
+        .set("jumpcloud.token_url", tokens.token_url())
+        .fast_send()
+        .admin_disabled()
+        .parse_with_env(&|_| None)
+        .expect("valid");
     assert!(
         !loaded.warnings.iter().any(|w| w.contains("client_secret")),
         "{:?}",
@@ -530,8 +567,10 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&intake, &sent, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&intake, &sent, LONG)
+        .await
+        .expect("every event arrives");
 
     // Polling every second with 3-second tokens: renewed ahead of expiry, so none is refused.
     assert!(
@@ -544,9 +583,11 @@ async fn a_service_account_renews_its_token_before_expiry_and_after_a_401() {
     tokens.revoke_all();
     let late = recent(42, 40);
     api.add_events(late.clone());
-    wait_all_arrived(&intake, &late, Duration::from_secs(20)).await;
+    wait_all_arrived(&intake, &late, Duration::from_secs(20))
+        .await
+        .expect("every event arrives");
     let snapshot = agent.metrics.snapshot();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(tokens.refused() >= 1, "the revoked token was refused once");
     assert_eq!(duplicates(&intake), 0);
     assert!(
@@ -570,23 +611,20 @@ async fn a_refused_client_secret_is_a_clear_configuration_error() {
     .expect("API stand-in");
     let intake = intake(INTAKE_KEY).await;
     let dir = tempfile::tempdir().expect("dir");
-    let text = format!(
-        "data_dir = {}\n[jumpcloud]\nbase_url = \"{}\"\norg_id = \"{ORG_A}\"\nclient_id = \"demo-client\"\n\
-         client_secret = \"wr0ng-s3cret\"\ntoken_url = \"{}\"\n{FAST}\
-         [sekoia]\nintake_url = \"{}\"\nintake_key = \"{INTAKE_KEY}\"\n",
-        queue_dir(&dir),
-        api.base_url(),
-        tokens.token_url(),
-        intake.base_url(),
-    );
-    let config = parse_with(&text, &HashMap::new());
+    let builder = polling(&dir, &api.base_url(), &intake.base_url())
+        .remove("jumpcloud.api_key")
+        .set("jumpcloud.org_id", ORG_A)
+        .set("jumpcloud.client_id", "demo-client")
+        .set("jumpcloud.client_secret", "wr0ng-s3cret")
+        .set("jumpcloud.token_url", tokens.token_url());
+    let config = parse_with(&builder, &HashMap::new());
     let queue = jcdi_forwarder::agent::open_queue(&config)
         .await
         .expect("queue");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_poll_error.is_some()).await);
     let error = agent.metrics.snapshot().last_poll_error.unwrap_or_default();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(
         error.contains("refused the service account (401 Unauthorized)"),
         "{error}"
@@ -606,9 +644,14 @@ fn secrets_from_files() {
     std::fs::write(&shared, "intake-from-file").expect("write");
     set_mode(&shared, 0o644);
     let env = HashMap::from([("CREDENTIALS_DIRECTORY", dir.path().display().to_string())]);
-    let text = "[jumpcloud]\napi_key_file = \"${CREDENTIALS_DIRECTORY}/api_key\"\n\
-                [sekoia]\nintake_key_file = \"${CREDENTIALS_DIRECTORY}/intake_key\"\n";
-    let loaded = Config::parse(text, "c.toml", &|name| env.get(name).cloned()).expect("valid");
+    let loaded = ConfigBuilder::empty()
+        .set("jumpcloud.api_key_file", "${CREDENTIALS_DIRECTORY}/api_key")
+        .set(
+            "sekoia.intake_key_file",
+            "${CREDENTIALS_DIRECTORY}/intake_key",
+        )
+        .parse_with_env(&|name| env.get(name).cloned())
+        .expect("valid");
     assert_eq!(
         loaded.config.streams[0].jumpcloud.auth,
         JumpcloudAuth::ApiKey(jcdi_forwarder::config::Secret::new("from-a-file"))
@@ -627,11 +670,11 @@ fn secrets_from_files() {
             loaded.warnings
         );
     }
-    let text = format!(
-        "[jumpcloud]\napi_key = \"k\"\napi_key_file = {:?}\n[sekoia]\nintake_key_file = \"/nonexistent/key\"\n",
-        private.display().to_string()
-    );
-    let err = Config::parse(&text, "c.toml", &|_| None)
+    let err = ConfigBuilder::empty()
+        .set("jumpcloud.api_key", "k")
+        .set("jumpcloud.api_key_file", path_value(&private))
+        .set("sekoia.intake_key_file", "/nonexistent/key")
+        .parse_with_env(&|_| None)
         .expect_err("invalid")
         .to_string();
     assert!(
@@ -647,8 +690,15 @@ fn secrets_from_files() {
 
 #[test]
 fn regions_and_overrides() {
-    let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\n[sekoia]\nintake_key = \"i\"\nregion = \"usa1\"\n";
-    let c = parse_with(text, &HashMap::new());
+    let keys = ConfigBuilder::empty()
+        .set("jumpcloud.api_key", "k")
+        .set("sekoia.intake_key", "i");
+    let regions = |jumpcloud: &str, sekoia: &str| {
+        keys.clone()
+            .set("jumpcloud.region", jumpcloud)
+            .set("sekoia.region", sekoia)
+    };
+    let c = parse_with(&regions("eu", "usa1"), &HashMap::new());
     assert_eq!(
         c.streams[0].jumpcloud.base_url,
         "https://api.eu.jumpcloud.com"
@@ -657,15 +707,18 @@ fn regions_and_overrides() {
         c.streams[0].sekoia.intake_url,
         "https://intake.usa1.sekoia.io/api/v1/intake-http"
     );
-    let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"in\"\n[sekoia]\nintake_key = \"i\"\nregion = \"fra1\"\n";
-    let c = parse_with(text, &HashMap::new());
+    let c = parse_with(&regions("in", "fra1"), &HashMap::new());
     assert_eq!(
         c.streams[0].jumpcloud.base_url,
         "https://api.in.jumpcloud.com"
     );
     assert_eq!(c.streams[0].sekoia.intake_url, "https://intake.sekoia.io");
-    let text = "[jumpcloud]\napi_key = \"k\"\nregion = \"eu\"\nbase_url = \"https://jc.example\"\n[sekoia]\nintake_key = \"i\"\n";
-    let loaded = Config::parse(text, "c", &|_| None).expect("valid");
+    let loaded = keys
+        .clone()
+        .set("jumpcloud.region", "eu")
+        .set("jumpcloud.base_url", "https://jc.example")
+        .parse_with_env(&|_| None)
+        .expect("valid");
     assert_eq!(
         loaded.config.streams[0].jumpcloud.base_url,
         "https://jc.example"
@@ -674,13 +727,10 @@ fn regions_and_overrides() {
         loaded.warnings,
         vec!["jumpcloud.region is ignored: base_url is set and wins"]
     );
-    let err = Config::parse(
-        "[jumpcloud]\napi_key = \"k\"\nregion = \"asia\"\n[sekoia]\nintake_key = \"i\"\nregion = \"fra3\"\n",
-        "c",
-        &|_| None,
-    )
-    .expect_err("unknown regions")
-    .to_string();
+    let err = regions("asia", "fra3")
+        .parse_with_env(&|_| None)
+        .expect_err("unknown regions")
+        .to_string();
     assert!(
         err.contains(
             "jumpcloud.region = \"asia\" is not a JumpCloud region: use one of us, eu, in"
@@ -746,7 +796,7 @@ intake_key = "x"
 
 #[test]
 fn the_documented_msp_example_parses() {
-    let doc = include_str!("../docs/configuration-network.md");
+    let doc = include_str!("../../docs/configuration-network.md");
     let start = doc.find("```toml msp").expect("the MSP example block") + "```toml msp".len();
     let end = start + doc[start..].find("```").expect("end of the block");
     let dir = tempfile::tempdir().expect("dir");

@@ -1,7 +1,6 @@
-//! Network fixtures for `tests/network.rs`, on 127.0.0.1 only: a small HTTP CONNECT proxy (with or without
+//! Network fixtures for the network tests, on 127.0.0.1 only: a small HTTP CONNECT proxy (with or without
 //! basic auth) that records the tunnels it opens, and a TLS front, with a test CA made by rcgen, that
 //! relays decrypted bytes to a plain stand-in.
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

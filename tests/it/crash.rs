@@ -1,29 +1,11 @@
 //! `kill -9` of the real binary at random moments, while polling and while forwarding, restarted each time:
 //! every event must arrive byte for byte; duplicates are allowed (at-least-once) and counted.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jcdi_forwarder::standin::{EventFactory, IntakeFault};
-
-fn start_binary(config_path: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config_path.with_extension("log"))
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
-        .args(["--log-level", "info", "run", "--config"])
-        .arg(config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the binary starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
@@ -31,15 +13,19 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let now = now_ns();
     let events = EventFactory::new(42).mix(12_000, now - 2 * 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
-    let config_path = h.dir.path().join("config.toml");
-    std::fs::write(
-        &config_path,
-        h.config_text(
-            "page_size = 400\nmin_request_interval = \"20ms\"",
-            "batch_max_events = 250",
-        ),
-    )
-    .expect("config written");
+    let config_path = h.write_config(
+        &h.builder()
+            .page_size(400)
+            .min_request_interval(Duration::from_millis(20))
+            .batch_max_events(250)
+            // Any free port at each start: a port free once may be taken by another test's connection
+            // between two restarts, and an agent that cannot listen exits.
+            .set("api.listen", "127.0.0.1:0"),
+    );
+    // Every run appends to the same log.
+    let agent_command = binary()
+        .agent(&config_path, &config_path.with_extension("log"))
+        .log_level("info");
 
     let seed = std::env::var("JCDI_CRASH_SEED")
         .ok()
@@ -56,20 +42,22 @@ async fn kill_9_at_random_moments_loses_nothing() {
                     .push_fault(IntakeFault::Delay(Duration::from_millis(150)));
             }
         }
-        let mut child = start_binary(&config_path);
+        let mut agent = agent_command.spawn().expect("the binary starts");
         tokio::time::sleep(Duration::from_millis(rng.u64(100..1200))).await;
-        if child.try_wait().expect("child status").is_some() {
-            panic!("the agent exited on its own in round {round}");
+        if agent.exited().is_some() {
+            panic!(
+                "the agent exited on its own in round {round}; its last log lines, newest first:\n{}",
+                agent.log_tail(30)
+            );
         }
-        child.kill().expect("SIGKILL delivered");
-        child.wait().expect("reaped");
+        agent.kill_9().expect("SIGKILL delivered");
         kills += 1;
     }
     let polled_before_last_start = h.intake.received_count();
     println!("after {kills} kills: {polled_before_last_start} strings received so far");
 
     let requests_before = h.api.requests();
-    let mut child = start_binary(&config_path);
+    let mut agent = agent_command.spawn().expect("the binary starts");
     // Wait for the last agent to be up (it polls) so that SIGTERM finds its handler installed.
     assert!(
         wait_until(Duration::from_secs(30), || h.api.requests()
@@ -81,23 +69,24 @@ async fn kill_9_at_random_moments_loses_nothing() {
     })
     .await;
     if !arrived {
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = agent.kill_9();
         let _ = Command::new("cp")
             .arg("-a")
             .arg(h.dir.path())
             .arg("/tmp/crashdb")
             .status();
-        let log = std::fs::read_to_string(config_path.with_extension("log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        println!("agent log (last lines, newest first):\n{}", tail.join("\n"));
-        wait_all_arrived(&h.intake, &events, Duration::ZERO).await;
+        println!(
+            "agent log (last lines, newest first):\n{}",
+            agent.log_tail(60)
+        );
+        wait_all_arrived(&h.intake, &events, Duration::ZERO)
+            .await
+            .expect("every event arrives");
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().expect("reaped");
+    let status = agent
+        .stop(Duration::from_secs(30))
+        .await
+        .expect("SIGTERM stops the agent");
     assert!(status.success(), "SIGTERM gives a clean exit: {status:?}");
 
     let duplicates = duplicates(&h.intake);

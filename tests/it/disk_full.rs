@@ -2,14 +2,13 @@
 //! before sled runs out of space (a full disk stops sled from writing acks and even from reopening),
 //! say why on /health and in its log, lose nothing, and carry on by itself once there is room again.
 //!
-//! Mounting a tmpfs needs root (CI runs as root); elsewhere the test says so and checks nothing else.
+//! Mounting a tmpfs needs root: the test is ignored unless asked for (`cargo test --test it -- --ignored`, as
+//! CI does when it runs as root), and then fails if it cannot mount one.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jcdi_forwarder::standin::EventFactory;
 
 struct Tmpfs(std::path::PathBuf);
@@ -33,50 +32,28 @@ impl Drop for Tmpfs {
     }
 }
 
-fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn a_full_disk_pauses_polling_loses_nothing_and_recovers() {
     let h = Harness::new().await;
     let disk = h.dir.path().join("disk");
-    let Some(_tmpfs) = Tmpfs::mount(disk.clone(), "64m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    };
+    let _tmpfs = Tmpfs::mount(disk.clone(), "64m").expect("a tmpfs mounted (needs root)");
     let now = now_ns();
     let events = EventFactory::new(31).mix(8000, now - 2 * 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
     // Something else fills the disk: 4 MiB stay free, under the agent's 6 MiB reserve.
     let ballast = disk.join("ballast");
     std::fs::write(&ballast, vec![0u8; 60 * 1024 * 1024]).expect("ballast written");
-    let config = h.dir.path().join("config.toml");
-    let text = h
-        .config_text("page_size = 500", "")
-        .replace(
-            &format!(
-                "data_dir = {:?}",
-                h.dir.path().join("queue").display().to_string()
-            ),
-            &format!("data_dir = {:?}", disk.join("queue").display().to_string()),
-        )
-        .replace("[sekoia]", "[queue]\nmin_free_disk = \"6MiB\"\n[sekoia]");
-    std::fs::write(&config, text).expect("config");
-    let log = h.dir.path().join("agent.log");
-    let mut child = start(&config, &log);
+    let config = h.write_config(
+        &h.builder()
+            .page_size(500)
+            .data_dir(&disk.join("queue"))
+            .set("queue.min_free_disk", "6MiB"),
+    );
+    let mut agent = binary()
+        .agent(&config, &h.dir.path().join("agent.log"))
+        .spawn()
+        .expect("starts");
 
     // Polling pauses (nothing read from JumpCloud), and /health says why.
     let mut health = String::new();
@@ -100,20 +77,9 @@ async fn a_full_disk_pauses_polling_loses_nothing_and_recovers() {
         missing(&h.intake, &events).is_empty()
     })
     .await;
-    let exited = child.try_wait().expect("status").is_some();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let stopped = wait_until(Duration::from_secs(15), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    })
-    .await;
-    if !stopped {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let exited = agent.exited().is_some();
+    let stopped = agent.stop(Duration::from_secs(15)).await.is_ok();
+    let log_text = agent.log();
     assert!(stopped, "SIGTERM stops the agent");
     assert!(
         arrived && !exited,

@@ -1,40 +1,40 @@
 //! Operating the agent: metrics, health, status, dead letters and backfill, through the local endpoint
 //! and the binary's subcommands.
 
-mod common;
-
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::config::Config;
+use jcdi_forwarder::harness::ConfigBuilder;
 use jcdi_forwarder::standin::{EventFactory, IntakeOptions, IntakeStandIn};
 
-const LONG: Duration = Duration::from_secs(60);
+/// The test configuration with pages of 100 all along (no catch-up pages): the request counts below are
+/// counted in pages of 100.
+fn operating(h: &Harness) -> ConfigBuilder {
+    h.builder().set("jumpcloud.catch_up_page_size", 100)
+}
 
-fn config_with(h: &Harness, api_extra: &str, sekoia_extra: &str) -> (Config, std::path::PathBuf) {
-    // Pages of 100 all along (no catch-up pages): the request counts below are counted in pages of 100.
-    let text = h
-        .config_text("catch_up_page_size = 100", sekoia_extra)
-        .replace("[api]\n", &format!("[api]\n{api_extra}\n"));
-    let path = h.dir.path().join("config.toml");
-    std::fs::write(&path, &text).expect("config written");
-    let config = Config::parse(&text, "test", &|_| None)
-        .expect("valid")
-        .config;
-    (config, path)
+/// [`operating`] with some settings changed, written to `config.toml`: parsed, and its path.
+fn config_with(
+    h: &Harness,
+    change: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> (Config, std::path::PathBuf) {
+    let builder = change(operating(h));
+    let path = h.write_config(&builder);
+    (builder.parse().expect("valid"), path)
 }
 
 /// Runs a subcommand of the binary with `--config path`.
 fn cli(path: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
+    binary()
+        .command()
         .args(args)
         .arg("--config")
         .arg(path)
-        .stdin(Stdio::null())
         .output()
         .expect("runs")
 }
@@ -72,9 +72,9 @@ async fn metrics_move_consistently_during_a_run() {
     let now = now_ns();
     let events = EventFactory::new(21).mix(700, now - 3600 * SECOND, now - 30 * SECOND);
     h.api.add_events(events.clone());
-    let (config, _) = config_with(&h, "", "");
+    let (config, _) = config_with(&h, |b| b);
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     let mut seen_polls = 0.0;
     // Scrape while it runs: the counters must agree at every scrape.
     for _ in 0..200 {
@@ -92,7 +92,9 @@ async fn metrics_move_consistently_during_a_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen_polls >= 2.0);
-    wait_all_arrived(&h.intake, &events, LONG).await;
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
     // Let the forwarder count the last batch.
     assert!(wait_until(LONG, || agent.metrics.snapshot().events_forwarded == 700).await);
     let m = scrape(&h).await;
@@ -113,7 +115,7 @@ async fn metrics_move_consistently_during_a_run() {
     assert!(
         m.contains_key("jcdi_forwarder_intake_request_duration_seconds_count{stream=\"default\"}")
     );
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +124,7 @@ async fn health_turns_503_during_a_long_intake_outage_and_back() {
     let now = now_ns();
     h.api
         .add_events(EventFactory::new(22).mix(50, now - 600 * SECOND, now - 30 * SECOND));
-    let (config, _) = config_with(&h, "unhealthy_after = \"1s\"", "");
+    let (config, _) = config_with(&h, |b| b.set("api.unhealthy_after", "1s"));
     let queue = h.open_queue(&config).await;
     let health = || async {
         let (status, body) = ask_agent(h.admin, Method::GET, "/health", None)
@@ -132,7 +134,7 @@ async fn health_turns_503_during_a_long_intake_outage_and_back() {
         (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
     };
     h.intake.set_outage(true);
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || h.intake.requests() >= 1).await);
     let mut unhealthy = None;
     for _ in 0..100 {
@@ -162,7 +164,7 @@ async fn health_turns_503_during_a_long_intake_outage_and_back() {
     }
     let body = healthy.expect("200 again once the intake accepts");
     assert!(body.contains("\"ok\":true"), "{body}");
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,10 +173,10 @@ async fn status_running_and_stopped() {
     let now = now_ns();
     h.api
         .add_events(EventFactory::new(23).mix(40, now - 600 * SECOND, now - 30 * SECOND));
-    let (config, path) = config_with(&h, "", "");
+    let (config, path) = config_with(&h, |b| b);
     let queue = h.open_queue(&config).await;
     h.intake.set_intake_key("another-key");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || queue.depth().events == 40).await);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_send_error.is_some()).await);
 
@@ -197,7 +199,7 @@ async fn status_running_and_stopped() {
     assert_eq!(value["queue"]["events"], 40);
     assert_eq!(value["streams"][0]["name"], "default");
 
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     drop(queue);
     let stopped = cli(&path, &["status"]);
     let text = stdout(&stopped);
@@ -226,10 +228,12 @@ async fn dead_letters_list_export_retry_and_purge() {
     let big = factory.big_event(now - 300 * SECOND, 5000);
     h.api
         .add_events(events.iter().cloned().chain([big.clone()]));
-    let (config, path) = config_with(&h, "", "");
+    let (config, path) = config_with(&h, |b| b);
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
     assert!(wait_until(LONG, || queue.dead_letter_count() == 1).await);
     // Listed through the running agent.
     let listed = cli(&path, &["dead-letter", "list"]);
@@ -238,7 +242,7 @@ async fn dead_letters_list_export_retry_and_purge() {
         "{}",
         stdout(&listed)
     );
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     drop(queue);
 
     // Stopped: export, then retry towards an intake that accepts it.
@@ -282,17 +286,15 @@ async fn dead_letters_list_export_retry_and_purge() {
     })
     .await
     .expect("intake");
-    let text = std::fs::read_to_string(&path)
-        .expect("config")
-        .replace(&h.intake.base_url(), &roomy.base_url());
-    let config = Config::parse(&text, "test", &|_| None)
-        .expect("valid")
-        .config;
+    let config = operating(&h)
+        .set("sekoia.intake_url", roomy.base_url())
+        .parse()
+        .expect("valid");
     let queue = h.open_queue(&config).await;
     assert_eq!(queue.dead_letter_count(), 0);
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || roomy.received().contains(&big.raw)).await);
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
 
     // Purge with --yes (nothing left now: says so).
     drop(queue);
@@ -314,10 +316,12 @@ async fn backfill_sends_nothing_twice_and_recovers_a_missed_window() {
     // ...and missed: older than the first poll's start.
     let missed = factory.mix(120, now - 6 * 3600 * SECOND, now - 4 * 3600 * SECOND);
     h.api.add_events(recent.iter().chain(&missed).cloned());
-    let (config, path) = config_with(&h, "", "");
+    let (config, path) = config_with(&h, |b| b);
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &recent, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &recent, LONG)
+        .await
+        .expect("every event arrives");
     assert!(
         missing(&h.intake, &missed).len() == missed.len(),
         "the old window was missed"
@@ -335,7 +339,7 @@ async fn backfill_sends_nothing_twice_and_recovers_a_missed_window() {
         text.contains("150 events read, 0 queued, 150 already queued or sent"),
         "{text}"
     );
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     drop(queue);
 
     // Stopped: the missed window is collected here, and forwarded at the next start.
@@ -348,9 +352,11 @@ async fn backfill_sends_nothing_twice_and_recovers_a_missed_window() {
     );
     assert!(text.contains("120 events read, 120 queued"), "{text}");
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &missed, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &missed, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(duplicates(&h.intake), 0, "no event was sent twice");
     drop(queue);
 

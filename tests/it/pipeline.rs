@@ -1,14 +1,10 @@
 //! The pipeline end to end, in-process, against the stand-ins: cursor guarantees, faults of both services,
 //! dead letters and configuration errors.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::support::*;
 use jcdi_forwarder::standin::{ApiFault, EventFactory, IntakeFault, IntakeOptions};
-
-const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
@@ -31,10 +27,12 @@ async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
     );
 
     // Pages of 100 all along (no catch-up pages), so that page boundaries fall inside the bursts.
-    let config = h.config("catch_up_page_size = 100", "");
+    let config = h.config_with(|b| b.set("jumpcloud.catch_up_page_size", 100));
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
     // Let a few more polls re-read the overlap window: nothing may be sent twice.
     let polls = agent.metrics.snapshot().polls_completed;
     assert!(
@@ -42,7 +40,7 @@ async fn pages_bursts_and_raw_bytes_arrive_exactly_once() {
             >= polls + 2)
         .await
     );
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
 
     assert_eq!(
         duplicates(&h.intake),
@@ -63,18 +61,22 @@ async fn same_second_events_split_across_polls_are_not_lost() {
         .map(|i| factory.event("radius", second + i))
         .collect();
     h.api.add_events(first_half.clone());
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &first_half, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &first_half, LONG)
+        .await
+        .expect("every event arrives");
     // More events of that same second show up after the cursor passed it (the official connector, which
     // rounds its checkpoint up to the next second, loses exactly these).
     let second_half: Vec<_> = (0..80)
         .map(|i| factory.event("radius", second + 500 + i))
         .collect();
     h.api.add_events(second_half.clone());
-    wait_all_arrived(&h.intake, &second_half, LONG).await;
-    agent.stop().await;
+    wait_all_arrived(&h.intake, &second_half, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(duplicates(&h.intake), 0);
 }
 
@@ -100,17 +102,19 @@ async fn late_indexed_and_future_events_arrive_and_the_cursor_stays_in_the_prese
     h.api
         .add_events(on_time.iter().chain(&late).chain(&future).cloned());
 
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     let everything: Vec<_> = on_time
         .iter()
         .chain(&late)
         .chain(&future)
         .cloned()
         .collect();
-    wait_all_arrived(&h.intake, &everything, LONG).await;
-    agent.stop().await;
+    wait_all_arrived(&h.intake, &everything, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
 
     let cursor = queue
         .cursor("default")
@@ -155,12 +159,14 @@ async fn api_faults_are_retried_and_advance_nothing() {
     ] {
         h.api.push_fault(fault);
     }
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, Duration::from_secs(120)).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, Duration::from_secs(120))
+        .await
+        .expect("every event arrives");
     let m = agent.metrics.snapshot();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert_eq!(m.api_requests_failed, 6, "each fault was seen once: {m:?}");
     assert_eq!(h.api.pending_faults(), 0);
     assert_eq!(duplicates(&h.intake), 0);
@@ -194,17 +200,22 @@ async fn intake_faults_and_an_outage_lose_nothing() {
     ] {
         h.intake.push_fault(fault);
     }
-    let config = h.config("", "batch_max_events = 200\nbatch_max_bytes = \"1MiB\"");
+    let config = h.config_with(|b| {
+        b.batch_max_events(200)
+            .set("sekoia.batch_max_bytes", "1MiB")
+    });
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     // An outage once some events went through.
     assert!(wait_until(LONG, || h.intake.received_count() > 0).await);
     h.intake.set_outage(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.intake.set_outage(false);
-    wait_all_arrived(&h.intake, &events, Duration::from_secs(120)).await;
+    wait_all_arrived(&h.intake, &events, Duration::from_secs(120))
+        .await
+        .expect("every event arrives");
     let m = agent.metrics.snapshot();
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(m.intake_requests_failed >= 5, "{m:?}");
     assert_eq!(m.events_dead_lettered, 0);
     assert_eq!(queue.depth().events, 0);
@@ -226,12 +237,14 @@ async fn an_oversize_event_is_dead_lettered_and_the_rest_flows() {
     let mut all = events.clone();
     all.push(big.clone());
     h.api.add_events(all);
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, LONG).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
     assert!(wait_until(LONG, || agent.metrics.snapshot().events_dead_lettered == 1).await);
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     let letters = queue.dead_letters().expect("readable");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].raw, big.raw, "kept byte for byte");
@@ -249,11 +262,11 @@ async fn a_bad_api_key_is_reported_and_queued_events_still_flow() {
     let now = now_ns();
     let events = EventFactory::new(7).mix(150, now - 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
     // Collect while the intake is down, then revoke the key and bring the intake back.
     h.intake.set_outage(true);
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || queue.depth().events == 150).await);
     h.api.set_api_key("another-key");
     assert!(
@@ -261,9 +274,11 @@ async fn a_bad_api_key_is_reported_and_queued_events_still_flow() {
         "the poller reports the rejected key"
     );
     h.intake.set_outage(false);
-    wait_all_arrived(&h.intake, &events, LONG).await;
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
     let error = agent.metrics.snapshot().last_poll_error.expect("an error");
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(
         error.starts_with("JumpCloud rejected the API key (401 Unauthorized"),
         "{error}"
@@ -281,17 +296,17 @@ async fn a_bad_intake_key_is_reported_and_loses_nothing() {
     let now = now_ns();
     let events = EventFactory::new(8).mix(120, now - 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
-    let config = h.config("", "");
+    let config = h.config();
     let queue = h.open_queue(&config).await;
     h.intake.set_intake_key("the-real-key");
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || agent.metrics.snapshot().last_send_error.is_some()).await);
     assert!(
         wait_until(LONG, || queue.depth().events == 120).await,
         "everything stays queued"
     );
     let error = agent.metrics.snapshot().last_send_error.expect("an error");
-    agent.stop().await;
+    agent.stop().await.expect("the agent stops cleanly");
     assert!(
         error.starts_with("Sekoia.io refused the intake key (401 Unauthorized)"),
         "{error}"
@@ -302,9 +317,11 @@ async fn a_bad_intake_key_is_reported_and_loses_nothing() {
 
     // Fixed key, restarted agent: everything arrives.
     h.intake.set_intake_key(INTAKE_KEY);
-    let agent = RunningAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, LONG).await;
-    agent.stop().await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,21 +330,18 @@ async fn a_full_queue_pauses_polling_and_drops_nothing() {
     let now = now_ns();
     let events = EventFactory::new(9).mix(600, now - 3600 * SECOND, now - 60 * SECOND);
     h.api.add_events(events.clone());
-    let text = h
-        .config_text("", "")
-        .replace("[sekoia]", "[queue]\nmax_bytes = \"50KiB\"\n[sekoia]");
-    let config = jcdi_forwarder::config::Config::parse(&text, "test", &|_| None)
-        .expect("valid")
-        .config;
+    let config = h.config_with(|b| b.queue_max_bytes("50KiB"));
     let queue = h.open_queue(&config).await;
     h.intake.set_outage(true);
-    let agent = RunningAgent::start(&config, &queue);
+    let agent = InProcessAgent::start(&config, &queue);
     assert!(wait_until(LONG, || queue.depth().bytes >= 50 * 1024).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = queue.depth();
     assert!(held.events < 600, "polling paused at the limit: {held:?}");
     assert!(agent.metrics.snapshot().polls_paused_queue_full >= 1);
     h.intake.set_outage(false);
-    wait_all_arrived(&h.intake, &events, Duration::from_secs(120)).await;
-    agent.stop().await;
+    wait_all_arrived(&h.intake, &events, Duration::from_secs(120))
+        .await
+        .expect("every event arrives");
+    agent.stop().await.expect("the agent stops cleanly");
 }
