@@ -77,6 +77,7 @@ pub fn queue_view(queue: &Queue, config: &Config) -> QueueView {
         .into_iter()
         .map(|(name, cursor)| (name, cursor.watermark_ns as f64 / 1e9))
         .collect();
+    let checkpoint = queue.checkpoint_file();
     QueueView {
         events: depth.events,
         bytes: depth.bytes,
@@ -87,6 +88,8 @@ pub fn queue_view(queue: &Queue, config: &Config) -> QueueView {
         disk_free_bytes: queue.disk_free_bytes(),
         min_free_disk: config.queue.min_free_disk,
         cursors,
+        recoveries_total: checkpoint.recoveries_total,
+        last_recovery: checkpoint.recoveries.last().map(|r| r.describe()),
     }
 }
 

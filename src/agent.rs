@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::event::stream_tag;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
-use crate::queue::{Limits, Queue};
+use crate::queue::{Limits, Queue, RecoveryPolicy};
+use crate::retry::RepeatFilter;
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
 use crate::source::api::ApiClient;
@@ -29,16 +30,51 @@ use crate::source::Poller;
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens the queue in the configured folder (creating it), on a blocking thread.
+/// How often the delivery checkpoint file is brought up to date (when it moved).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// The pipeline stopped because the queue's database is damaged: the caller rebuilds the queue
+/// ([`recover_queue`]) and runs the pipeline again.
+#[derive(Debug, thiserror::Error)]
+#[error("the queue is damaged: {0}")]
+pub struct QueueDamaged(pub String);
+
+/// What rebuilding the queue needs to know of the configuration.
+fn recovery_policy(config: &Config) -> RecoveryPolicy {
+    RecoveryPolicy {
+        retention: config
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), s.jumpcloud.retention))
+            .collect(),
+        min_free_disk: config.queue.min_free_disk,
+    }
+}
+
+/// Opens the queue in the configured folder (creating it), on a blocking thread. A damaged queue is set
+/// aside and rebuilt from the delivery checkpoint (see [`Queue::open_or_recover`]).
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
-    let dir = &config.data_dir;
-    tokio::fs::create_dir_all(dir).await.map_err(|err| {
+    let dir = config.data_dir.clone();
+    tokio::fs::create_dir_all(&dir).await.map_err(|err| {
         anyhow::anyhow!(
             "cannot create data_dir {}: {err} (create it, or give the agent's user write access)",
             dir.display()
         )
     })?;
-    Ok(Queue::open_async(dir).await?)
+    let policy = recovery_policy(config);
+    let opened =
+        tokio::task::spawn_blocking(move || Queue::open_or_recover(&dir, &policy)).await??;
+    Ok(opened.queue)
+}
+
+/// Rebuilds the queue after the pipeline stopped on damage (every handle of the damaged queue is gone).
+pub async fn recover_queue(config: &Config, reason: String) -> anyhow::Result<Queue> {
+    let dir = config.data_dir.clone();
+    let policy = recovery_policy(config);
+    let opened =
+        tokio::task::spawn_blocking(move || Queue::recover_damaged(&dir, &reason, &policy))
+            .await??;
+    Ok(opened.queue)
 }
 
 /// Runs the pipeline until `shutdown` is triggered.
@@ -144,9 +180,16 @@ pub async fn run(
 
     // The parts run until shutdown; one that ends before it has failed (a bug): stop the rest, flush,
     // and exit with an error so that the service manager restarts the agent.
+    tasks.spawn(keep_checkpoint(queue.clone(), shutdown.clone()));
     let mut failure = None;
+    let mut damaged = None;
     tokio::select! {
         _ = shutdown.wait() => {}
+        reason = queue.damaged() => {
+            tracing::error!("the queue is damaged ({reason}): stopping the pipeline to rebuild it");
+            damaged = Some(reason);
+            tasks.abort_all();
+        }
         Some(ended) = tasks.join_next() => {
             // A task that saw the shutdown first may end before this select notices it: not a failure.
             if !shutdown.is_triggered() {
@@ -180,8 +223,34 @@ pub async fn run(
         queued_bytes = depth.bytes,
         "agent stopped; queue flushed"
     );
+    // What was acknowledged until now moves the checkpoint: a rebuild then collects less again.
+    if let Err(err) = queue.run_blocking(|queue| queue.write_checkpoint()).await {
+        tracing::error!("the last update of the delivery checkpoint failed: {err}");
+    }
+    if let Some(reason) = damaged {
+        return Err(QueueDamaged(reason).into());
+    }
     match failure {
         Some(failure) => Err(anyhow::anyhow!(failure)),
         None => Ok(()),
+    }
+}
+
+/// Brings the delivery checkpoint file up to date every [`CHECKPOINT_EVERY`] until shutdown. A failure is
+/// logged and tried again: the file only lags behind (older), which is safe.
+async fn keep_checkpoint(queue: Queue, shutdown: Shutdown) {
+    let mut repeats = RepeatFilter::default();
+    while shutdown.sleep(CHECKPOINT_EVERY).await {
+        match queue.run_blocking(|queue| queue.write_checkpoint()).await {
+            Ok(_) => repeats.reset(),
+            Err(err) => {
+                if let Some(held_back) = repeats.check(&err.to_string()) {
+                    tracing::warn!(
+                        repeats = held_back,
+                        "cannot update the delivery checkpoint: {err}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::agent::QueueDamaged;
 use crate::config::{check_data_dir, Config};
 use crate::event::DEFAULT_STREAM;
 use crate::metrics::Metrics;
@@ -260,14 +261,32 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     let config = loaded.config;
     with_runtime(|| async move {
-        let queue = crate::agent::open_queue(&config).await?;
+        let mut queue = crate::agent::open_queue(&config).await?;
         let (trigger, shutdown) = crate::shutdown::channel();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stop requested: stopping polling, finishing the request in flight, flushing the queue");
             trigger.trigger();
         });
-        crate::agent::run(&config, queue, Arc::new(Metrics::default()), shutdown).await
+        let metrics = Arc::new(Metrics::default());
+        loop {
+            match crate::agent::run(&config, queue, metrics.clone(), shutdown.clone()).await {
+                // Damage found while running: set the database aside, rebuild the queue from the delivery
+                // checkpoint and go on, in this same process (no restart loop for the service manager).
+                // Rebuilt even when stopping: the next start might open the damaged database without
+                // noticing, until it read the damaged part again.
+                Err(err) => match err.downcast::<QueueDamaged>() {
+                    Ok(QueueDamaged(reason)) => {
+                        queue = crate::agent::recover_queue(&config, reason).await?;
+                        if shutdown.is_triggered() {
+                            return Ok(());
+                        }
+                    }
+                    Err(err) => return Err(err),
+                },
+                Ok(()) => return Ok(()),
+            }
+        }
     })
 }
 

@@ -82,6 +82,11 @@ pub struct QueueView {
     pub min_free_disk: u64,
     /// Per stream: the cursor's watermark (seconds since the epoch).
     pub cursors: BTreeMap<String, f64>,
+    /// How many times the queue was rebuilt from the delivery checkpoint, ever, and the last time, told.
+    #[serde(default)]
+    pub recoveries_total: u64,
+    #[serde(default)]
+    pub last_recovery: Option<String>,
 }
 
 /// What one stream's poller and forwarder have been doing.
@@ -125,6 +130,7 @@ pub struct Metrics {
     queue_disk_bytes: Gauge,
     disk_free_bytes: Gauge,
     dead_letter_events: Gauge,
+    queue_recoveries: Counter,
     cursor_timestamp: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     collection_lag: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     state: Mutex<State>,
@@ -153,6 +159,12 @@ pub struct Snapshot {
 pub struct Health {
     pub ok: bool,
     pub reasons: Vec<String>,
+    /// Rebuilds of the queue from the delivery checkpoint, ever (they do not make the agent unhealthy:
+    /// it collects again what was not delivered), and the last one, told.
+    #[serde(default)]
+    pub queue_recoveries_total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_queue_recovery: Option<String>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -189,6 +201,7 @@ impl Metrics {
             queue_disk_bytes: Gauge::default(),
             disk_free_bytes: Gauge::default(),
             dead_letter_events: Gauge::default(),
+            queue_recoveries: Counter::default(),
             cursor_timestamp: Family::default(),
             collection_lag: Family::default(),
             state: Mutex::default(),
@@ -296,6 +309,12 @@ impl Metrics {
             "dead_letter_events",
             "Events kept in the dead-letter store",
             m.dead_letter_events.clone(),
+        );
+        r.register(
+            "queue_recoveries",
+            "Times the queue's database was found damaged or lost and rebuilt from the delivery \
+             checkpoint (kept across restarts)",
+            m.queue_recoveries.clone(),
         );
         r.register_with_unit(
             "cursor_timestamp",
@@ -539,6 +558,8 @@ impl Metrics {
         Health {
             ok: reasons.is_empty(),
             reasons,
+            queue_recoveries_total: queue.recoveries_total,
+            last_queue_recovery: queue.last_recovery.clone(),
         }
     }
 
@@ -554,6 +575,13 @@ impl Metrics {
         self.disk_free_bytes
             .set(as_i64(queue.disk_free_bytes.unwrap_or(0)));
         self.dead_letter_events.set(as_i64(queue.dead_letters));
+        // The total is kept in the checkpoint file: the counter follows it, so a recovery at start-up
+        // (before anything scraped this process) still shows as an increase.
+        let counted = self.queue_recoveries.get();
+        if queue.recoveries_total > counted {
+            self.queue_recoveries
+                .inc_by(queue.recoveries_total - counted);
+        }
         let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
         for (stream, watermark) in &queue.cursors {
             let label = Metrics::stream(stream);

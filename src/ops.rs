@@ -183,6 +183,13 @@ pub fn render_status(s: &Status, config: &Config) -> String {
         out.push_str(" (see `jcdi-forwarder dead-letter list`)");
     }
     out.push('\n');
+    if q.recoveries_total > 0 {
+        out.push_str(&format!(
+            "queue recoveries: {} (last {})\n",
+            q.recoveries_total,
+            q.last_recovery.as_deref().unwrap_or("-")
+        ));
+    }
     out
 }
 

@@ -22,13 +22,15 @@ impl Queue {
     pub fn ack(&self, seqs: &[u64]) -> Result<(), QueueError> {
         let now = now_ms();
         let groups = self.locate(seqs)?;
-        let (totals, streams) = (&self.events, &self.acked, &self.meta).transaction(
+        let (totals, streams, removed) = (&self.events, &self.acked, &self.meta).transaction(
             |(events_tx, acked_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
                 // A batch is of one stream (and so is a chunk), but nothing here depends on it.
                 let mut by_stream: Vec<(u32, u64)> = Vec::new();
+                let mut removed = Vec::new();
                 for (first, indexes) in &groups {
                     let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    removed.push((gone.stream, *first, gone.bytes));
                     out_events += gone.events;
                     out_bytes += gone.bytes;
                     match by_stream.iter_mut().find(|(t, _)| *t == gone.stream) {
@@ -45,12 +47,22 @@ impl Queue {
                 Ok::<_, ConflictableTransactionError<QueueError>>((
                     (out_events, out_bytes),
                     streams,
+                    removed,
                 ))
             },
         )?;
         self.ledger.raise_out(totals.0, totals.1);
         self.ledger.raise_streams(&streams);
+        self.removed(&removed);
         Ok(())
+    }
+
+    /// Tells the checkpoint which chunks lost which bytes: (stream tag, chunk key, bytes).
+    pub(super) fn removed(&self, removed: &[(u32, u64, u64)]) {
+        let mut checkpoints = self.checkpoints();
+        for &(tag, key, bytes) in removed.iter().filter(|(_, _, bytes)| *bytes > 0) {
+            checkpoints.removed(tag, key, bytes, self.ledger.stream_bytes(tag));
+        }
     }
 
     /// Groups sequence numbers by the chunk that holds them: (chunk key, indexes in the chunk). Sequences in

@@ -8,9 +8,15 @@
 //!   taking the calling task down with it.
 //! - A call the runtime dropped before it ran (the runtime shutting down) is [`QueueError::Cancelled`]:
 //!   nothing was done, and nothing is damaged.
+//! - The first damage a call meets ([`QueueError::is_damage`]) is remembered and announced
+//!   ([`Queue::damaged`]): the agent stops its pipeline and rebuilds the queue rather than retrying a
+//!   database that cannot be trusted.
 
 use std::any::Any;
 use std::path::Path;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
 
 use super::{Queue, QueueError};
 
@@ -23,13 +29,57 @@ impl Queue {
         T: Send + 'static,
     {
         let queue = self.clone();
-        blocking(move || call(&queue)).await
+        let result = blocking(move || call(&queue)).await;
+        if let Err(err) = &result {
+            if err.is_damage() {
+                self.damage.report(err.to_string());
+            }
+        }
+        result
+    }
+
+    /// Waits until a call through [`Queue::run_blocking`] met damage, and returns what it was.
+    pub async fn damaged(&self) -> String {
+        loop {
+            let notified = self.damage.notify.notified();
+            if let Some(reason) = self.damage.reason() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 
     /// [`Queue::open`] on a blocking thread; a panic while opening is [`QueueError::Panicked`].
     pub async fn open_async(dir: &Path) -> Result<Queue, QueueError> {
         let dir = dir.to_path_buf();
         blocking(move || Queue::open(&dir)).await
+    }
+}
+
+/// The first damage met, and who waits for it.
+#[derive(Default)]
+pub(super) struct Damage {
+    reason: Mutex<Option<String>>,
+    notify: Notify,
+}
+
+impl Damage {
+    fn report(&self, reason: String) {
+        let mut slot = self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -46,7 +96,7 @@ where
 }
 
 /// The message a panic was raised with (`panic!` gives a `&str` or a `String`).
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+pub(super) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
         Err(payload) => match payload.downcast::<&str>() {

@@ -82,6 +82,25 @@ pub struct Recovery {
     pub collect_again_from: BTreeMap<String, String>,
 }
 
+impl Recovery {
+    /// One line for `status` and `/health`.
+    pub fn describe(&self) -> String {
+        let from: Vec<String> = self
+            .collect_again_from
+            .iter()
+            .map(|(name, from)| format!("{name} from {from}"))
+            .collect();
+        let mut text = format!("{}: {}", self.at, self.reason);
+        if !from.is_empty() {
+            text.push_str(&format!("; collected again: {}", from.join(", ")));
+        }
+        if !self.moved_to.is_empty() {
+            text.push_str(&format!("; damaged copy in {}", self.moved_to));
+        }
+        text
+    }
+}
+
 impl StreamCheckpoint {
     pub fn new(
         restore_ns: i64,
@@ -311,7 +330,9 @@ impl Checkpoints {
             state.names.insert(stream_tag(&name), name);
         }
         for (name, stream) in &state.file.streams {
-            state.tracker.wrote(stream_tag(name), stream.restore_cursor_ns);
+            state
+                .tracker
+                .wrote(stream_tag(name), stream.restore_cursor_ns);
         }
         for (&tag, &bytes) in queued {
             // The last file covers what was queued when it was written, and everything committed since
@@ -331,11 +352,23 @@ impl Checkpoints {
         state
     }
 
-    /// Before events of `stream` as old as `oldest_ns` are committed: writes the checkpoint first when they
-    /// are older than what it covers.
-    pub(super) fn before_commit(&mut self, stream: &str, oldest_ns: i64) -> std::io::Result<()> {
-        let tag = stream_tag(stream);
-        self.names.entry(tag).or_insert_with(|| stream.to_string());
+    /// Before events of stream `tag` (named `name`, when the caller knows it) as old as `oldest_ns` are
+    /// committed: writes the checkpoint first when they are older than what it covers.
+    pub(super) fn before_commit(
+        &mut self,
+        tag: u32,
+        name: Option<&str>,
+        oldest_ns: i64,
+    ) -> std::io::Result<()> {
+        if let Some(name) = name {
+            self.names.entry(tag).or_insert_with(|| name.to_string());
+        }
+        if !self.names.contains_key(&tag) {
+            // Events of a stream this queue knows no name of (dead letters of a stream no longer
+            // configured): no configured stream sends them, and the file, which is by name, cannot say
+            // where to collect them again.
+            return Ok(());
+        }
         if self.tracker.needs_write_before(tag, oldest_ns) {
             self.write(Some((tag, oldest_ns)))?;
         }
@@ -373,11 +406,6 @@ impl Checkpoints {
         if stream_bytes_left == 0 {
             self.tracker.stream_empty(tag);
         }
-    }
-
-    /// The oldest timestamp of stream `tag` still queued (what [`Checkpoints::before_commit`] must cover).
-    pub(super) fn oldest_queued(&self, tag: u32) -> Option<i64> {
-        self.tracker.oldest(tag)
     }
 
     /// Writes the file when a stream's restore point moved since it was last written. True if it wrote.
@@ -419,6 +447,12 @@ impl Checkpoints {
             self.tracker.wrote(tag, restore);
         }
         Ok(())
+    }
+
+    /// Sets `stream`'s cursor as a recovery restores it (already committed to the queue).
+    pub(super) fn restored(&mut self, stream: &str, cursor_ns: i64) {
+        self.names.insert(stream_tag(stream), stream.to_string());
+        self.cursors.insert(stream.to_string(), cursor_ns);
     }
 
     /// Records a recovery in the file (and writes it).

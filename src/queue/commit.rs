@@ -85,10 +85,23 @@ impl Queue {
             .map(|event| (event.timestamp_ns, event.key))
             .collect();
         let plan = self.dedup.plan(tag, &identities)?;
+        let oldest_new = events
+            .iter()
+            .zip(&plan.new)
+            .filter(|(_, new)| **new)
+            .map(|(event, _)| event.timestamp_ns)
+            .min();
+        if let Some(oldest) = oldest_new {
+            // The checkpoint file must cover these events before they can be in the queue.
+            self.checkpoints()
+                .before_commit(tag, Some(stream), oldest)
+                .map_err(|source| self.checkpoint_error(source))?;
+        }
 
-        let (outcome, totals, streams) = (&self.events, self.dedup.tree(), &self.meta)
+        let (outcome, totals, streams, keys) = (&self.events, self.dedup.tree(), &self.meta)
             .transaction(|(events_tx, dedup_tx, meta_tx)| {
-                let mut chunks = ChunkWriter::new(read_u64(meta_tx.get(KEY_SEQ)?), now);
+                let first_seq = read_u64(meta_tx.get(KEY_SEQ)?);
+                let mut chunks = ChunkWriter::new(first_seq, now);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let mut outcome = CommitOutcome::default();
                 for (event, new) in events.iter().zip(&plan.new) {
@@ -116,10 +129,18 @@ impl Queue {
                     outcome,
                     (in_events, in_bytes),
                     streams,
+                    (first_seq, seq.saturating_sub(1)),
                 ))
             })?;
         self.ledger.raise_in(totals.0, totals.1);
         self.ledger.raise_streams(streams.as_slice());
+        self.checkpoints().committed(
+            stream,
+            keys,
+            oldest_new.unwrap_or(i64::MAX),
+            outcome.queued_bytes,
+            cursor.map(|c| c.watermark_ns),
+        );
         Ok(outcome)
     }
 

@@ -11,6 +11,8 @@
 //! - Retried letters go to the tail as ordinary chunks: consecutive letters of one stream share a chunk,
 //!   in the order they were dead-lettered.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
@@ -51,13 +53,15 @@ impl Queue {
             .map_err(|err| QueueError::Damaged(format!("cannot encode a dead letter: {err}")))?;
         let key = event.seq.to_be_bytes();
         let groups = self.locate(&[event.seq])?;
-        let (totals, dead, streams) = (&self.events, &self.acked, &self.dead, &self.meta)
+        let (totals, dead, streams, removed) = (&self.events, &self.acked, &self.dead, &self.meta)
             .transaction(|(events_tx, acked_tx, dead_tx, meta_tx)| {
                 let (mut out_events, mut out_bytes) = read_pair(meta_tx.get(KEY_OUT)?);
                 let (mut dead, dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 let mut streams = Vec::new();
+                let mut removed = Vec::new();
                 for (first, indexes) in &groups {
                     let gone = mark_gone(events_tx, acked_tx, *first, indexes)?;
+                    removed.push((gone.stream, *first, gone.bytes));
                     if gone.events > 0 {
                         out_events += gone.events;
                         out_bytes += gone.bytes;
@@ -77,11 +81,13 @@ impl Queue {
                     (out_events, out_bytes),
                     (dead, dead_out),
                     streams,
+                    removed,
                 ))
             })?;
         self.ledger.raise_out(totals.0, totals.1);
         self.ledger.raise_dead(dead.0, dead.1);
         self.ledger.raise_streams(&streams);
+        self.removed(&removed);
         Ok(())
     }
 
@@ -117,12 +123,31 @@ impl Queue {
         }
         let now = now_ms();
         let keys: Vec<[u8; 8]> = letters.iter().map(|l| l.seq.to_be_bytes()).collect();
+        // Per stream: the oldest letter and the bytes put back, for the checkpoint, which must cover them
+        // before they are in the queue again.
+        let mut by_stream: HashMap<u32, (i64, u64)> = HashMap::new();
+        for letter in &letters {
+            let entry = by_stream
+                .entry(letter.stream)
+                .or_insert((letter.timestamp_ns, 0));
+            entry.0 = entry.0.min(letter.timestamp_ns);
+            entry.1 += letter.raw.len() as u64;
+        }
+        {
+            let mut checkpoints = self.checkpoints();
+            for (&tag, &(oldest, _)) in &by_stream {
+                checkpoints
+                    .before_commit(tag, None, oldest)
+                    .map_err(|source| self.checkpoint_error(source))?;
+            }
+        }
         // Written as ordinary chunks of format 2 under new sequence numbers at the tail: consecutive letters
         // of one stream share a chunk (a chunk never mixes streams, so a stream's forwarder can skip the
         // others' chunks whole), in the order they were dead-lettered.
-        let (moved, totals, dead, streams) = (&self.events, &self.dead, &self.meta).transaction(
-            |(events_tx, dead_tx, meta_tx)| {
-                let mut chunks = ChunkWriter::new(read_u64(meta_tx.get(KEY_SEQ)?), now);
+        let (moved, totals, dead, streams, keys) = (&self.events, &self.dead, &self.meta)
+            .transaction(|(events_tx, dead_tx, meta_tx)| {
+                let first_seq = read_u64(meta_tx.get(KEY_SEQ)?);
+                let mut chunks = ChunkWriter::new(first_seq, now);
                 let (mut in_events, mut in_bytes) = read_pair(meta_tx.get(KEY_IN)?);
                 let (dead_in, mut dead_out) = read_pair(meta_tx.get(KEY_DEAD)?);
                 let mut moved = 0;
@@ -149,12 +174,18 @@ impl Queue {
                     (in_events, in_bytes),
                     (dead_in, dead_out),
                     streams,
+                    (first_seq, seq.saturating_sub(1)),
                 ))
-            },
-        )?;
+            })?;
         self.ledger.raise_in(totals.0, totals.1);
         self.ledger.raise_dead(dead.0, dead.1);
         self.ledger.raise_streams(&streams);
+        let mut checkpoints = self.checkpoints();
+        for (tag, (oldest, bytes)) in by_stream {
+            // Letters purged meanwhile were not put back: the extent may count more bytes than it holds,
+            // which only keeps the checkpoint older (safe) until the stream drains.
+            checkpoints.requeued(tag, keys, oldest, bytes);
+        }
         Ok(moved)
     }
 

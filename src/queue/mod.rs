@@ -28,12 +28,15 @@ use sled::transaction::TransactionError;
 use sled::Tree;
 
 use admission::Admission;
+use checkpoint::Checkpoints;
 use dedup::DedupIndex;
 use ledger::Ledger;
 
 mod acks;
 mod admission;
+mod aside;
 mod blocking;
+mod checkpoint;
 mod commit;
 mod dead_letter;
 mod dedup;
@@ -41,13 +44,18 @@ mod ledger;
 mod open;
 mod read;
 mod record;
+mod recover;
+#[cfg(test)]
+mod recover_tests;
 #[cfg(test)]
 mod tests;
 
 pub use admission::{Limits, Share};
+pub use checkpoint::{CheckpointFile, Recovery, StreamCheckpoint};
 pub use commit::{CommitOutcome, COMMIT_MAX_EVENTS};
 pub use dead_letter::DeadLetter;
 pub use ledger::Depth;
+pub use recover::{Opened, RecoveryPolicy};
 
 /// What went wrong with the queue. [`QueueError::is_damage`] tells a damaged queue (whose data cannot be
 /// trusted) from one that is unavailable (locked, on a full disk, not permitted) but intact.
@@ -79,6 +87,12 @@ pub enum QueueError {
     /// A call into the queue was dropped before it ran: the runtime is shutting down.
     #[error("a queue operation was cancelled (shutting down)")]
     Cancelled,
+    /// The delivery checkpoint file could not be written (events that it must cover first are then not
+    /// committed: the poller asks again).
+    #[error(
+        "cannot write the delivery checkpoint in {dir}: {source} (is the disk full or read-only?)"
+    )]
+    Checkpoint { dir: String, source: std::io::Error },
 }
 
 impl QueueError {
@@ -92,7 +106,10 @@ impl QueueError {
             QueueError::Storage(source) | QueueError::Open { source, .. } => {
                 matches!(source, sled::Error::Corruption { .. })
             }
-            QueueError::Locked(_) | QueueError::DiskFull(_) | QueueError::Cancelled => false,
+            QueueError::Locked(_)
+            | QueueError::DiskFull(_)
+            | QueueError::Cancelled
+            | QueueError::Checkpoint { .. } => false,
         }
     }
 }
@@ -119,12 +136,42 @@ pub struct Queue {
     meta: Tree,
     ledger: Arc<Ledger>,
     admission: Arc<Admission>,
+    /// What is queued per stream, for the delivery checkpoint file (see [`checkpoint`]).
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    /// The first damage an async caller met, if any (see [`Queue::damaged`]).
+    damage: Arc<blocking::Damage>,
     dir: PathBuf,
 }
 
 impl Queue {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn checkpoints(&self) -> std::sync::MutexGuard<'_, Checkpoints> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the delivery checkpoint file if a stream's restore point moved since it was last written
+    /// (the agent calls this every few seconds and when it stops). True if it wrote.
+    pub fn write_checkpoint(&self) -> Result<bool, QueueError> {
+        self.checkpoints()
+            .write_if_moved()
+            .map_err(|source| self.checkpoint_error(source))
+    }
+
+    /// The delivery checkpoint as last written (with the history of recoveries).
+    pub fn checkpoint_file(&self) -> CheckpointFile {
+        self.checkpoints().file().clone()
+    }
+
+    fn checkpoint_error(&self, source: std::io::Error) -> QueueError {
+        QueueError::Checkpoint {
+            dir: self.dir.display().to_string(),
+            source,
+        }
     }
 
     /// The events and raw bytes waiting to be forwarded.

@@ -11,12 +11,15 @@
 //!   may still hold itself.
 //! - `flush_every_ms` stays at sled's default (a real fsync every 500 ms): never None.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::checkpoint::{CheckpointFile, Checkpoints};
 use super::dedup::DedupIndex;
-use super::ledger::Ledger;
+use super::ledger::{bytes_by_stream, read_u64, Ledger, KEY_SEQ};
+use super::record::decode_chunk;
 use super::{Queue, QueueError};
 
 /// sled's page cache; its 1 GiB default would make RSS grow with the database. sled splits it in 256 shards
@@ -56,9 +59,12 @@ impl Queue {
                 opened => break opened?,
             }
         };
+        // sled never syncs the folder it creates its files in: without this, a power cut soon after the
+        // first start can lose the database's very names.
+        sync_dir(dir);
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let meta = tree("meta")?;
-        Ok(Queue {
+        let queue = Queue {
             events: tree("events")?,
             acked: tree("acked")?,
             dedup: DedupIndex::new(tree("dedup")?),
@@ -66,10 +72,81 @@ impl Queue {
             dead: tree("dead_letter")?,
             ledger: Arc::new(Ledger::load(&meta)?),
             admission: Arc::default(),
+            checkpoints: Arc::new(Mutex::new(Checkpoints::load(
+                dir,
+                None,
+                Vec::new(),
+                &HashMap::new(),
+                0,
+                |_| None,
+            ))),
+            damage: Arc::default(),
             meta,
             db,
             dir: dir.to_path_buf(),
-        })
+        };
+        queue.load_checkpoints()?;
+        Ok(queue)
+    }
+
+    /// Reads the delivery checkpoint file and seeds what it follows from the database.
+    fn load_checkpoints(&self) -> Result<(), QueueError> {
+        let file = match CheckpointFile::read(&self.dir) {
+            Ok(file) => file,
+            Err(err) => {
+                tracing::warn!("{err}: the delivery checkpoint is written again from the queue");
+                None
+            }
+        };
+        let cursors = self
+            .cursors()?
+            .into_iter()
+            .map(|(name, cursor)| (name, cursor.watermark_ns))
+            .collect();
+        let queued = bytes_by_stream(&self.meta)?;
+        let next_seq = read_u64(self.meta.get(KEY_SEQ)?);
+        let mut scan_error = None;
+        let state = Checkpoints::load(&self.dir, file, cursors, &queued, next_seq, |tag| {
+            self.scan_oldest(tag).unwrap_or_else(|err| {
+                scan_error = Some(err);
+                None
+            })
+        });
+        if let Some(err) = scan_error {
+            return Err(err);
+        }
+        *self.checkpoints() = state;
+        Ok(())
+    }
+
+    /// The oldest timestamp of stream `tag` in the queue, read from every chunk: only for a queue written
+    /// before checkpoints existed, once.
+    fn scan_oldest(&self, tag: u32) -> Result<Option<i64>, QueueError> {
+        let mut oldest = None;
+        for entry in self.events.iter() {
+            let (key, value) = entry?;
+            let first = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or_default();
+            let chunk = decode_chunk(first, &value)?;
+            if chunk.stream != tag {
+                continue;
+            }
+            if let Some(min) = chunk.events.iter().map(|e| e.timestamp_ns).min() {
+                oldest = Some(oldest.map_or(min, |o: i64| o.min(min)));
+            }
+        }
+        Ok(oldest)
+    }
+}
+
+/// `fsync`s a folder, so that the files created or renamed in it are durable (best effort: a folder that
+/// cannot be opened is reported when its files are used).
+pub(super) fn sync_dir(dir: &Path) {
+    if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), "cannot sync the queue's folder: {err}");
     }
 }
 
