@@ -109,6 +109,21 @@ pub enum LogFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_format);
+    // A panic (sled panics on some damage it finds: the queue is then rebuilt) is one log line in the
+    // agent's format, not the default hook's text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%location, "internal error (a panic): {payload}");
+    }));
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),

@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod damage;
 mod disk_full;
 mod in_flight;
 mod network;
