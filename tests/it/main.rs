@@ -12,3 +12,4 @@ mod in_flight;
 mod network;
 mod operating;
 mod pipeline;
+mod powercut;
