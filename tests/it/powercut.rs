@@ -98,7 +98,11 @@ async fn power_cuts_lose_nothing(metadata: MetadataDurability, seed: u64) {
         disk = mount(&backing, &mountpoint, metadata);
         let mut agent = binary().agent(&later, &log).spawn().expect("starts");
         tokio::time::sleep(Duration::from_millis(rng.u64(50..2_500))).await;
-        let tear = if rng.bool() { Tear::RandomPrefix } else { Tear::None };
+        let tear = if rng.bool() {
+            Tear::RandomPrefix
+        } else {
+            Tear::None
+        };
         let report = disk.cut_power_with(tear).expect("power cut");
         let _ = agent.kill_9();
         drop(disk);
