@@ -62,9 +62,8 @@ pub use recover::{Opened, RecoveryPolicy};
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(
-        "cannot open the queue in {dir}: {source}. If it is damaged, stop the agent, move the folder aside \
-         (mv {dir} {dir}.damaged) and start again: JumpCloud keeps events for 90 days, so raise \
-         jumpcloud.initial_lookback to cover the time since the last forwarded event"
+        "cannot open the queue in {dir}: {source} (can the agent's user read and write that folder? a \
+         damaged queue is rebuilt by itself from the delivery checkpoint)"
     )]
     Open { dir: String, source: sled::Error },
     #[error(
