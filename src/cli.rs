@@ -107,6 +107,7 @@ pub enum LogFormat {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
+    crate::allocator::settle();
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_format);
     // A panic (sled panics on some damage it finds: the queue is then rebuilt) is one log line in the

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod allocator;
 pub mod cli;
 pub mod clock;
 pub mod config;

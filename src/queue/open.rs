@@ -228,7 +228,10 @@ mod tests {
         assert!(matches!(full, QueueError::DiskFull(_)), "{full}");
         let denied = classify_open_error(dir, io(std::io::ErrorKind::PermissionDenied, "denied"));
         assert!(matches!(denied, QueueError::Open { .. }), "{denied}");
-        assert!(denied.to_string().contains("read and write that folder"), "{denied}");
+        assert!(
+            denied.to_string().contains("read and write that folder"),
+            "{denied}"
+        );
         // Only damage is damage: a queue that is merely unavailable is intact.
         assert!(!locked.is_damage() && !full.is_damage() && !denied.is_damage());
         let corrupt = classify_open_error(dir, sled::Error::Corruption { at: None, bt: () });

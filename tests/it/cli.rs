@@ -299,3 +299,53 @@ async fn json_logs_are_one_object_per_line_without_secrets() {
             .is_some_and(|m| m.contains("JumpCloud rejected the API key"))));
     assert!(!log.contains(wrong) && !log.contains(API_KEY) && !log.contains(INTAKE_KEY));
 }
+
+/// The allocator's settings are the binary's own: run with a clean environment (by hand, in a container),
+/// it runs with them; an operator's own `glibc.malloc.*` tunables are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_settles_its_allocator_whoever_starts_it() {
+    let h = Harness::new().await;
+    let config = h.write_config(&h.builder());
+    let environ_of = |agent: &jcdi_forwarder::harness::AgentProcess| {
+        std::fs::read(format!("/proc/{}/environ", agent.id())).unwrap_or_default()
+    };
+    let has =
+        |environ: &[u8], entry: &str| environ.split(|b| *b == 0).any(|e| e == entry.as_bytes());
+    // glibc's loader splits GLIBC_TUNABLES in place at its colons: /proc shows the first setting as the
+    // variable's value.
+    let ours = jcdi_forwarder::allocator::TUNABLES
+        .split(':')
+        .next()
+        .expect("a setting");
+    for (given, expected) in [
+        (None, format!("GLIBC_TUNABLES={ours}")),
+        (
+            Some("glibc.malloc.arena_max=8"),
+            "GLIBC_TUNABLES=glibc.malloc.arena_max=8".to_string(),
+        ),
+    ] {
+        let log = h.dir.path().join(format!("agent-{}.log", given.is_some()));
+        let mut command = binary().agent(&config, &log);
+        if let Some(tunables) = given {
+            command = command.env("GLIBC_TUNABLES", tunables);
+        }
+        let mut agent = command.spawn().expect("starts");
+        let up = wait_until(LONG, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent started"))
+        })
+        .await;
+        assert!(up, "{}", agent.log_tail(20));
+        let environ = environ_of(&agent);
+        agent.stop(Duration::from_secs(30)).await.expect("stops");
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            let shown = String::from_utf8_lossy(&environ).into_owned();
+            assert!(has(&environ, &expected), "{expected} in {shown:?}");
+            let settled = has(&environ, "JCDI_FORWARDER_ALLOCATOR_SETTLED=1");
+            assert_eq!(
+                settled,
+                given.is_none(),
+                "started again only when needed: {shown:?}"
+            );
+        }
+    }
+}

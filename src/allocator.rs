@@ -1,0 +1,57 @@
+//! The memory allocator's settings are the program's choice, not its service manager's: run by systemd,
+//! by hand or in a container, the agent holds the same memory.
+//!
+//! With glibc's defaults, sled's 1 MiB log buffers are served from the heap arenas, which keep what they
+//! freed: the agent held 90–100 MB with a backlog of a million events, against about 60 MB with two
+//! arenas and an mmap threshold of 256 KiB (BENCHMARKS.md, "Memory"). glibc reads those settings only
+//! from `GLIBC_TUNABLES` when a process starts, and setting them from inside (`mallopt`) takes `unsafe`
+//! FFI, which this project does not write: so the binary starts itself again, once, with them set.
+//!
+//! Invariants:
+//! - At most one re-execution: the second image finds its marker and goes on.
+//! - An operator's own `glibc.malloc.*` tunables win: they are left as they are.
+//! - Nothing is lost if the re-execution fails (no `/proc`, a seccomp filter): the agent goes on with
+//!   glibc's defaults. Other C libraries (a static musl build) are left alone.
+//! - The process keeps its PID, arguments and environment (plus the two variables).
+
+/// What the agent sets: two arenas, and buffers of 256 KiB or more from `mmap` (returned at `free`).
+pub const TUNABLES: &str = "glibc.malloc.mmap_threshold=262144:glibc.malloc.arena_max=2";
+/// Set in the environment of the re-executed image.
+const MARKER: &str = "JCDI_FORWARDER_ALLOCATOR_SETTLED";
+
+/// Starts the program again with [`TUNABLES`] when glibc runs it without them; returns when it does not
+/// (already settled, the operator chose, not glibc, or the re-execution failed).
+pub fn settle() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os(MARKER).is_some() {
+        return;
+    }
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains("glibc.malloc.") {
+        return;
+    }
+    let tunables = if current.is_empty() {
+        TUNABLES.to_string()
+    } else {
+        format!("{current}:{TUNABLES}")
+    };
+    reexec(&tunables);
+}
+
+#[cfg(unix)]
+fn reexec(tunables: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let Some(argv0) = args.next() else {
+        return;
+    };
+    // exec only returns on failure.
+    let _failed = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .env(MARKER, "1")
+        .exec();
+}
+
+#[cfg(not(unix))]
+fn reexec(_tunables: &str) {}
