@@ -32,6 +32,7 @@ const JUMPCLOUD_KEYS: &[&str] = &[
     "initial_lookback",
     "overlap",
     "min_request_interval",
+    "max_requests_per_second",
     "request_timeout",
     "retry_initial",
     "retry_max",
@@ -59,10 +60,11 @@ impl Reader<'_> {
             services: vec!["all".to_string()],
             poll_interval: Duration::from_secs(60),
             page_size: 1000,
-            catch_up_page_size: 1000,
+            catch_up_page_size: 10_000,
             initial_lookback: Duration::from_secs(24 * 3600),
             overlap: Duration::from_secs(600),
-            min_request_interval: Duration::from_millis(500),
+            min_request_interval: Duration::ZERO,
+            max_requests_per_second: 10,
             request_timeout: Duration::from_secs(60),
             retry: RetryConfig {
                 initial: Duration::from_secs(1),
@@ -181,6 +183,18 @@ impl Reader<'_> {
         }
         let min_request_interval =
             self.duration(s, "min_request_interval", base.min_request_interval);
+        let max_requests_per_second = match self.integer(s, "max_requests_per_second") {
+            None => base.max_requests_per_second,
+            Some(n) if (1..=100).contains(&n) => n as u32,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "max_requests_per_second",
+                    &format!("= {n} is out of range: use 1 to 100"),
+                );
+                base.max_requests_per_second
+            }
+        };
         let request_timeout = self.duration(s, "request_timeout", base.request_timeout);
         if request_timeout.is_zero() {
             self.problem(
@@ -207,6 +221,7 @@ impl Reader<'_> {
             initial_lookback,
             overlap,
             min_request_interval,
+            max_requests_per_second,
             request_timeout,
             retry,
             transport,

@@ -152,13 +152,30 @@ pub struct JumpcloudConfig {
     pub catch_up_page_size: u32,
     pub initial_lookback: Duration,
     pub overlap: Duration,
-    /// The least time between two requests of one stream (JumpCloud asks for about 1–2 requests/s per key).
+    /// The least time between two requests of one stream, when set (zero: only
+    /// `max_requests_per_second` paces the requests). Kept for configurations written before the pacing
+    /// adapted; the slower of the two wins.
     pub min_request_interval: Duration,
+    /// The ceiling of the stream's request rate; the pace adapts below it when JumpCloud throttles.
+    pub max_requests_per_second: u32,
     pub request_timeout: Duration,
     pub retry: RetryConfig,
     pub transport: Transport,
     /// How long JumpCloud keeps events (90 days; 15 on the lowest plan): backfills cannot reach further.
     pub retention: Duration,
+}
+
+impl JumpcloudConfig {
+    /// The most requests per second the stream may send: `max_requests_per_second`, or fewer when
+    /// `min_request_interval` asks for it.
+    pub fn request_ceiling(&self) -> f64 {
+        let ceiling = f64::from(self.max_requests_per_second.max(1));
+        if self.min_request_interval.is_zero() {
+            ceiling
+        } else {
+            ceiling.min(1.0 / self.min_request_interval.as_secs_f64())
+        }
+    }
 }
 
 /// How a stream authenticates to JumpCloud.

@@ -59,7 +59,8 @@ fn only_the_keys_are_required() {
     assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     assert_eq!(c.streams[0].jumpcloud.services, vec!["all".to_string()]);
     assert_eq!(c.streams[0].jumpcloud.page_size, 1000);
-    assert_eq!(c.streams[0].jumpcloud.catch_up_page_size, 1000);
+    assert_eq!(c.streams[0].jumpcloud.catch_up_page_size, 10_000);
+    assert_eq!(c.streams[0].jumpcloud.request_ceiling(), 10.0);
     assert_eq!(c.streams[0].sekoia.max_in_flight, 2);
     assert_eq!(c.streams[0].sekoia.intake_url, "https://intake.sekoia.io");
 }
@@ -196,4 +197,26 @@ intake_key = "ig"
         .contains("no stream is named"));
     assert_eq!(config.stream("acme").map(|s| s.name.as_str()), Some("acme"));
     assert!(config.stream("initech").is_none());
+}
+
+#[test]
+fn the_request_ceiling_takes_the_slower_of_the_old_and_the_new_setting() {
+    let parse = |extra: &str| {
+        let text = format!("[jumpcloud]\napi_key = \"a\"\n{extra}\n[sekoia]\nintake_key = \"b\"\n");
+        Config::parse(&text, "c.toml", &env)
+    };
+    let old = parse("min_request_interval = \"500ms\"").expect("a config that worked still works");
+    assert_eq!(old.config.streams[0].jumpcloud.request_ceiling(), 2.0);
+    let new = parse("max_requests_per_second = 4").expect("valid");
+    assert_eq!(new.config.streams[0].jumpcloud.request_ceiling(), 4.0);
+    let both =
+        parse("max_requests_per_second = 4\nmin_request_interval = \"100ms\"").expect("valid");
+    assert_eq!(both.config.streams[0].jumpcloud.request_ceiling(), 4.0);
+    let err = parse("max_requests_per_second = 0")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("jumpcloud.max_requests_per_second = 0 is out of range: use 1 to 100"),
+        "{err}"
+    );
 }
