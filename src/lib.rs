@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod http;
