@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod normalize;
 pub mod ops;
+pub mod outbox;
 pub mod queue;
 pub mod recovery;
 pub mod retry;

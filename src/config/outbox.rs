@@ -43,7 +43,9 @@ pub fn is_ship_form(path: &Path) -> bool {
     let Ok(table) = text.parse::<toml::Table>() else {
         return false;
     };
-    table.contains_key("sekoia") && !table.contains_key("jumpcloud") && !table.contains_key("streams")
+    table.contains_key("sekoia")
+        && !table.contains_key("jumpcloud")
+        && !table.contains_key("streams")
 }
 
 impl ShipConfig {
@@ -217,7 +219,9 @@ mod tests {
 
         let several = "[outbox]\ndir = \"o\"\nmax_bundle_events = 50\nmax_bundle_age = \"10s\"\n\
                        [[streams]]\nname = \"a\"\napi_key = \"x\"\n[[streams]]\nname = \"b\"\napi_key = \"y\"\n";
-        let c = Config::parse(several, "c.toml", &env).expect("valid").config;
+        let c = Config::parse(several, "c.toml", &env)
+            .expect("valid")
+            .config;
         assert_eq!(c.streams.len(), 2);
         let outbox = c.outbox.expect("outbox");
         assert_eq!(outbox.max_bundle_events, 50);
@@ -263,9 +267,15 @@ mod tests {
         assert_eq!(acme.intake_key.expose(), "acme-key");
         assert_eq!(acme.batch_max_events, 10, "inherited from [sekoia]");
         assert_eq!(acme.intake_url, "http://127.0.0.1:9");
-        assert_eq!(ship.destination("other").map(|s| s.section.as_str()), Some("sekoia"));
+        assert_eq!(
+            ship.destination("other").map(|s| s.section.as_str()),
+            Some("sekoia")
+        );
         assert!(ship.hmac_key.is_some());
-        assert!(!format!("{ship:?}").contains("acme-key"), "secrets never print");
+        assert!(
+            !format!("{ship:?}").contains("acme-key"),
+            "secrets never print"
+        );
     }
 
     #[test]
@@ -297,7 +307,10 @@ mod tests {
             std::fs::write(&path, text).expect("written");
             path
         };
-        assert!(is_ship_form(&write("s.toml", "[sekoia]\nintake_key = \"k\"\n")));
+        assert!(is_ship_form(&write(
+            "s.toml",
+            "[sekoia]\nintake_key = \"k\"\n"
+        )));
         assert!(!is_ship_form(&write(
             "a.toml",
             "[jumpcloud]\napi_key = \"a\"\n[sekoia]\nintake_key = \"k\"\n"

@@ -151,7 +151,11 @@ impl Reader<'_> {
             let destination = self.string(&mut s, "destination");
             let own_key = self.secret(&mut s, "intake_key", None, false);
             if to_outbox && (destination.is_some() || own_key.is_some()) {
-                let key = if destination.is_some() { "destination" } else { "intake_key" };
+                let key = if destination.is_some() {
+                    "destination"
+                } else {
+                    "intake_key"
+                };
                 self.problem(
                     &s,
                     key,
