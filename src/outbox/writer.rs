@@ -390,3 +390,97 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::event::{stream_tag, IncomingEvent};
+
+    const KEY: &str = "writer-test-key-0123456789";
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bundle_sealed_just_before_a_crash_is_not_sealed_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir(&outbox).expect("outbox");
+        let queue = Queue::open(&dir.path().join("queue")).expect("queue");
+        let events: Vec<IncomingEvent> = (0..30)
+            .map(|i| {
+                let raw = format!(r#"{{"id":"e{i}","timestamp":"2026-01-01T00:00:{i:02}Z"}}"#);
+                IncomingEvent::from_text(&raw, 0)
+            })
+            .collect();
+        queue.commit_page("default", &events, None).expect("queued");
+        // The crash: a bundle of the first 15 events (sealed by age) is on disk, renamed, and they are
+        // still queued; a temporary file of the next one is left half written. Sealed again, they would go
+        // into a bundle of 20 with the next 5.
+        let tag = stream_tag("default");
+        let (first, _) = queue
+            .read_stream_batch(tag, None, 15, usize::MAX, usize::MAX)
+            .expect("read");
+        let mut builder = Builder::new("default").expect("builder");
+        for event in &first {
+            builder.push(event).expect("pushed");
+        }
+        let sealed = builder.seal(Some(KEY.as_bytes()), now_ns()).expect("sealed");
+        std::fs::write(outbox.join(sealed.file_name()), &sealed.bytes).expect("written");
+        let leftover = durable::tmp_name("default-x-y-z.jcdi-bundle");
+        std::fs::write(outbox.join(&leftover), b"half").expect("written");
+
+        let metrics = Arc::new(Metrics::default());
+        let writer = BundleWriter {
+            stream: StreamRoute {
+                name: "default".to_string(),
+                tag,
+            },
+            config: OutboxConfig {
+                dir: outbox.clone(),
+                max_bundle_events: 20,
+                max_bundle_age: Duration::from_millis(50),
+                hmac_key: Some(Secret::new(KEY)),
+            },
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            wake: Arc::new(Notify::new()),
+        };
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let running = tokio::spawn(writer.run(shutdown));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while queue.depth().events > 0 || names(&outbox).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the queue never drained");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        trigger.trigger();
+        running.await.expect("writer ended");
+
+        let found = names(&outbox);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(!found.contains(&leftover), "temporary files are removed");
+        assert_eq!(
+            std::fs::read(outbox.join(sealed.file_name())).expect("read"),
+            sealed.bytes,
+            "the bundle found is left as it was"
+        );
+        let mut all = Vec::new();
+        for name in &found {
+            let bytes = std::fs::read(outbox.join(name)).expect("read");
+            all.extend(bundle::open(&bytes, Some(KEY.as_bytes())).expect("opens").events);
+        }
+        let expected: Vec<String> = events
+            .iter()
+            .map(|e| String::from_utf8(e.raw.to_vec()).expect("text"))
+            .collect();
+        assert_eq!(all, expected, "every event once, in order");
+        assert_eq!(metrics.snapshot().events_forwarded, 30);
+    }
+}
