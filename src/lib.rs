@@ -2,7 +2,9 @@
 //! to the Sekoia.io HTTP intake, losing none.
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
-//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
+//! (forwarder, which sends each batch through [`delivery`]); [`outbox`] replaces the forwarder on hosts
+//! that send nothing (sealed bundle files, and `ship` to send them from another host); [`agent`] wires
+//! them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
 //! [`share`] keeps each stream to its share of the queue.
 

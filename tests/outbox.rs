@@ -266,6 +266,17 @@ async fn events_collected_into_an_outbox_are_shipped_byte_for_byte_once() {
     assert_eq!(bundled.len(), site.events.len());
     let names = bundle_names(&site.outbox());
     assert!(names.len() >= 7, "bundles of at most 400 events: {names:?}");
+    let status = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&collect)
+        .output()
+        .expect("status runs");
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains(&format!("outbox: {} bundles", names.len())),
+        "{said}{}",
+        stderr(&status)
+    );
 
     let there = Connected::new().await;
     let config = there.config(Some(BUNDLE_KEY), 300);
@@ -279,7 +290,11 @@ async fn events_collected_into_an_outbox_are_shipped_byte_for_byte_once() {
 
     assert_eq!(transfer(&site.outbox(), &there.bundles()), names.len());
     let shipped = there.ship(&config, &[]);
-    assert!(shipped.status.success(), "ship failed: {}", stderr(&shipped));
+    assert!(
+        shipped.status.success(),
+        "ship failed: {}",
+        stderr(&shipped)
+    );
     let received = there.intake.received();
     assert!(missing(&site.events, &received).is_empty());
     assert_eq!(duplicates(&received), 0);
@@ -341,7 +356,10 @@ async fn kill_9_while_sealing_and_while_shipping_loses_nothing() {
     assert!(missing(&site.events, &bundled).is_empty());
     // Only pages re-read after a lost commit can bring an event twice; a bundle's events are never
     // sealed twice (a bundle found at start lets its events go).
-    assert!(sealed_duplicates < site.events.len() / 10, "{sealed_duplicates}");
+    assert!(
+        sealed_duplicates < site.events.len() / 10,
+        "{sealed_duplicates}"
+    );
 
     let there = Connected::new().await;
     let config = there.config(Some(BUNDLE_KEY), 50);
@@ -513,17 +531,27 @@ async fn damaged_truncated_and_tampered_bundles_are_refused_and_the_rest_ship() 
     }
     let received = there.intake.received();
     let expected: Vec<String> = good.concat();
-    assert_eq!(received, expected, "the good bundles, in order, and nothing else");
+    assert_eq!(
+        received, expected,
+        "the good bundles, in order, and nothing else"
+    );
     assert_eq!(bundle_names(&dir.join("shipped")).len(), 3);
     assert!(bundle_names(&dir).is_empty());
-    assert!(!err.contains(BUNDLE_KEY) && !err.contains(INTAKE_KEY), "no secret in messages");
+    assert!(
+        !err.contains(BUNDLE_KEY) && !err.contains(INTAKE_KEY),
+        "no secret in messages"
+    );
 
     // Without a key, a signed bundle is held (not refused); a damaged one is still refused.
     let unsigned_config = there.config(None, 1000);
     let held = seal(&dir, "default", 40_000, &batch(10), key);
     let output = there.ship(&unsigned_config, &[]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(stderr(&output).contains("no key to check it"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no key to check it"),
+        "{}",
+        stderr(&output)
+    );
     assert!(dir.join(&held).exists(), "a held bundle stays where it is");
 }
 

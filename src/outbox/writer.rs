@@ -375,6 +375,19 @@ fn bundles_of(dir: &Path, stream: &str) -> std::io::Result<Vec<(String, u64, u64
     Ok(found)
 }
 
+/// The sealed bundles in `dir` and their total size (for `status`); none when it cannot be read.
+pub fn waiting(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| bundle::parse_file_name(&e.file_name().to_string_lossy()).is_some())
+        .fold((0, 0), |(count, bytes), e| {
+            (count + 1, bytes + e.metadata().map_or(0, |m| m.len()))
+        })
+}
+
 /// Checks that the outbox folder exists or can be created, and is writable (for `validate`).
 pub fn check_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|err| {
@@ -432,7 +445,9 @@ mod tests {
         for event in &first {
             builder.push(event).expect("pushed");
         }
-        let sealed = builder.seal(Some(KEY.as_bytes()), now_ns()).expect("sealed");
+        let sealed = builder
+            .seal(Some(KEY.as_bytes()), now_ns())
+            .expect("sealed");
         std::fs::write(outbox.join(sealed.file_name()), &sealed.bytes).expect("written");
         let leftover = durable::tmp_name("default-x-y-z.jcdi-bundle");
         std::fs::write(outbox.join(&leftover), b"half").expect("written");
@@ -457,7 +472,10 @@ mod tests {
         let running = tokio::spawn(writer.run(shutdown));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while queue.depth().events > 0 || names(&outbox).len() < 2 {
-            assert!(std::time::Instant::now() < deadline, "the queue never drained");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never drained"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         trigger.trigger();
@@ -474,7 +492,11 @@ mod tests {
         let mut all = Vec::new();
         for name in &found {
             let bytes = std::fs::read(outbox.join(name)).expect("read");
-            all.extend(bundle::open(&bytes, Some(KEY.as_bytes())).expect("opens").events);
+            all.extend(
+                bundle::open(&bytes, Some(KEY.as_bytes()))
+                    .expect("opens")
+                    .events,
+            );
         }
         let expected: Vec<String> = events
             .iter()
