@@ -595,3 +595,38 @@ async fn ship_watch_ships_bundles_as_they_appear_and_deletes_them() {
     assert_eq!(there.intake.received(), expected);
     assert!(bundle_names(&dir.join("shipped")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_splits_on_413_and_keeps_what_the_intake_never_takes_as_dead_letters() {
+    let there = Connected::new().await;
+    let dir = there.bundles();
+    let mut factory = EventFactory::new(19);
+    let now = now_ns();
+    let mut raws: Vec<String> = factory
+        .mix(40, now - 3600 * SECOND, now)
+        .into_iter()
+        .map(|e| e.raw)
+        .collect();
+    let big = factory.big_event(now, 300 * 1024).raw;
+    raws.insert(17, big.clone());
+    let name = seal(&dir, "default", 0, &raws, None);
+    there.intake.push_fault(IntakeFault::Status {
+        status: 413,
+        retry_after: None,
+    });
+    let output = there.ship(&there.config(None, 1000), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let expected: Vec<String> = raws.iter().filter(|raw| **raw != big).cloned().collect();
+    assert_eq!(there.intake.received(), expected, "in order, split in two");
+    let letters: Vec<_> = std::fs::read_dir(dir.join("dead-letters"))
+        .expect("dead letters")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&letters[0]).expect("read")).expect("json");
+    assert_eq!(letter["event"].as_str(), Some(big.as_str()));
+    assert_eq!(letter["index"], 17);
+    assert!(dir.join("shipped").join(&name).exists());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 dead letter;"));
+}

@@ -488,6 +488,13 @@ fn check_manifest(m: &Manifest) -> Result<(), Problem> {
             format!("stream {:?} is not a stream name", m.stream),
         ));
     }
+    let hex_sum = m.sha256.len() == 64
+        && m.sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_sum {
+        return Err(refuse("manifest", "sha256 is not 64 lowercase hex digits"));
+    }
     if m.events == 0 || m.first_seq > m.last_seq || m.content_bytes > MAX_CONTENT_BYTES {
         return Err(refuse(
             "manifest",
