@@ -48,6 +48,18 @@ pub struct Status {
     pub last_send_ok: Option<String>,
     pub last_send_error: Option<String>,
     pub health: Option<Health>,
+    /// With `[outbox]`: the sealed bundles still in its folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStatus>,
+}
+
+/// The outbox folder in [`Status`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub dir: String,
+    /// Bundles in the folder (not yet carried away).
+    pub bundles: u64,
+    pub bytes: u64,
 }
 
 /// One stream in [`Status`].
@@ -148,6 +160,14 @@ pub fn status(queue: &Queue, config: &Config, live: Option<&Metrics>) -> Status 
         last_send_ok,
         last_send_error,
         health,
+        outbox: config.outbox.as_ref().map(|outbox| {
+            let (bundles, bytes) = crate::outbox::writer::waiting(&outbox.dir);
+            OutboxStatus {
+                dir: outbox.dir.display().to_string(),
+                bundles,
+                bytes,
+            }
+        }),
     }
 }
 

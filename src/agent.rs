@@ -1,6 +1,6 @@
 //! The agent: wires the pipeline (source → queue → sink) for one configuration and runs it until shutdown.
 //!
-//! Each stream gets its own poller and its own forwarder (its own HTTP clients, with its sections' proxy
+//! Each stream gets its own poller and its own forwarder (or, with `[outbox]`, its own bundle writer) (its own HTTP clients, with its sections' proxy
 //! and CA settings), sharing the one queue: a stream that fails (revoked key, unreachable intake) stalls
 //! only itself, and with several streams each may fill only its equal share of the queue (the queue's
 //! [`Limits`]).
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::event::stream_tag;
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
+use crate::outbox::writer::BundleWriter;
 use crate::queue::{Limits, Queue, RecoveryPolicy};
 use crate::retry::RepeatFilter;
 use crate::shutdown::Shutdown;
@@ -121,17 +122,22 @@ pub async fn run(
     for (stream, tag) in config.streams.iter().zip(tags) {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
             .map_err(anyhow::Error::msg)?;
-        let intake_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
-            .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
         stream_apis.push((stream.name.clone(), api.clone()));
         let wake = Arc::new(Notify::new());
+        let (intake, destination) = match &config.outbox {
+            Some(outbox) => ("-".to_string(), format!("outbox {}", outbox.dir.display())),
+            None => (
+                stream.sekoia.intake_url.clone(),
+                stream.sekoia.section.clone(),
+            ),
+        };
         tracing::info!(
             stream = %stream.name,
             api = %stream.jumpcloud.base_url,
             org_id = stream.jumpcloud.org_id.as_deref().unwrap_or("-"),
-            intake = %stream.sekoia.intake_url,
-            destination = %stream.sekoia.section,
+            %intake,
+            %destination,
             "stream configured"
         );
         let poller = Poller {
@@ -143,19 +149,33 @@ pub async fn run(
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
         };
-        let forwarder = Forwarder {
-            stream: StreamRoute {
-                name: stream.name.clone(),
-                tag,
-            },
-            config: stream.sekoia.clone(),
-            http: intake_http,
-            queue: queue.clone(),
-            metrics: metrics.clone(),
-            wake,
+        let route = StreamRoute {
+            name: stream.name.clone(),
+            tag,
         };
         tasks.spawn(poller.run(shutdown.clone()));
-        tasks.spawn(forwarder.run(shutdown.clone()));
+        if let Some(outbox) = &config.outbox {
+            // Nothing is sent from here: the events go into sealed bundles.
+            let writer = BundleWriter {
+                stream: route,
+                config: outbox.clone(),
+                queue: queue.clone(),
+                metrics: metrics.clone(),
+                wake,
+            };
+            tasks.spawn(writer.run(shutdown.clone()));
+        } else {
+            let forwarder = Forwarder {
+                stream: route,
+                config: stream.sekoia.clone(),
+                http: HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
+                    .map_err(anyhow::Error::msg)?,
+                queue: queue.clone(),
+                metrics: metrics.clone(),
+                wake,
+            };
+            tasks.spawn(forwarder.run(shutdown.clone()));
+        }
     }
     if let Some(listen) = config.api.listen {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {

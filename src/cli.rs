@@ -1,5 +1,5 @@
-//! The command line: `run`, `validate`, `demo`, `normalize`, `status`, `dead-letter`, `backfill`. Parses arguments, sets up logging on stderr,
-//! and turns outcomes into exit codes (0 success, 1 failure, 2 usage).
+//! The command line: `run`, `validate`, `demo`, `normalize`, `status`, `dead-letter`, `backfill`, `ship`. Parses arguments, sets up logging on stderr,
+//! and turns outcomes into exit codes (0 success, 1 failure, 2 usage; `ship`: 3 when bundles were refused).
 //!
 //! Invariant: no secret reaches a log line, an error message or `--help` (secrets live only in the
 //! configuration file or the environment, never in arguments).
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::QueueDamaged;
-use crate::config::{check_data_dir, Config};
+use crate::config::{check_data_dir, is_ship_form, Config, ShipConfig};
 use crate::event::DEFAULT_STREAM;
 use crate::metrics::Metrics;
 use crate::ops::DeadLetterAction;
@@ -44,7 +44,8 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
         config: PathBuf,
     },
-    /// Check a configuration offline and list every problem found (exit 0 when valid, 1 otherwise).
+    /// Check a configuration offline and list every problem found (exit 0 when valid, 1 otherwise). Knows
+    /// the agent's files and those of `ship` (a [sekoia] without [jumpcloud]).
     Validate {
         /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, env = "JCDI_FORWARDER_CONFIG")]
@@ -96,6 +97,30 @@ pub enum Command {
         /// The stream to backfill; needed when there are several `[[streams]]`.
         #[arg(long)]
         stream: Option<String>,
+    },
+    /// Send every bundle of an outbox folder (sealed by an agent with [outbox]) to the intake of its stream,
+    /// from a host that reaches Sekoia.io. Shipped bundles go to DIR/shipped/, refused ones to
+    /// DIR/rejected/ (exit status 3). Interrupted, it resumes where it stopped.
+    Ship {
+        /// The configuration of ship: [sekoia], [sekoia.<stream>], [outbox] hmac_key.
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/jcdi-forwarder/ship.toml",
+            env = "JCDI_FORWARDER_SHIP_CONFIG"
+        )]
+        config: PathBuf,
+        /// The folder of bundles.
+        dir: PathBuf,
+        /// Delete each bundle once shipped, instead of moving it to DIR/shipped/.
+        #[arg(long)]
+        delete: bool,
+        /// Keep shipping bundles as they appear, until SIGTERM or Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: how often the folder is looked at.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
 }
 
@@ -151,6 +176,21 @@ pub fn main() -> ExitCode {
         } => with_config(Config::load(&config), |c| {
             with_runtime(|| crate::ops::backfill(c, stream, from, to))
         }),
+        Command::Ship {
+            config,
+            dir,
+            delete,
+            watch,
+            interval,
+        } => ship(
+            &config,
+            crate::outbox::ship::ShipOptions {
+                dir,
+                delete,
+                watch,
+                interval,
+            },
+        ),
     }
 }
 
@@ -173,6 +213,9 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
+    if is_ship_form(path) {
+        return validate_ship(path);
+    }
     let mut problems = Vec::new();
     let loaded = match Config::load(path) {
         Ok(loaded) => Some(loaded),
@@ -187,6 +230,11 @@ fn validate(path: &std::path::Path) -> ExitCode {
         }
         if let Err(problem) = check_data_dir(&loaded.config.data_dir) {
             problems.push(problem);
+        }
+        if let Some(outbox) = &loaded.config.outbox {
+            if let Err(problem) = crate::outbox::writer::check_dir(&outbox.dir) {
+                problems.push(problem);
+            }
         }
     }
     if !problems.is_empty() {
@@ -214,15 +262,19 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
         c.data_dir.display(),
         bytesize::ByteSize(c.queue.max_bytes)
     );
+    let sends = |stream: &crate::config::StreamConfig| match &c.outbox {
+        Some(outbox) => format!("seals bundles into {}", outbox.dir.display()),
+        None => format!("forwards to {}/batch", stream.sekoia.intake_url),
+    };
     match c.streams.as_slice() {
         // The single-section form: one line, as it always was.
         [only] if only.name == DEFAULT_STREAM => format!(
-            "{}: valid. Polls {} (services {}) every {:?}, forwards to {}/batch, {queue}.\n",
+            "{}: valid. Polls {} (services {}) every {:?}, {}, {queue}.\n",
             path.display(),
             only.jumpcloud.base_url,
             only.jumpcloud.services.join(","),
             only.jumpcloud.poll_interval,
-            only.sekoia.intake_url,
+            sends(only),
         ),
         streams => {
             let count = streams.len();
@@ -237,15 +289,103 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
                     None => String::new(),
                 };
                 text.push_str(&format!(
-                    "  - {}: polls {} ({org}services {}) every {:?}, forwards to {}/batch\n",
+                    "  - {}: polls {} ({org}services {}) every {:?}, {}\n",
                     stream.name,
                     stream.jumpcloud.base_url,
                     stream.jumpcloud.services.join(","),
                     stream.jumpcloud.poll_interval,
-                    stream.sekoia.intake_url,
+                    sends(stream),
                 ));
             }
             text
+        }
+    }
+}
+
+/// `validate` of a configuration of `ship`.
+fn validate_ship(path: &std::path::Path) -> ExitCode {
+    match ShipConfig::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            print!("{}", ship_summary(path, &loaded.config));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What `validate` prints for a valid configuration of `ship`.
+fn ship_summary(path: &std::path::Path, c: &ShipConfig) -> String {
+    let mut text = format!("{}: valid configuration of `ship`:\n", path.display());
+    let others = if c.streams.is_empty() {
+        "every stream"
+    } else {
+        "every other stream"
+    };
+    for (stream, sekoia) in &c.streams {
+        text.push_str(&format!(
+            "  - bundles of stream {stream} go to {}/batch\n",
+            sekoia.intake_url
+        ));
+    }
+    if c.destination("").is_some() {
+        text.push_str(&format!(
+            "  - bundles of {others} go to {}/batch\n",
+            c.sekoia.intake_url
+        ));
+    } else {
+        text.push_str(&format!(
+            "  - bundles of {others} are held (no intake_key in [sekoia])\n"
+        ));
+    }
+    text.push_str(match c.hmac_key {
+        Some(_) => "  - only bundles signed with [outbox] hmac_key are shipped\n",
+        None => "  - signatures are not checked (no [outbox] hmac_key); signed bundles are held\n",
+    });
+    text
+}
+
+/// `ship`: exit 0 when every bundle was shipped, 3 when some were refused or held, 1 on failure or when
+/// interrupted before the end (without --watch).
+fn ship(path: &std::path::Path, options: crate::outbox::ship::ShipOptions) -> ExitCode {
+    let config = match ShipConfig::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{}: {warning}", path.display());
+            }
+            loaded.config
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = block_on(|| async move {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stop requested: finishing the request in flight");
+            trigger.trigger();
+        });
+        crate::outbox::ship::run(&config, &options, shutdown).await
+    });
+    match report {
+        Err(code) => code,
+        Ok(report) => {
+            println!("{}", report.summary());
+            if report.interrupted {
+                eprintln!("interrupted: run ship again to send the rest (progress is kept)");
+                ExitCode::from(1)
+            } else if !report.refused.is_empty() || !report.held.is_empty() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }
@@ -312,6 +452,18 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    match block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Runs an async main on a multi-threaded runtime; an error is printed and becomes exit code 1.
+fn block_on<T, F, Fut>(main: F) -> Result<T, ExitCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     // Queue work runs on blocking threads; tokio allows 512 of them, and each thread that allocates gets
     // a glibc arena of its own that keeps its freed memory: a handful is plenty and keeps RSS down.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -322,17 +474,14 @@ where
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
-    match runtime.block_on(main()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("error: {err:#}");
-            ExitCode::from(1)
-        }
-    }
+    runtime.block_on(main()).map_err(|err| {
+        tracing::error!("{err:#}");
+        eprintln!("error: {err:#}");
+        ExitCode::from(1)
+    })
 }
 
 /// SIGTERM (systemd) or SIGINT (Ctrl-C).

@@ -2,7 +2,9 @@
 //! to the Sekoia.io HTTP intake, losing none.
 //!
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
-//! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
+//! (forwarder, which sends each batch through [`delivery`]); [`outbox`] replaces the forwarder on hosts
+//! that send nothing (sealed bundle files, and `ship` to send them from another host); [`agent`] wires
+//! them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
 //! [`share`] keeps each stream to its share of the queue; [`harness`] runs the agent against the stand-ins
 //! for `demo`, the integration tests and the end-to-end bench.
@@ -13,6 +15,7 @@ pub mod allocator;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod harness;
@@ -20,6 +23,7 @@ pub mod http;
 pub mod metrics;
 pub mod normalize;
 pub mod ops;
+pub mod outbox;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;

@@ -174,10 +174,19 @@ pub fn render_status(s: &Status, config: &Config) -> String {
         q.oldest_age_seconds.map_or("-".to_string(), seconds),
         bytesize::ByteSize(q.disk_bytes),
     ));
-    out.push_str(&format!(
-        "forwarder: last successful send {}\n",
-        s.last_send_ok.as_deref().unwrap_or("never")
-    ));
+    match &s.outbox {
+        Some(outbox) => out.push_str(&format!(
+            "outbox: {} bundles ({}) in {} waiting to be carried away; last bundle sealed {}\n",
+            outbox.bundles,
+            bytesize::ByteSize(outbox.bytes),
+            outbox.dir,
+            s.last_send_ok.as_deref().unwrap_or("never")
+        )),
+        None => out.push_str(&format!(
+            "forwarder: last successful send {}\n",
+            s.last_send_ok.as_deref().unwrap_or("never")
+        )),
+    }
     out.push_str(&format!("dead letters: {}", q.dead_letters));
     if q.dead_letters > 0 {
         out.push_str(" (see `jcdi-forwarder dead-letter list`)");

@@ -3,11 +3,11 @@
 //! Invariants:
 //! - Read a batch from the head, send it, and only after a 2xx for that exact batch remove it (at-least-once;
 //!   never pop-then-send).
-//! - Transient failures (timeouts, resets, 422, 429, 5xx) are retried forever with capped, jittered
-//!   exponential backoff, honouring `Retry-After`. Configuration failures (400, 401, 403, 404) are reported
-//!   clearly and retried slowly; the events stay queued.
-//! - 413 splits the batch in two; a single event the intake will never take (over 250 KiB, or refused alone
-//!   with 413) is moved to the dead-letter tree, logged and counted, and never blocks the rest.
+//! - Sending one batch (the request, backoff, 413 split, which events are dead letters) is
+//!   [`crate::delivery`]'s, shared with `ship`: transient failures are retried forever, configuration
+//!   failures slowly, and the events stay queued meanwhile. Here an accepted event is acknowledged in the
+//!   queue (and flushed), and a dead letter (over 250 KiB, or refused alone with 413) is moved to the
+//!   dead-letter tree, logged and counted; it never blocks the rest.
 //! - A forwarder sends only its own stream's events, with that stream's intake key and URL: every batch has
 //!   one destination, and a destination that refuses its key stalls only its own stream.
 //! - Up to `sekoia.max_in_flight` batches of a stream are sent at once: each is read after the one before it
@@ -23,21 +23,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::StatusCode;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::config::{SekoiaConfig, INTAKE_MAX_EVENT_BYTES};
+use crate::config::SekoiaConfig;
+pub use crate::delivery::batch_body;
+use crate::delivery::{DeliverError, Intake, Settle};
 use crate::event::QueuedEvent;
 use crate::http::HttpClient;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
-use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
+use crate::retry::{Backoffs, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
-
-/// How long an in-flight request may finish after shutdown is asked for, before it is abandoned.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// At most this many queued records are examined per read, so that reading past another stream's backlog
 /// never blocks for long.
@@ -60,17 +57,6 @@ pub struct Forwarder {
     pub metrics: Arc<Metrics>,
     /// Woken by the pollers when they queue events.
     pub wake: Arc<Notify>,
-}
-
-/// What the intake made of one request.
-enum SendOutcome {
-    Accepted,
-    TooLarge,
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    Rejected(String),
 }
 
 /// A batch read and handed to a delivery, in reading order.
@@ -267,191 +253,55 @@ impl Forwarder {
             .await
     }
 
-    /// Dead-letters the oversize events of a batch and delivers the rest.
+    /// Delivers a batch to this stream's intake until every event is acknowledged or dead-lettered.
     async fn forward(
         &self,
         batch: Vec<QueuedEvent>,
         shutdown: &Shutdown,
     ) -> Result<(), ForwardError> {
-        let (oversize, sendable): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|event| event.raw.len() > INTAKE_MAX_EVENT_BYTES);
-        for event in &oversize {
-            self.dead_letter(
-                event,
-                &format!(
-                    "the event is {} bytes, over the intake's limit of {INTAKE_MAX_EVENT_BYTES} bytes",
-                    event.raw.len()
-                ),
-            )
+        let intake = Intake {
+            stream: &self.stream.name,
+            config: &self.config,
+            http: &self.http,
+            metrics: &self.metrics,
+        };
+        let mut settle = InQueue {
+            queue: &self.queue,
+            stream: &self.stream.name,
+        };
+        intake
+            .deliver(batch, &mut settle, shutdown)
+            .await
+            .map_err(|err| match err {
+                DeliverError::Stopped => ForwardError::Stopped,
+                DeliverError::Settle(err) => ForwardError::Queue(err),
+            })
+    }
+}
+
+/// Settles a stream's events in the queue: acknowledged events leave it, dead letters move to its
+/// dead-letter tree.
+struct InQueue<'a> {
+    queue: &'a Queue,
+    stream: &'a str,
+}
+
+impl Settle<QueuedEvent> for InQueue<'_> {
+    type Error = QueueError;
+
+    async fn accepted(&mut self, events: &[QueuedEvent]) -> Result<(), QueueError> {
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        self.queue
+            .run_blocking(move |queue| queue.ack(&seqs))
             .await?;
-        }
-        if !sendable.is_empty() {
-            self.deliver(sendable, shutdown).await?;
-        }
-        Ok(())
+        // Not needed for safety (a lost ack only means a resend), but it keeps the duplicates after a
+        // crash down to the batch in flight.
+        self.queue.flush().await
     }
 
-    /// Delivers a batch, splitting it on 413, until every event is acknowledged or dead-lettered.
-    async fn deliver(
-        &self,
-        batch: Vec<QueuedEvent>,
-        shutdown: &Shutdown,
-    ) -> Result<(), ForwardError> {
-        let mut pending = vec![batch];
-        let mut backoffs = Backoffs::new(self.config.retry);
-        let mut repeats = RepeatFilter::default();
-        while let Some(chunk) = pending.pop() {
-            loop {
-                let outcome = self.send(&chunk, shutdown).await?;
-                match outcome {
-                    SendOutcome::Accepted => {
-                        let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
-                        self.queue
-                            .run_blocking(move |queue| queue.ack(&seqs))
-                            .await?;
-                        // Not needed for safety (a lost ack only means a resend), but it keeps the
-                        // duplicates after a crash down to the batch in flight.
-                        self.queue.flush().await?;
-                        self.metrics
-                            .send_succeeded(&self.stream.name, chunk.len() as u64);
-                        repeats.reset();
-                        backoffs.reset();
-                        break;
-                    }
-                    SendOutcome::TooLarge if chunk.len() == 1 => {
-                        self.dead_letter(
-                            &chunk[0],
-                            "the intake refused the event alone with 413 (too large)",
-                        )
-                        .await?;
-                        break;
-                    }
-                    SendOutcome::TooLarge => {
-                        tracing::info!(
-                            events = chunk.len(),
-                            "the intake said 413: splitting the batch in two"
-                        );
-                        let mut first = chunk;
-                        let second = first.split_off(first.len() / 2);
-                        // Last pushed is sent first: keep queue order.
-                        pending.push(second);
-                        pending.push(first);
-                        break;
-                    }
-                    SendOutcome::Transient {
-                        reason,
-                        retry_after,
-                    } => {
-                        let wait = backoffs.transient_wait(retry_after);
-                        if let Some(held_back) = repeats.check(&reason) {
-                            tracing::warn!(stream = %self.stream.name, events = chunk.len(), retry_in = ?wait, repeats = held_back, "sending failed, will retry: {reason}");
-                        }
-                        self.metrics.send_failed(&self.stream.name, &reason);
-                        if !shutdown.sleep(wait).await {
-                            return Err(ForwardError::Stopped);
-                        }
-                    }
-                    SendOutcome::Rejected(reason) => {
-                        let wait = backoffs.rejected_wait();
-                        if let Some(held_back) = repeats.check(&reason) {
-                            tracing::error!(
-                                stream = %self.stream.name,
-                                queued_events = self.queue.depth().events,
-                                retry_in = ?wait,
-                                repeats = held_back,
-                                "{reason}; every event stays queued until it is fixed"
-                            );
-                        }
-                        self.metrics.send_failed(&self.stream.name, &reason);
-                        if !shutdown.sleep(wait).await {
-                            return Err(ForwardError::Stopped);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One request; on shutdown it may finish within [`SHUTDOWN_GRACE`], then it is abandoned (its events
-    /// stay queued and are sent again at the next start).
-    async fn send(
-        &self,
-        chunk: &[QueuedEvent],
-        shutdown: &Shutdown,
-    ) -> Result<SendOutcome, ForwardError> {
-        let body = batch_body(self.config.intake_key.expose(), chunk);
-        let url = format!("{}/batch", self.config.intake_url);
-        let request = self
-            .http
-            .post_json(&url, &[], body, self.config.request_timeout);
-        tokio::pin!(request);
-        let asked = std::time::Instant::now();
-        let result = tokio::select! {
-            result = &mut request => result,
-            _ = shutdown.wait() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut request).await {
-                Ok(result) => result,
-                Err(_) => return Err(ForwardError::Stopped),
-            },
-        };
-        let response = match result {
-            Ok(response) => response,
-            Err(err) => {
-                self.metrics
-                    .intake_request(&self.stream.name, Outcome::Retry, asked.elapsed());
-                return Ok(SendOutcome::Transient {
-                    reason: format!("Sekoia.io intake at {url} did not answer: {err}"),
-                    retry_after: None,
-                });
-            }
-        };
-        let status = response.status;
-        let said = response.body_excerpt();
-        let outcome = match status {
-            s if s.is_success() => SendOutcome::Accepted,
-            StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the intake key ({status}): check {}; the intake said: {said}",
-                self.key_setting()
-            )),
-            StatusCode::NOT_FOUND => SendOutcome::Rejected(format!(
-                "Sekoia.io answered 404 for {url}: check {}.intake_url (or region; for example \"https://intake.sekoia.io\"); the intake said: {said}",
-                self.config.section
-            )),
-            StatusCode::BAD_REQUEST => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the batch (400 Bad Request): check {} and {}.intake_url; the intake said: {said}",
-                self.key_setting(),
-                self.config.section
-            )),
-            _ => SendOutcome::Transient {
-                reason: format!("Sekoia.io intake answered {status}: {said}"),
-                retry_after: response.retry_after(),
-            },
-        };
-        let label = match &outcome {
-            SendOutcome::Accepted => Outcome::Ok,
-            SendOutcome::TooLarge => Outcome::TooLarge,
-            SendOutcome::Transient { .. } => Outcome::Retry,
-            SendOutcome::Rejected(_) => Outcome::Rejected,
-        };
-        self.metrics
-            .intake_request(&self.stream.name, label, asked.elapsed());
-        Ok(outcome)
-    }
-
-    /// The setting that holds this destination's key, for messages.
-    fn key_setting(&self) -> String {
-        if self.config.section == "sekoia" {
-            "sekoia.intake_key (SEKOIA_INTAKE_KEY)".to_string()
-        } else {
-            format!("{}.intake_key", self.config.section)
-        }
-    }
-
-    async fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), ForwardError> {
+    async fn dead_letter(&mut self, event: &QueuedEvent, reason: &str) -> Result<(), QueueError> {
         tracing::warn!(
-            stream = %self.stream.name,
+            stream = %self.stream,
             seq = event.seq,
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
@@ -460,9 +310,11 @@ impl Forwarder {
         let reason = reason.to_string();
         self.queue
             .run_blocking(move |queue| queue.dead_letter(&event, &reason))
-            .await?;
-        self.metrics.dead_lettered(&self.stream.name);
-        Ok(())
+            .await
+    }
+
+    fn waiting(&self) -> u64 {
+        self.queue.depth().events
     }
 }
 
@@ -476,26 +328,6 @@ impl From<QueueError> for ForwardError {
     fn from(err: QueueError) -> Self {
         ForwardError::Queue(err)
     }
-}
-
-/// `{"intake_key": "...", "jsons": ["<raw event>", ...]}`, each raw event as one JSON string.
-pub fn batch_body(intake_key: &str, events: &[QueuedEvent]) -> Bytes {
-    // Escaping adds a backslash before every quote: about a sixth more for JumpCloud's events. Reserving
-    // a quarter more avoids growing (copying) a body of megabytes half way.
-    let size: usize = events.iter().map(|e| e.raw.len() * 5 / 4 + 3).sum();
-    let mut body = Vec::with_capacity(size + intake_key.len() + 32);
-    body.extend_from_slice(b"{\"intake_key\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut body, intake_key);
-    body.extend_from_slice(b",\"jsons\":[");
-    for (i, event) in events.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut body, &event.raw);
-    }
-    body.extend_from_slice(b"]}");
-    Bytes::from(body)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
+pub(super) fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => Ok((text, file)),
@@ -83,7 +83,15 @@ pub fn check_data_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// The keys of the top level of a file.
-const TOP_KEYS: &[&str] = &["data_dir", "jumpcloud", "sekoia", "queue", "streams", "api"];
+const TOP_KEYS: &[&str] = &[
+    "data_dir",
+    "jumpcloud",
+    "sekoia",
+    "queue",
+    "streams",
+    "api",
+    "outbox",
+];
 
 impl Reader<'_> {
     /// Reads a whole file. The order of reading is the order of the problems in messages.
@@ -95,23 +103,36 @@ impl Reader<'_> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let streams_value = top.table.remove("streams");
         let several = streams_value.is_some();
+        // With [outbox], nothing is sent from here: [sekoia] belongs to the shipping host's file.
+        let to_outbox = top.has("outbox");
+        if to_outbox && top.has("sekoia") {
+            self.problems.push(
+                "[outbox] and [sekoia] are both set: [outbox] seals every stream's events into bundle files, \
+                 [sekoia] sends them to the intake from here; keep one (the intake keys of an outbox go in \
+                 the configuration of `jcdi-forwarder ship`, see docs/outbox.md)"
+                    .to_string(),
+            );
+        }
         let mut jumpcloud = self.section(&mut top, "jumpcloud", !several);
-        let mut sekoia = self.section(&mut top, "sekoia", !several);
+        let mut sekoia = self.section(&mut top, "sekoia", !several && !to_outbox);
         let mut queue = self.section(&mut top, "queue", false);
         let mut api = self.section(&mut top, "api", false);
+        let mut outbox = self.section(&mut top, "outbox", false);
         self.unknown_keys(&top, TOP_KEYS);
 
         let named = named_destinations(&mut sekoia);
         let jumpcloud = self.jumpcloud(&mut jumpcloud, None, !several, &[]);
-        let sekoia = self.sekoia(&mut sekoia, None, !several);
-        let streams = self.stream_list(streams_value, named, &jumpcloud, &sekoia);
+        let sekoia = self.sekoia(&mut sekoia, None, !several && !to_outbox);
+        let streams = self.stream_list(streams_value, named, &jumpcloud, &sekoia, to_outbox);
         let queue = self.queue(&mut queue);
         let api = self.api(&mut api);
+        let outbox = to_outbox.then(|| self.outbox(&mut outbox));
         Config {
             data_dir,
             queue,
             api,
             streams,
+            outbox,
         }
     }
 }

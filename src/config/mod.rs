@@ -5,6 +5,10 @@
 //! several-stream form (`[[streams]]`, each inheriting what it does not set from `[jumpcloud]`, and sent to
 //! `[sekoia]` or a named destination `[sekoia.<name>]`). Both end as a list of [`StreamConfig`].
 //!
+//! A third form sends nowhere: `[outbox]` instead of `[sekoia]` seals every stream's events into bundle files
+//! ([`OutboxConfig`]), which `jcdi-forwarder ship` sends from another host with a configuration of its own
+//! that holds only `[sekoia]` (and `[sekoia.<stream>]`) and the bundles' key ([`ShipConfig`]).
+//!
 //! Entry points: [`Config::load`] (a file, `${VAR}` from the process environment),
 //! [`Config::load_without_secrets`] (a file, for commands that never use the secrets) and
 //! [`Config::parse`] (text, with the environment given as a function: what tests use). These three keep
@@ -17,7 +21,7 @@
 //! The files: `load` (the entry points and the top level of a file), `reader` (the TOML table reader:
 //! typed values, unknown keys with "did you mean" hints), `env` (`${VAR}` expansion, [`Secret`], secrets
 //! from files), `jumpcloud`, `sekoia`, `streams`, `local` (`[queue]`, `[api]`): the rules and defaults of
-//! each section, `network` (proxies and CA files: the helpers `http` uses).
+//! each section, `outbox` (`[outbox]` and the form of `ship`'s file), `network` (proxies and CA files: the helpers `http` uses).
 //!
 //! Invariants:
 //! - Every problem in a file is reported at once, each naming the file, the key and what to do about it
@@ -38,6 +42,7 @@ mod jumpcloud;
 mod load;
 mod local;
 mod network;
+mod outbox;
 mod reader;
 mod sekoia;
 mod streams;
@@ -48,6 +53,7 @@ pub use crate::retry::RetryConfig;
 pub use env::{expand_env, Secret};
 pub use load::check_data_dir;
 pub use network::{check_proxy_url, load_ca_file, redact_url};
+pub use outbox::is_ship_form;
 
 /// The default location of the sled queue, matching the packages' `StateDirectory=`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/jcdi-forwarder";
@@ -86,6 +92,9 @@ pub struct Config {
     /// single-section form they make the one stream named `"default"`.
     pub streams: Vec<StreamConfig>,
     pub api: ApiConfig,
+    /// `[outbox]`: every stream's events are sealed into bundle files instead of being sent; each
+    /// stream's `sekoia` settings are then defaults, never used.
+    pub outbox: Option<OutboxConfig>,
 }
 
 impl Config {
@@ -247,6 +256,41 @@ pub enum ProxyConfig {
     Direct,
 }
 
+/// The `[outbox]` section: where sealed bundles are written, and when a bundle is sealed.
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
+    /// The folder the bundles are written to (created if missing).
+    pub dir: PathBuf,
+    /// A bundle is sealed when it holds this many events...
+    pub max_bundle_events: usize,
+    /// ...or when its oldest event has waited this long in the queue and no more are coming.
+    pub max_bundle_age: Duration,
+    /// Signs each bundle's manifest (HMAC-SHA256); `ship` must hold the same key.
+    pub hmac_key: Option<Secret>,
+}
+
+/// The configuration of `jcdi-forwarder ship`: where each stream's bundles are sent, and the key that
+/// checks them. Nothing about JumpCloud or a queue.
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    /// `[sekoia]`: the destination of every stream without a section of its own. Its `intake_key` is empty
+    /// when it is not set, which is allowed when named sections exist (such streams then have none).
+    pub sekoia: SekoiaConfig,
+    /// `[sekoia.<stream>]`: a stream's own destination, by stream name (inheriting from `[sekoia]`).
+    pub streams: std::collections::BTreeMap<String, SekoiaConfig>,
+    /// `[outbox] hmac_key`: when set, a bundle must carry a matching signature.
+    pub hmac_key: Option<Secret>,
+}
+
+impl ShipConfig {
+    /// Where the bundles of `stream` go: its own section, else `[sekoia]` when that has a key.
+    pub fn destination(&self, stream: &str) -> Option<&SekoiaConfig> {
+        self.streams
+            .get(stream)
+            .or((!self.sekoia.intake_key.expose().is_empty()).then_some(&self.sekoia))
+    }
+}
+
 /// The `[queue]` section.
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
@@ -288,9 +332,10 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// A configuration that parsed, with the warnings about values that work but are unusual.
+/// A configuration that parsed (an agent's, or `ship`'s), with the warnings about values that work but are
+/// unusual.
 #[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
+pub struct Loaded<C = Config> {
+    pub config: C,
     pub warnings: Vec<String>,
 }

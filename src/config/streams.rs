@@ -13,7 +13,6 @@ use super::{JumpcloudConfig, SekoiaConfig, StreamConfig};
 use crate::event::DEFAULT_STREAM;
 
 /// Keys of a `[[streams]]` table besides the JumpCloud ones.
-/// Keys of a `[[streams]]` table besides the JumpCloud ones.
 const STREAM_KEYS: &[&str] = &["name", "destination", "intake_key", "intake_key_file"];
 
 /// Takes the named destinations out of `[sekoia]`: its sub-tables. What remains are its own keys.
@@ -35,13 +34,15 @@ pub(super) fn named_destinations(sekoia: &mut Section) -> Vec<(String, toml::Tab
 
 impl Reader<'_> {
     /// Every stream of the file: those of `[[streams]]` (`value`) with the `named` destinations, or the
-    /// one stream of the single-section form. `jumpcloud` and `sekoia` are the sections already read.
+    /// one stream of the single-section form. `jumpcloud` and `sekoia` are the sections already read;
+    /// `to_outbox`: the events go into bundles, so no stream names a destination.
     pub(super) fn stream_list(
         &mut self,
         value: Option<toml::Value>,
         named: Vec<(String, toml::Table)>,
         jumpcloud: &JumpcloudConfig,
         sekoia: &SekoiaConfig,
+        to_outbox: bool,
     ) -> Vec<StreamConfig> {
         if let Some(value) = value {
             let mut destinations = BTreeMap::new();
@@ -55,7 +56,7 @@ impl Reader<'_> {
                 let destination = self.sekoia(&mut section, Some(sekoia), true);
                 destinations.insert(name, destination);
             }
-            let streams = self.streams(value, jumpcloud, sekoia, &destinations);
+            let streams = self.streams(value, jumpcloud, sekoia, &destinations, to_outbox);
             let used: BTreeSet<&str> = streams
                 .iter()
                 .filter_map(|stream| stream.sekoia.section.strip_prefix("sekoia."))
@@ -91,6 +92,7 @@ impl Reader<'_> {
         jumpcloud: &JumpcloudConfig,
         sekoia: &SekoiaConfig,
         destinations: &BTreeMap<String, SekoiaConfig>,
+        to_outbox: bool,
     ) -> Vec<StreamConfig> {
         let toml::Value::Array(items) = value else {
             self.problems.push(
@@ -148,6 +150,19 @@ impl Reader<'_> {
             }
             let destination = self.string(&mut s, "destination");
             let own_key = self.secret(&mut s, "intake_key", None, false);
+            if to_outbox && (destination.is_some() || own_key.is_some()) {
+                let key = if destination.is_some() {
+                    "destination"
+                } else {
+                    "intake_key"
+                };
+                self.problem(
+                    &s,
+                    key,
+                    "is for sending from here: with [outbox] every stream's events go into bundles, and \
+                     the stream's intake key goes in [sekoia.<stream>] of the shipping host's configuration",
+                );
+            }
             let mut config = self.jumpcloud(&mut s, Some(jumpcloud), true, STREAM_KEYS);
             config.section = s.name.clone();
             let sekoia = match (destination, own_key) {
@@ -181,7 +196,7 @@ impl Reader<'_> {
                     ..sekoia.clone()
                 },
                 (None, None) => {
-                    if sekoia.intake_key.expose().is_empty() {
+                    if sekoia.intake_key.expose().is_empty() && !to_outbox {
                         self.problem(
                             &s,
                             "destination",
@@ -216,7 +231,7 @@ impl Reader<'_> {
 }
 
 /// A name usable as a stream or destination name: it keys cursors and labels metrics.
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
