@@ -33,7 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
     let dir = config.data_dir.clone();
     let queue = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|err| {
+        // 0700 when created here: the queue holds personal data (see crate::privacy).
+        crate::privacy::create_data_dir(&dir).map_err(|err| {
             anyhow::anyhow!("cannot create data_dir {}: {err} (create it, or give the agent's user write access)", dir.display())
         })?;
         Queue::open(&dir).map_err(anyhow::Error::from)

@@ -4,7 +4,7 @@
 //! The data's path, module by module: [`config`] → [`source`] (pollers) → [`queue`] (sled) → [`sink`]
 //! (forwarder); [`agent`] wires them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
-//! [`share`] keeps each stream to its share of the queue.
+//! [`share`] keeps each stream to its share of the queue; [`privacy`] keeps the queue's files to the agent's user.
 
 pub mod admin;
 pub mod agent;
@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod normalize;
 pub mod ops;
+pub mod privacy;
 pub mod queue;
 pub mod recovery;
 pub mod retry;
