@@ -87,6 +87,9 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 fi
 rm -rf "$release/generated"
 "$generator" generate man --out "$release/generated/man" >/dev/null
+# Compressed as Debian policy wants (cargo-deb leaves globbed assets as they
+# are); -n: no name nor time inside, so the same pages give the same bytes.
+gzip -9n "$release"/generated/man/*.1
 "$generator" generate completions --out "$release/generated/completions" >/dev/null
 
 # --no-build: package the binary built above. Both tools rewrite the

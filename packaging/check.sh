@@ -307,7 +307,9 @@ completions_ok() {
 check "completions: bash (works), zsh and fish installed" completions_ok
 
 monitoring_ok() {
-    [ -s "$RULES" ] && [ -s "$DASHBOARD" ] || { echo "missing $RULES or $DASHBOARD"; return 1; }
+    for f in "$RULES" "$DASHBOARD"; do
+        [ -s "$f" ] || { echo "missing: $f"; return 1; }
+    done
     if command -v promtool >/dev/null 2>&1; then
         promtool check rules "$RULES" || return 1
     else
@@ -371,8 +373,8 @@ rpm_layout() {
                  "-rw-r--r-- root root $UNIT" \
                  "-rw-r----- root $PKG $CONF" \
                  "-rw------- root root $ENVFILE" \
-                 "-rw-r--r-- root root /usr/share/man/man1/$PKG.1" \
-                 "-rw-r--r-- root root /usr/share/man/man1/$PKG-run.1" \
+                 "-rw-r--r-- root root /usr/share/man/man1/$PKG.1.gz" \
+                 "-rw-r--r-- root root /usr/share/man/man1/$PKG-run.1.gz" \
                  "-rw-r--r-- root root $BASH_COMPLETION" \
                  "-rw-r--r-- root root $ZSH_COMPLETION_RPM" \
                  "-rw-r--r-- root root $FISH_COMPLETION" \

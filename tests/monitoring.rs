@@ -44,7 +44,8 @@ fn read(path: &Path) -> String {
 /// Both stand-ins on a runtime of their own (the test's thread makes blocking calls), a temporary folder
 /// and a configuration for the agent.
 struct World {
-    runtime: tokio::runtime::Runtime,
+    /// Never read: held so that the stand-ins keep serving on it until the test ends.
+    _runtime: tokio::runtime::Runtime,
     api: ApiStandIn,
     intake: IntakeStandIn,
     dir: tempfile::TempDir,
@@ -80,7 +81,7 @@ impl World {
             now - 30 * SECOND_NS,
         ));
         World {
-            runtime,
+            _runtime: runtime,
             api,
             intake,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -148,10 +149,9 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // The runtime, dropped after this, ends its threads.
         self.api.shutdown();
         self.intake.shutdown();
-        // The runtime's threads end with it; nothing to wait for.
-        let _ = &self.runtime;
     }
 }
 
@@ -194,8 +194,8 @@ impl Process {
         }
     }
 
-    /// SIGTERM, as systemd stops the agent, then waits for the exit.
-    fn stop(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, as systemd stops the agent, then waits for a clean exit.
+    fn stop(mut self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -210,7 +210,6 @@ impl Process {
             self.name,
             self.log()
         );
-        status
     }
 }
 
