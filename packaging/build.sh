@@ -6,6 +6,8 @@
 #
 # Output: target/packages/ (or target/packages/<triple>/ with --target):
 #   jcdi-forwarder_<version>-1_amd64.deb and jcdi-forwarder-<version>-1.x86_64.rpm
+# The man pages and shell completions are generated from the command line by
+# the binary itself (jcdi-forwarder generate) into target/[<triple>/]release/generated/.
 # Installs cargo-deb and cargo-generate-rpm (pinned) when missing.
 set -eu
 
@@ -65,6 +67,30 @@ rm -f "$out"/*.deb "$out"/*.rpm
 # cargo-generate-rpm neither builds nor strips: build here once, for both
 # packages ([profile.release] has strip = true).
 cargo build --release "$@"
+
+# Man pages and completions, generated from the CLI definition so that they
+# list what --help lists. Both packaging tools take them from
+# target/release/generated/ (target/<triple>/release/ with --target).
+release=target/release
+if [ -n "$target" ]; then release=target/$target/release; fi
+generator=$release/jcdi-forwarder
+if ! "$generator" --version >/dev/null 2>&1; then
+    # A target this host cannot run: generate with a host build (same CLI).
+    cargo build --release
+    generator=target/release/jcdi-forwarder
+fi
+# The pages' date: the Debian changelog's latest entry, so that a rebuild of
+# the same version gives the same pages (and cargo-deb the same timestamps).
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(date -d "$(sed -n 's/^ -- .*>  //p' packaging/debian/changelog | head -n 1)" +%s)
+    export SOURCE_DATE_EPOCH
+fi
+rm -rf "$release/generated"
+"$generator" generate man --out "$release/generated/man" >/dev/null
+# Compressed as Debian policy wants (cargo-deb leaves globbed assets as they
+# are); -n: no name nor time inside, so the same pages give the same bytes.
+gzip -9n "$release"/generated/man/*.1
+"$generator" generate completions --out "$release/generated/completions" >/dev/null
 
 # --no-build: package the binary built above. Both tools rewrite the
 # target/release/ asset paths to target/<triple>/release/ with --target.

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Acceptance checks of the .deb and .rpm packages (issue 4), run by CI.
+# Acceptance checks of the .deb and .rpm packages (issue 4; the generated man
+# pages, completions and monitoring files: issue 17), run by CI.
 #
 #   packaging/check.sh
 #
@@ -22,6 +23,12 @@ UNIT=/usr/lib/systemd/system/$PKG.service
 CONF=/etc/$PKG/config.toml
 ENVFILE=/etc/$PKG/$PKG.env
 STATE=/var/lib/$PKG
+BASH_COMPLETION=/usr/share/bash-completion/completions/$PKG
+ZSH_COMPLETION_DEB=/usr/share/zsh/vendor-completions/_$PKG
+ZSH_COMPLETION_RPM=/usr/share/zsh/site-functions/_$PKG
+FISH_COMPLETION=/usr/share/fish/vendor_completions.d/$PKG.fish
+RULES=/usr/share/$PKG/prometheus/$PKG.rules.yml
+DASHBOARD=/usr/share/$PKG/grafana/$PKG.json
 
 failures=0
 passes=0
@@ -77,6 +84,7 @@ command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v rpm >/dev/null 2>&1 || missing="$missing rpm"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v adduser >/dev/null 2>&1 || missing="$missing adduser"
+command -v man >/dev/null 2>&1 || missing="$missing man-db"
 if [ -n "$missing" ]; then
     echo "check.sh: installing$missing"
     apt-get update -qq
@@ -109,6 +117,13 @@ layout_deb() {
                  "-rw-r----- ${CONF#/}" \
                  "-rw------- ${ENVFILE#/}" \
                  "-rw-r--r-- usr/share/man/man1/$PKG.1.gz" \
+                 "-rw-r--r-- usr/share/man/man1/$PKG-run.1.gz" \
+                 "-rw-r--r-- ${BASH_COMPLETION#/}" \
+                 "-rw-r--r-- ${ZSH_COMPLETION_DEB#/}" \
+                 "-rw-r--r-- ${FISH_COMPLETION#/}" \
+                 "-rw-r--r-- ${RULES#/}" \
+                 "-rw-r--r-- ${DASHBOARD#/}" \
+                 "-rw-r--r-- usr/share/doc/$PKG/README.md" \
                  "-rw-r--r-- usr/share/doc/$PKG/copyright" \
                  "-rw-r--r-- usr/share/doc/$PKG/changelog.Debian.gz"; do
         # shellcheck disable=SC2086 # "MODE PATH" splits into two arguments
@@ -248,6 +263,61 @@ validate_refuses_empty() {
 }
 check "validate: refuses the shipped env file's empty keys, naming both" validate_refuses_empty
 
+# The generated man page, as an administrator reads it: every subcommand that
+# --help lists is in `man jcdi-forwarder`, and each (but help) has its page.
+man_lists_subcommands() {
+    /usr/bin/"$PKG" --help >"$work/help" || return 1
+    # The "Commands:" block of --help: two spaces, the name, then its help.
+    awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^[^ ]/ { exit }' \
+        "$work/help" >"$work/subcommands"
+    [ -s "$work/subcommands" ] || { echo "no subcommand found in --help:"; cat "$work/help"; return 1; }
+    MANWIDTH=200 man "$PKG" 2>"$work/man-err" | col -b >"$work/man" || true
+    [ -s "$work/man" ] || { echo "man $PKG shows nothing:"; cat "$work/man-err"; return 1; }
+    rc=0
+    while read -r sub; do
+        if grep -qE "^ +$PKG $sub\$" "$work/man"; then
+            echo "man $PKG lists: $sub"
+        else
+            echo "man $PKG does not list: $sub"; rc=1
+        fi
+        if [ "$sub" != help ] && ! man -w "$PKG-$sub" >/dev/null 2>&1; then
+            echo "no page $PKG-$sub(1)"; rc=1
+        fi
+    done <"$work/subcommands"
+    return $rc
+}
+check "man: 'man $PKG' lists every subcommand of --help, each with its own page" man_lists_subcommands
+
+completions_ok() {
+    rc=0
+    for f in "$BASH_COMPLETION" "$ZSH_COMPLETION_DEB" "$FISH_COMPLETION"; do
+        [ -s "$f" ] || { echo "missing: $f"; rc=1; }
+    done
+    bash -n "$BASH_COMPLETION" || { echo "bash cannot parse $BASH_COMPLETION"; rc=1; }
+    # Completing "jcdi-forwarder dead" in bash, as bash-completion would.
+    # shellcheck disable=SC2016 # expanded by bash
+    got=$(bash -c '. "$0"; fn=$(complete -p jcdi-forwarder | sed "s/.*-F \([^ ]*\) .*/\1/")
+        COMP_WORDS=(jcdi-forwarder dead); COMP_CWORD=1; COMP_LINE="jcdi-forwarder dead"
+        COMP_POINT=${#COMP_LINE}; "$fn" jcdi-forwarder dead jcdi-forwarder; printf "%s\n" "${COMPREPLY[@]}"' \
+        "$BASH_COMPLETION")
+    echo "bash completes 'jcdi-forwarder dead' to: $got"
+    [ "$got" = dead-letter ] || rc=1
+    return $rc
+}
+check "completions: bash (works), zsh and fish installed" completions_ok
+
+monitoring_ok() {
+    for f in "$RULES" "$DASHBOARD"; do
+        [ -s "$f" ] || { echo "missing: $f"; return 1; }
+    done
+    if command -v promtool >/dev/null 2>&1; then
+        promtool check rules "$RULES" || return 1
+    else
+        echo "promtool not installed: rules checked by .ci/run only"
+    fi
+}
+check "monitoring: the alert rules and the dashboard are installed" monitoring_ok
+
 # ===================== .deb: upgrade keeps config and queue =====================
 # The administrator enables the service (systemctl works offline, without
 # systemd running); the upgrade must keep that, and purge must undo it.
@@ -302,7 +372,14 @@ rpm_layout() {
     for entry in "-rwxr-xr-x root root /usr/bin/$PKG" \
                  "-rw-r--r-- root root $UNIT" \
                  "-rw-r----- root $PKG $CONF" \
-                 "-rw------- root root $ENVFILE"; do
+                 "-rw------- root root $ENVFILE" \
+                 "-rw-r--r-- root root /usr/share/man/man1/$PKG.1.gz" \
+                 "-rw-r--r-- root root /usr/share/man/man1/$PKG-run.1.gz" \
+                 "-rw-r--r-- root root $BASH_COMPLETION" \
+                 "-rw-r--r-- root root $ZSH_COMPLETION_RPM" \
+                 "-rw-r--r-- root root $FISH_COMPLETION" \
+                 "-rw-r--r-- root root $RULES" \
+                 "-rw-r--r-- root root $DASHBOARD"; do
         # shellcheck disable=SC2086 # "MODE USER GROUP PATH" splits into four
         set -- $entry
         # rpm -qplv cuts names to 8 characters: compare the group by prefix.

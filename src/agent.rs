@@ -56,12 +56,17 @@ fn recovery_policy(config: &Config) -> RecoveryPolicy {
 /// aside and rebuilt from the delivery checkpoint (see [`Queue::open_or_recover`]).
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
     let dir = config.data_dir.clone();
-    tokio::fs::create_dir_all(&dir).await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot create data_dir {}: {err} (create it, or give the agent's user write access)",
-            dir.display()
-        )
-    })?;
+    let create = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        // 0700 when created here: the queue holds personal data (see crate::privacy).
+        crate::privacy::create_data_dir(&create).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot create data_dir {}: {err} (create it, or give the agent's user write access)",
+                create.display()
+            )
+        })
+    })
+    .await??;
     let policy = recovery_policy(config);
     let opened =
         tokio::task::spawn_blocking(move || Queue::open_or_recover(&dir, &policy)).await??;

@@ -2,7 +2,13 @@
 //! and turns outcomes into exit codes (0 success, 1 failure, 2 usage; `ship`: 3 when bundles were refused).
 //!
 //! Invariant: no secret reaches a log line, an error message or `--help` (secrets live only in the
-//! configuration file or the environment, never in arguments).
+//! configuration file or the environment, never in arguments). Every command that writes the queue (or
+//! exports from it) runs under a private umask ([`crate::privacy`]).
+//!
+//! The man pages and shell completions are generated from this definition by the hidden
+//! `jcdi-forwarder generate` ([`generate`]), so they list exactly what `--help` lists.
+
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +139,11 @@ pub enum LogFormat {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     crate::allocator::settle();
+    // `generate` (man pages, completions) is not a subcommand of Cli, so that no page or completion
+    // offers it (clap_complete completes hidden subcommands too).
+    if let Some(code) = generate::main_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_format);
     // A panic (sled panics on some damage it finds: the queue is then rebuilt) is one log line in the
@@ -150,6 +161,11 @@ pub fn main() -> ExitCode {
             .unwrap_or_default();
         tracing::error!(%location, "internal error (a panic): {payload}");
     }));
+    // Before anything is created: the queue, its checkpoint, recovered copies and dead-letter exports hold
+    // personal data. (`normalize` writes only to stdout.)
+    if !matches!(cli.command, Command::Normalize { .. }) {
+        crate::privacy::restrict_umask();
+    }
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
@@ -226,6 +242,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
     };
     if let Some(loaded) = &loaded {
         for warning in &loaded.warnings {
+            eprintln!("{}: warning: {warning}", path.display());
+        }
+        if let Some(warning) = crate::privacy::exposure(&loaded.config.data_dir) {
             eprintln!("{}: warning: {warning}", path.display());
         }
         if let Err(problem) = check_data_dir(&loaded.config.data_dir) {
@@ -413,6 +432,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     for warning in &loaded.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
+    if let Some(warning) = crate::privacy::exposure(&loaded.config.data_dir) {
         tracing::warn!("{}: {warning}", path.display());
     }
     let config = loaded.config;

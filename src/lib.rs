@@ -6,7 +6,7 @@
 //! that send nothing (sealed bundle files, and `ship` to send them from another host); [`agent`] wires
 //! them, [`cli`] is the command line, [`metrics`] counts what flows and [`admin`] serves it,
 //! [`standin`] serves built-in imitations of both services for `demo`, the tests and the benchmarks;
-//! [`share`] keeps each stream to its share of the queue; [`harness`] runs the agent against the stand-ins
+//! [`privacy`] keeps the queue's files to the agent's user; [`harness`] runs the agent against the stand-ins
 //! for `demo`, the integration tests and the end-to-end bench.
 
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod ops;
 pub mod outbox;
+pub mod privacy;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;
