@@ -106,6 +106,7 @@ pub async fn run(
             dedup_window: config.queue.dedup_window,
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
+            late: Default::default(),
         };
         let forwarder = Forwarder {
             stream: StreamRoute {
