@@ -661,6 +661,34 @@ mod tests {
     }
 
     #[test]
+    fn late_check_counters_and_the_reading_per_stream() {
+        let m = Metrics::new();
+        assert_eq!(m.stream_reading("a").read_per_queued(), None);
+        m.page_committed("a", 120, 100, 20);
+        m.page_committed("b", 5, 5, 0);
+        m.late_events("a", 3);
+        m.late_check_fell_back("a");
+        let a = m.stream_reading("a");
+        assert_eq!(
+            a,
+            Reading {
+                read: 120,
+                queued: 100,
+                late: 3,
+                late_check_fallbacks: 1
+            }
+        );
+        assert_eq!(a.read_per_queued(), Some(1.2));
+        let text = m.encode(&QueueView::default());
+        for line in [
+            "jcdi_forwarder_late_events_total{stream=\"a\"} 3",
+            "jcdi_forwarder_late_check_fallbacks_total{stream=\"a\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn health_turns_bad_after_the_threshold_and_back() {
         let m = Metrics::new();
         let queue = QueueView::default();

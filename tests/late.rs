@@ -1,7 +1,8 @@
 //! The late check against the stand-ins: events JumpCloud indexes late are collected when they are late by
 //! at most `overlap`, at several delays and in awkward places (one millisecond shared by many events, on
 //! both sides of a slice boundary); a slice that grew by one costs one re-read of that slice; an API
-//! refusing the histogram makes every poll re-read the window as before, said once in the log.
+//! refusing the histogram makes every poll re-read the window as before, said once in the log; `status`
+//! shows what collecting costs.
 
 mod common;
 
@@ -242,7 +243,13 @@ async fn a_slice_that_grew_by_one_is_read_once_and_yields_its_missing_event() {
     more_polls(&agent, 3).await;
     let after = reading(&agent);
     let served_after = h.api.events_served();
+    // `status` shows the cost: events read per event queued.
+    let status = jcdi_forwarder::admin::status(&queue, &config, Some(&agent.metrics));
+    let shown = jcdi_forwarder::ops::render_status(&status, &config);
     agent.stop().await;
+    assert!(shown.contains("read per event queued"), "{shown}");
+    assert!(shown.contains("; 1 found indexed late"), "{shown}");
+    assert_eq!(status.streams[0].reading, Some(after));
 
     let slice_count = in_slice(&events) + 1;
     assert_eq!(
