@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::config::{Config, StreamConfig};
-use crate::metrics::{Health, Metrics, QueueView};
+use crate::metrics::{Health, Metrics, QueueView, Reading};
 use crate::queue::{DeadLetter, Queue};
 use crate::shutdown::Shutdown;
 use crate::source::api::ApiClient;
@@ -73,6 +73,10 @@ pub struct StreamStatus {
     pub failing_for_seconds: Option<u64>,
     pub last_send_ok: Option<String>,
     pub last_send_error: Option<String>,
+    /// Events read from the API and queued since the agent started (absent when it is not running, or
+    /// from an agent of a version before it was shown).
+    #[serde(default)]
+    pub reading: Option<Reading>,
 }
 
 /// The queue's gauges, read now.
@@ -138,6 +142,7 @@ pub fn status(queue: &Queue, config: &Config, live: Option<&Metrics>) -> Status 
                 failing_for_seconds: state.failing_for_seconds,
                 last_send_ok: state.last_send_ok_ms.map(time_ms),
                 last_send_error: state.last_send_error,
+                reading: live.map(|metrics| metrics.stream_reading(&name)),
                 name,
             }
         })

@@ -153,6 +153,7 @@ pub async fn run(
             dedup_window: config.queue.dedup_window,
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
+            late: Default::default(),
         };
         let route = StreamRoute {
             name: stream.name.clone(),

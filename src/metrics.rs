@@ -2,6 +2,10 @@
 //! streams, exposed in the Prometheus/OpenMetrics text format (`jcdi_forwarder_<name>_<unit>[_total]`) by
 //! the local endpoint ([`crate::admin`]), and read by `status`, the demo and the tests.
 //!
+//! `events_polled` is what was read from the API and `events_queued` what was new: their ratio, per stream
+//! ([`Reading`], shown by `status`), is what collecting costs (1.0 when nothing is read twice). There is no
+//! separate "events read" counter: it would be `events_polled` again.
+//!
 //! Invariants:
 //! - Counters only grow; `events_polled == events_queued + events_deduplicated` for every stream once a
 //!   page is committed (all three are added together, after the commit).
@@ -118,6 +122,8 @@ pub struct Metrics {
     events_dead_lettered: Family<StreamLabel, Counter>,
     polls_completed: Family<StreamLabel, Counter>,
     polls_paused_queue_full: Family<StreamLabel, Counter>,
+    late_events: Family<StreamLabel, Counter>,
+    late_check_fallbacks: Family<StreamLabel, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     api_request_duration: Family<StreamLabel, Histogram>,
     intake_requests: Family<RequestLabels, Counter>,
@@ -152,6 +158,26 @@ pub struct Snapshot {
     pub polls_paused_queue_full: u64,
     pub last_poll_error: Option<String>,
     pub last_send_error: Option<String>,
+}
+
+/// What one stream read from the API and how much of it was new, since the agent started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Events read from the API (`events_polled`), repeats included.
+    pub read: u64,
+    /// Events new to the queue (`events_queued`).
+    pub queued: u64,
+    /// Of those queued, how many the late check found (`late_events`).
+    pub late: u64,
+    /// Polls that re-read the whole overlap window (`late_check_fallbacks`).
+    pub late_check_fallbacks: u64,
+}
+
+impl Reading {
+    /// Events read per event queued; `None` before anything was queued.
+    pub fn read_per_queued(&self) -> Option<f64> {
+        (self.queued > 0).then(|| self.read as f64 / self.queued as f64)
+    }
 }
 
 /// Whether the agent is collecting and forwarding normally.
@@ -189,6 +215,8 @@ impl Metrics {
             events_dead_lettered: Family::default(),
             polls_completed: Family::default(),
             polls_paused_queue_full: Family::default(),
+            late_events: Family::default(),
+            late_check_fallbacks: Family::default(),
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(latency_buckets),
             intake_requests: Family::default(),
@@ -242,6 +270,16 @@ impl Metrics {
             "polls_paused_queue_full",
             "Times polling paused because the queue reached queue.max_bytes",
             m.polls_paused_queue_full.clone(),
+        );
+        r.register(
+            "late_events",
+            "Events queued by the late check: JumpCloud indexed them after the cursor had passed them",
+            m.late_events.clone(),
+        );
+        r.register(
+            "late_check_fallbacks",
+            "Polls that re-read the whole overlap window because the late check could not run",
+            m.late_check_fallbacks.clone(),
         );
         r.register(
             "api_requests",
@@ -364,6 +402,31 @@ impl Metrics {
         self.events_deduplicated
             .get_or_create(&label)
             .inc_by(duplicates);
+    }
+
+    /// The late check re-read a slice that had grown and queued `queued` events from it.
+    pub fn late_events(&self, stream: &str, queued: u64) {
+        self.late_events
+            .get_or_create(&Metrics::stream(stream))
+            .inc_by(queued);
+    }
+
+    /// The late check could not run: this poll re-reads the whole overlap window.
+    pub fn late_check_fell_back(&self, stream: &str) {
+        self.late_check_fallbacks
+            .get_or_create(&Metrics::stream(stream))
+            .inc();
+    }
+
+    /// One stream's events read from the API and queued (new) since the agent started.
+    pub fn stream_reading(&self, stream: &str) -> Reading {
+        let label = Metrics::stream(stream);
+        Reading {
+            read: self.events_polled.get_or_create(&label).get(),
+            queued: self.events_queued.get_or_create(&label).get(),
+            late: self.late_events.get_or_create(&label).get(),
+            late_check_fallbacks: self.late_check_fallbacks.get_or_create(&label).get(),
+        }
     }
 
     pub fn api_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {
@@ -620,6 +683,34 @@ mod tests {
             "jcdi_forwarder_build_info{version=\"",
             "jcdi_forwarder_api_requests_total{stream=\"default\",outcome=\"ok\"} 1",
             "jcdi_forwarder_api_request_duration_seconds_bucket{",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn late_check_counters_and_the_reading_per_stream() {
+        let m = Metrics::new();
+        assert_eq!(m.stream_reading("a").read_per_queued(), None);
+        m.page_committed("a", 120, 100, 20);
+        m.page_committed("b", 5, 5, 0);
+        m.late_events("a", 3);
+        m.late_check_fell_back("a");
+        let a = m.stream_reading("a");
+        assert_eq!(
+            a,
+            Reading {
+                read: 120,
+                queued: 100,
+                late: 3,
+                late_check_fallbacks: 1
+            }
+        );
+        assert_eq!(a.read_per_queued(), Some(1.2));
+        let text = m.encode(&QueueView::default());
+        for line in [
+            "jcdi_forwarder_late_events_total{stream=\"a\"} 3",
+            "jcdi_forwarder_late_check_fallbacks_total{stream=\"a\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::admin::{self, Status};
 use crate::config::Config;
+use crate::metrics::Reading;
 use crate::queue::Queue;
 use crate::source::backfill::{self, Progress};
 
@@ -152,6 +153,9 @@ pub fn render_status(s: &Status, config: &Config) -> String {
             stream.lag_seconds.map_or("-".to_string(), seconds),
             stream.last_poll_ok.as_deref().unwrap_or("never"),
         ));
+        if let Some(reading) = stream.reading.filter(|r| r.read > 0) {
+            out.push_str(&format!("  {}\n", render_reading(&reading)));
+        }
         if let Some(error) = &stream.last_error {
             out.push_str(&format!("  last poll error: {error}\n"));
         }
@@ -200,6 +204,29 @@ pub fn render_status(s: &Status, config: &Config) -> String {
         ));
     }
     out
+}
+
+/// One stream's cost of collecting: events read from the API per event queued, since the agent started.
+fn render_reading(r: &Reading) -> String {
+    let ratio = r
+        .read_per_queued()
+        .map_or("nothing new yet".to_string(), |ratio| {
+            format!("{ratio:.2} read per event queued")
+        });
+    let mut line = format!(
+        "read {} events from JumpCloud, {} new: {ratio}",
+        r.read, r.queued
+    );
+    if r.late > 0 {
+        line.push_str(&format!("; {} found indexed late", r.late));
+    }
+    if r.late_check_fallbacks > 0 {
+        line.push_str(&format!(
+            "; {} polls read the whole overlap again (the late check could not run)",
+            r.late_check_fallbacks
+        ));
+    }
+    line
 }
 
 /// `dead-letter list|export|retry|purge`.

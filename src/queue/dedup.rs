@@ -11,6 +11,9 @@
 //! had written its nodes out (BENCHMARKS.md, "Dedup records"). A page now rewrites the few records its
 //! events fall in (16 to 32 for a page of 1000 events in time order).
 //!
+//! Counting what a stream holds per time range ([`Queue::dedup_counts`], for the poller's late check) is a
+//! range scan for the same reason: entries are sorted by time within a stream.
+//!
 //! Invariants:
 //! - Every entry lies in the record that owns it (`key <= tag + entry < next key`). Splitting a record
 //!   keeps this (each piece is keyed by its first entry); pruning removes a record, or rewrites it under
@@ -25,7 +28,8 @@ use std::ops::Bound;
 
 use sled::Tree;
 
-use super::QueueError;
+use super::{Queue, QueueError};
+use crate::event::stream_tag;
 
 /// Size of one entry: ordered timestamp (8 bytes) and identity hash (16 bytes).
 const ENTRY_LEN: usize = 24;
@@ -194,9 +198,76 @@ impl DedupIndex {
     }
 }
 
+impl DedupIndex {
+    /// How many entries of stream `tag` lie in each range `[bounds[i], bounds[i + 1])` (timestamps in ns,
+    /// `bounds` ascending): one range scan over the records from the one owning `bounds[0]`, whatever the
+    /// number of ranges. The caller holds the commit lock, so that no record is split under the scan (it
+    /// would be seen twice).
+    pub(super) fn count_between(&self, tag: u32, bounds: &[i64]) -> Result<Vec<u64>, QueueError> {
+        let (Some(&first), Some(&last)) = (bounds.first(), bounds.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut counts = vec![0; bounds.len().saturating_sub(1)];
+        if counts.is_empty() || last <= first {
+            return Ok(counts);
+        }
+        let prefix = tag.to_be_bytes();
+        let key_at = |ns: i64| {
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&ordered_time(ns));
+            key
+        };
+        let (start, end) = (key_at(first), key_at(last));
+        // The record owning the first bound may begin before it.
+        let from = match self.tree.range(&prefix[..]..=&start[..]).next_back() {
+            Some(found) => found?.0.to_vec(),
+            None => start.clone(),
+        };
+        // Entries come in time order: the range an entry falls in only moves forward.
+        let mut slot = 0;
+        'records: for found in self.tree.range(from..end) {
+            let (key, value) = found?;
+            for entry in record_entries(&key, &value)? {
+                let ns = entry_time(&entry);
+                if ns < first {
+                    continue;
+                }
+                while slot < counts.len() && ns >= bounds[slot + 1] {
+                    slot += 1;
+                }
+                if slot == counts.len() {
+                    break 'records;
+                }
+                counts[slot] += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+impl Queue {
+    /// How many events of `stream` the dedup index holds in each range `[bounds[i], bounds[i + 1])`
+    /// (timestamps in nanoseconds, `bounds` ascending): `bounds.len() - 1` counts. Events without a
+    /// timestamp are counted under the time they were read.
+    pub fn dedup_counts(&self, stream: &str, bounds: &[i64]) -> Result<Vec<u64>, QueueError> {
+        let _commit = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.dedup.count_between(stream_tag(stream), bounds)
+    }
+}
+
 /// Maps an i64 timestamp to bytes that sort like the numbers (sign bit flipped, big-endian).
 pub(super) fn ordered_time(ns: i64) -> [u8; 8] {
     ((ns as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The timestamp an entry starts with ([`ordered_time`] reversed).
+fn entry_time(entry: &Entry) -> i64 {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&entry[..8]);
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 fn entry(timestamp_ns: i64, hash: &[u8; 16]) -> Entry {
@@ -237,4 +308,60 @@ fn record_entries(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, QueueError> {
         .chunks_exact(ENTRY_LEN)
         .filter_map(|entry| Entry::try_from(entry).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{event_key, IncomingEvent};
+    use crate::queue::Queue;
+
+    fn event(id: &str, ts: i64) -> IncomingEvent {
+        let raw = format!("{{\"id\":\"{id}\"}}");
+        IncomingEvent {
+            key: event_key(Some(id), &raw),
+            raw: raw.into(),
+            timestamp_ns: ts,
+        }
+    }
+
+    #[test]
+    fn counts_per_range_span_records_and_ignore_other_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        // 1000 events, 10 per millisecond, committed out of order in pages: many records, many splits.
+        let mut events: Vec<_> = (0..1000)
+            .map(|i| event(&format!("e{i}"), (i / 10) * 1_000_000 + i % 10))
+            .collect();
+        fastrand::Rng::with_seed(7).shuffle(&mut events);
+        for page in events.chunks(100) {
+            q.commit_page("s", page, None).unwrap();
+        }
+        q.commit_page("other", &events[..50], None).unwrap();
+        let ms = 1_000_000;
+        assert_eq!(
+            q.dedup_counts("s", &[0, 10 * ms, 10 * ms + 5, 55 * ms, 100 * ms])
+                .unwrap(),
+            vec![100, 5, 445, 450]
+        );
+        // Bounds that cut inside a millisecond, outside the data, and empty ranges.
+        assert_eq!(
+            q.dedup_counts("s", &[-5 * ms, 3, 3, 99 * ms + 9, 200 * ms])
+                .unwrap(),
+            vec![3, 0, 996, 1]
+        );
+        assert_eq!(q.dedup_counts("s", &[42]).unwrap(), Vec::<u64>::new());
+        assert_eq!(q.dedup_counts("nobody", &[0, 100 * ms]).unwrap(), vec![0]);
+        assert_eq!(q.dedup_counts("other", &[0, 100 * ms]).unwrap(), vec![50]);
+    }
+
+    #[test]
+    fn counts_follow_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let events: Vec<_> = (0..300).map(|i| event(&format!("e{i}"), i)).collect();
+        q.commit_page("s", &events, None).unwrap();
+        q.prune_dedup("s", 150, usize::MAX).unwrap();
+        assert_eq!(q.dedup_counts("s", &[0, 150, 300]).unwrap(), vec![0, 150]);
+        assert_eq!(q.dedup_counts("s", &[140, 160]).unwrap(), vec![10]);
+    }
 }

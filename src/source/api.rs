@@ -295,3 +295,131 @@ fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError
         .collect();
     Ok((events, full, search_after))
 }
+
+// The late check's requests (`source::late`): a date histogram of a window, and the count of a range.
+
+/// The body of `POST .../events/interval`: the filters of `/events` and the width of the buckets.
+#[derive(Clone, Debug, Serialize)]
+pub struct IntervalQuery<'a> {
+    pub service: &'a [String],
+    pub start_time: String,
+    pub end_time: String,
+    /// One of `s m h d w`.
+    pub interval_unit: &'static str,
+    /// A positive integer, written as a string (as JumpCloud wants it).
+    pub interval_value: String,
+}
+
+/// One bucket of a histogram: the events from `key_ms` (its start, epoch milliseconds) for one interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub key_ms: i64,
+    pub doc_count: u64,
+}
+
+/// Why a count or histogram request gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// 400, 403 or 404: this API (or this key) does not offer the request; asking again will not help soon.
+    #[error("JumpCloud answered {status} to .../events{path}: {said}")]
+    Refused {
+        status: u16,
+        path: &'static str,
+        said: String,
+    },
+    /// Anything else (401, 429, 5xx, no answer, an unusable body): it may work next time.
+    #[error(transparent)]
+    Failed(#[from] FetchError),
+}
+
+impl ApiClient {
+    /// How many events each interval of the query's window holds (`POST .../events/interval`), as the
+    /// API lists them: ascending keys; intervals it does not list hold none.
+    pub async fn interval(&self, query: &IntervalQuery<'_>) -> Result<Vec<Bucket>, AggregateError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            buckets: Vec<RawBucket>,
+        }
+        #[derive(Deserialize)]
+        struct RawBucket {
+            // Elasticsearch writes the key as an integer; a float (1.7e12) is read too.
+            key: serde_json::Number,
+            doc_count: u64,
+        }
+        let body = self.aggregate("/interval", query).await?;
+        let unusable = |what: String| {
+            AggregateError::Failed(FetchError::Transient {
+                reason: format!("JumpCloud sent an unusable histogram ({what})"),
+                retry_after: None,
+            })
+        };
+        let answer: Answer =
+            serde_json::from_slice(&body).map_err(|err| unusable(err.to_string()))?;
+        answer
+            .buckets
+            .into_iter()
+            .map(|bucket| {
+                let key_ms = bucket
+                    .key
+                    .as_i64()
+                    .or_else(|| bucket.key.as_f64().map(|f| f as i64))
+                    .ok_or_else(|| unusable(format!("bucket key {}", bucket.key)))?;
+                Ok(Bucket {
+                    key_ms,
+                    doc_count: bucket.doc_count,
+                })
+            })
+            .collect()
+    }
+
+    /// How many events the query selects (`POST .../events/count`), telling a refusal (400/403/404) from
+    /// a passing failure.
+    pub async fn count_range(&self, query: &EventsQuery<'_>) -> Result<u64, AggregateError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let body = self.aggregate("/count", query).await?;
+        serde_json::from_slice::<Count>(&body)
+            .map(|c| c.count)
+            .map_err(|err| {
+                AggregateError::Failed(FetchError::Transient {
+                    reason: format!("JumpCloud sent an unusable count: {err}"),
+                    retry_after: None,
+                })
+            })
+    }
+
+    /// POSTs `query` to `EVENTS_PATH + path` and returns the body of a 2xx answer.
+    async fn aggregate(
+        &self,
+        path: &'static str,
+        query: &impl Serialize,
+    ) -> Result<Bytes, AggregateError> {
+        let body = serde_json::to_vec(query).map_err(|err| FetchError::Transient {
+            reason: format!("cannot encode the query: {err}"),
+            retry_after: None,
+        })?;
+        let url = format!("{}{path}", self.url);
+        let response = self.post(&url, Bytes::from(body)).await?;
+        let status = response.status;
+        if status.is_success() {
+            return Ok(response.body);
+        }
+        if matches!(status.as_u16(), 400 | 403 | 404) {
+            return Err(AggregateError::Refused {
+                status: status.as_u16(),
+                path,
+                said: response.body_excerpt(),
+            });
+        }
+        let request_id = response.header("x-request-id").map(str::to_string);
+        Err(AggregateError::Failed(classify_failure(
+            &response,
+            &url,
+            request_id.as_deref(),
+            &self.section,
+            self.tokens.is_some(),
+        )))
+    }
+}

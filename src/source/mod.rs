@@ -2,8 +2,12 @@
 //! commits each page to the queue together with its cursor.
 //!
 //! The cursor is a *watermark*: every event with a timestamp below it, indexed by the time it was read, is
-//! queued. Each poll starts at `watermark - overlap`, so events JumpCloud indexes up to `overlap` after
-//! their timestamp are still read; the queue's dedup drops what was read before.
+//! queued. Events JumpCloud indexes up to `overlap` after their timestamp are still collected: before each
+//! poll reads forward from the watermark, the late check ([`late`]) compares JumpCloud's counts of the
+//! window `[watermark - overlap, watermark)` with the queue's dedup index and reads again only the slices
+//! that grew. When it cannot (the API refuses or fails the histogram), the poll starts at
+//! `watermark - overlap` and reads the whole window again, as before; the queue's dedup drops what was read
+//! before. The first poll (no cursor yet) reads forward from `initial_lookback`.
 //!
 //! Invariants:
 //! - The watermark never passes the time the poll started (device clocks ahead produce future timestamps:
@@ -20,6 +24,7 @@
 pub mod api;
 pub mod backfill;
 mod error;
+mod late;
 pub mod oauth;
 #[allow(dead_code)] // wired into the poll loop by the pacing change (issue 13)
 mod pacing;
@@ -38,6 +43,8 @@ use crate::queue::{Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
+pub use late::LateCheck;
+use late::LateStart;
 use paging::{next_watermark, Paging};
 
 /// Dedup entries are kept this long beyond the overlap window, as a margin for clock differences.
@@ -55,6 +62,8 @@ pub struct Poller {
     pub metrics: Arc<Metrics>,
     /// Woken after each commit, so the forwarder need not poll the queue.
     pub forwarder_wake: Arc<Notify>,
+    /// What the late check remembers between polls.
+    pub late: LateCheck,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +158,8 @@ impl Poller {
         tracing::debug!(stream = %self.stream, "poller stopped");
     }
 
-    /// One poll: from `watermark - overlap` to the end, page by page, committing each page.
+    /// One poll: the late check, then from the watermark (or `watermark - overlap` when the late check
+    /// could not run) to the end, page by page, committing each page.
     async fn poll_once(
         &self,
         shutdown: &Shutdown,
@@ -158,7 +168,14 @@ impl Poller {
         let poll_started_ns = now_ns();
         let stored = self.queue.cursor(&self.stream)?;
         let start_ns = match stored {
-            Some(cursor) => cursor.watermark_ns - self.config.overlap.as_nanos() as i64,
+            // The late check reads again what was indexed late behind the watermark, and says where to start.
+            Some(cursor) => match self
+                .late_check(shutdown, last_request, cursor.watermark_ns, poll_started_ns)
+                .await?
+            {
+                LateStart::At(start_ns) => start_ns,
+                LateStart::Paused => return Ok(()),
+            },
             None => poll_started_ns - self.config.initial_lookback.as_nanos() as i64,
         };
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
