@@ -142,11 +142,10 @@ impl Queue {
         };
         // Encoded once; sled keeps the record as is (cloning an `IVec` shares it), so the event's bytes are
         // not copied again for each try of the transaction.
-        let record = sled::IVec::from(
-            bincode::serialize(&(DEAD_LETTER_VERSION, &letter)).map_err(|err| {
-                QueueError::Damaged(format!("cannot encode a dead letter: {err}"))
-            })?,
-        );
+        let record =
+            sled::IVec::from(bincode::serialize(&(DEAD_LETTER_VERSION, &letter)).map_err(
+                |err| QueueError::Damaged(format!("cannot encode a dead letter: {err}")),
+            )?);
         let key = event.seq.to_be_bytes();
         let groups = self.locate(&[event.seq])?;
         let (totals, dead, streams) = (&self.events, &self.acked, &self.dead, &self.meta)
@@ -220,7 +219,9 @@ impl Queue {
             request_id: answer.request_id.as_deref(),
             query: &answer.query,
             total_bytes: answer.total_bytes.max(answer.raw.len() as u64),
-            raw: serde_bytes::Bytes::new(&answer.raw[..answer.raw.len().min(KEPT_ANSWER_MAX_BYTES)]),
+            raw: serde_bytes::Bytes::new(
+                &answer.raw[..answer.raw.len().min(KEPT_ANSWER_MAX_BYTES)],
+            ),
         };
         let record = sled::IVec::from(
             bincode::serialize(&(KEPT_ANSWER_VERSION, &kept)).map_err(|err| {
@@ -258,7 +259,8 @@ impl Queue {
             .iter()
             .map(|entry| {
                 let (_, value) = entry?;
-                let damaged = |err: bincode::Error| QueueError::Damaged(format!("dead letter: {err}"));
+                let damaged =
+                    |err: bincode::Error| QueueError::Damaged(format!("dead letter: {err}"));
                 match value.first() {
                     Some(&DEAD_LETTER_VERSION) => {
                         let (_, letter): (u8, DeadLetter) =
@@ -408,7 +410,11 @@ mod tests {
         assert_eq!(q.retry_dead_letters().unwrap(), 1, "only the event");
         assert_eq!(q.dead_letter_count(), 1);
         assert_eq!(q.kept_answers().unwrap().len(), 1);
-        assert_eq!(q.depth().events, 1, "the event is queued again, not the answer");
+        assert_eq!(
+            q.depth().events,
+            1,
+            "the event is queued again, not the answer"
+        );
         assert_eq!(q.purge_dead_letters().unwrap(), 1);
         assert_eq!(q.dead_letter_count(), 0);
         assert!(q.dead_letters().unwrap().is_empty());
