@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Limits, Queue};
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
-use crate::source::api::ApiClient;
+use crate::source::api::{ApiClient, Recorder};
 use crate::source::Poller;
 
 /// The longest a clean stop may take (the packaged unit's `TimeoutStopSec` is longer).
@@ -87,7 +87,9 @@ pub async fn run(
             .map_err(anyhow::Error::msg)?;
         let intake_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.sekoia.transport)
             .map_err(anyhow::Error::msg)?;
-        let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
+        let api = ApiClient::new(api_http, &stream.jumpcloud)
+            .map_err(anyhow::Error::msg)?
+            .recording(Recorder::new(queue.clone(), metrics.clone(), &stream.name));
         stream_apis.push((stream.name.clone(), api.clone()));
         let wake = Arc::new(Notify::new());
         tracing::info!(
