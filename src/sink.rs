@@ -276,15 +276,12 @@ impl Forwarder {
         let (oversize, sendable): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|event| event.raw.len() > INTAKE_MAX_EVENT_BYTES);
-        for event in &oversize {
-            self.dead_letter(
-                event,
-                &format!(
-                    "the event is {} bytes, over the intake's limit of {INTAKE_MAX_EVENT_BYTES} bytes",
-                    event.raw.len()
-                ),
-            )
-            .await?;
+        for event in oversize {
+            let reason = format!(
+                "the event is {} bytes, over the intake's limit of {INTAKE_MAX_EVENT_BYTES} bytes",
+                event.raw.len()
+            );
+            self.dead_letter(event, &reason).await?;
         }
         if !sendable.is_empty() {
             self.deliver(sendable, shutdown).await?;
@@ -320,11 +317,13 @@ impl Forwarder {
                         break;
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
-                        self.dead_letter(
-                            &chunk[0],
-                            "the intake refused the event alone with 413 (too large)",
-                        )
-                        .await?;
+                        for event in chunk {
+                            self.dead_letter(
+                                event,
+                                "the intake refused the event alone with 413 (too large)",
+                            )
+                            .await?;
+                        }
                         break;
                     }
                     SendOutcome::TooLarge => {
@@ -449,14 +448,14 @@ impl Forwarder {
         }
     }
 
-    async fn dead_letter(&self, event: &QueuedEvent, reason: &str) -> Result<(), ForwardError> {
+    /// Takes the event (not a copy: it may be far larger than any batch).
+    async fn dead_letter(&self, event: QueuedEvent, reason: &str) -> Result<(), ForwardError> {
         tracing::warn!(
             stream = %self.stream.name,
             seq = event.seq,
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
-        let event = event.clone();
         let reason = reason.to_string();
         self.queue
             .run_blocking(move |queue| queue.dead_letter(&event, &reason))
