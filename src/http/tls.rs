@@ -81,18 +81,33 @@ pub fn describe_tls_error(err: &rustls::Error, host: &str, section: &str) -> Str
     }
 }
 
-/// The names a certificate covers, as a message shows them: quoted, at most [`MAX_NAMES_SHOWN`].
+/// The names a certificate covers, as a message shows them: quoted, at most [`MAX_NAMES_SHOWN`]. rustls
+/// gives them as webpki writes them (`DnsName("example.com")`, `IpAddress(192.0.2.1)`); other kinds of
+/// names (directory names, URIs) cannot match a host and are left out.
 fn names_covered(presented: &[String]) -> String {
-    if presented.is_empty() {
-        return "no name at all".to_string();
+    let names: Vec<&str> = presented
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix("DnsName(\"")
+                .and_then(|n| n.strip_suffix("\")"))
+                .or_else(|| {
+                    name.strip_prefix("IpAddress(")
+                        .and_then(|n| n.strip_suffix(')'))
+                })
+        })
+        .collect();
+    if names.is_empty() {
+        return "no host name nor IP address at all (a common name alone is not accepted: the names \
+                must be in the certificate's subjectAltName)"
+            .to_string();
     }
-    let shown: Vec<String> = presented
+    let shown: Vec<String> = names
         .iter()
         .take(MAX_NAMES_SHOWN)
         .map(|name| format!("{:?}", name.chars().take(256).collect::<String>()))
         .collect();
-    let more = presented.len().saturating_sub(MAX_NAMES_SHOWN);
-    let only = if presented.len() == 1 { "only " } else { "" };
+    let more = names.len().saturating_sub(MAX_NAMES_SHOWN);
+    let only = if names.len() == 1 { "only " } else { "" };
     let mut text = format!("{only}{}", shown.join(", "));
     if more > 0 {
         text.push_str(&format!(" and {more} other names"));
@@ -111,16 +126,20 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
                 expected: ServerName::try_from("api.jumpcloud.com").expect("name"),
                 presented: vec![
-                    "proxy.corp.example".to_string(),
-                    "*.corp.example".to_string(),
+                    "DnsName(\"proxy.corp.example\")".to_string(),
+                    "DnsName(\"*.corp.example\")".to_string(),
+                    "IpAddress(192.0.2.1)".to_string(),
+                    "DirectoryName".to_string(),
                 ],
             });
         let text = describe_tls_error(&err, "api.jumpcloud.com", "jumpcloud");
         assert!(
-            text.contains("is not valid for the name api.jumpcloud.com: it covers \"proxy.corp.example\", \"*.corp.example\";"),
+            text.contains("is not valid for the name api.jumpcloud.com: it covers \"proxy.corp.example\", \"*.corp.example\", \"192.0.2.1\";"),
             "{text}"
         );
-        let many: Vec<String> = (0..12).map(|n| format!("h{n}.example")).collect();
+        let many: Vec<String> = (0..12)
+            .map(|n| format!("DnsName(\"h{n}.example\")"))
+            .collect();
         let err =
             rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
                 expected: ServerName::try_from("x.example").expect("name"),
@@ -128,5 +147,15 @@ mod tests {
             });
         let text = describe_tls_error(&err, "x.example", "sekoia");
         assert!(text.contains("\"h9.example\" and 2 other names"), "{text}");
+        let err =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: ServerName::try_from("x.example").expect("name"),
+                presented: Vec::new(),
+            });
+        let text = describe_tls_error(&err, "x.example", "sekoia");
+        assert!(
+            text.contains("it covers no host name nor IP address at all"),
+            "{text}"
+        );
     }
 }

@@ -156,6 +156,7 @@ impl ApiClient {
         );
         let mut backoffs = Backoffs::new(self.retry);
         let mut tries = 0;
+        let mut last_problem: Option<String> = None;
         loop {
             tries += 1;
             let asked = Instant::now();
@@ -177,6 +178,17 @@ impl ApiClient {
                     self.recorder.usable();
                     return Ok(self.page(page, request_id));
                 }
+                Ok(page)
+                    if page
+                        .not_events
+                        .as_ref()
+                        .is_some_and(|(_, values)| self.recorder.seen_aside(values)) =>
+                {
+                    // Values already given up on and kept (the overlap window reads pages again).
+                    tracing::debug!(stream = %self.recorder.stream(), "values that are not events, already kept, set aside again");
+                    self.recorder.usable();
+                    return Ok(self.page(page, request_id));
+                }
                 Ok(ref page) => format!(
                     "{} of its values are not events (JSON objects)",
                     page.not_events.as_ref().map_or(0, |(count, _)| *count)
@@ -186,7 +198,8 @@ impl ApiClient {
             let request = request_id.as_deref().unwrap_or("-");
             if tries < UNUSABLE_TRIES {
                 let wait = backoffs.transient_wait(None).max(self.min_request_interval);
-                if tries == 1 {
+                // Each new problem is logged; the same one asked again only at debug level.
+                if last_problem.as_deref() != Some(problem.as_str()) {
                     tracing::warn!(stream = %self.recorder.stream(), request_id = request, retry_in = ?wait,
                         "JumpCloud sent an unusable page ({problem}): asking again (try {tries} of {UNUSABLE_TRIES})");
                 } else {
@@ -194,6 +207,7 @@ impl ApiClient {
                         "JumpCloud sent an unusable page again ({problem}): asking again (try {tries} of {UNUSABLE_TRIES})");
                 }
                 self.recorder.asked_again(asked.elapsed());
+                last_problem = Some(problem);
                 tokio::time::sleep(wait).await;
                 continue;
             }

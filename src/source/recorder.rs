@@ -5,12 +5,16 @@
 //! Invariants:
 //! - An unusable answer is kept once per run of failures (until a usable page comes), however many times
 //!   it is asked again: the log keeps saying so, the store does not fill with copies.
+//! - Values that are not events, set aside from a page that is used, are kept once: the same values read
+//!   again (the overlap window reads pages again) are recognised ([`Recorder::seen_aside`]) and not asked
+//!   again nor kept again.
 //! - Events without a usable timestamp are counted for every page, and logged once per stream (with an
 //!   example id), not once per page.
 //! - Failing to keep an answer is logged, never fatal: collection goes on as it would have.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now_ms;
@@ -33,11 +37,16 @@ struct Sinks {
     stream: String,
 }
 
+/// How many sets of values set aside are remembered.
+const REMEMBERED_ASIDE: usize = 64;
+
 #[derive(Default)]
 struct Flags {
     untimed_logged: AtomicBool,
     /// An unusable answer was kept since the last usable page.
     kept_in_this_run: AtomicBool,
+    /// Hashes of the latest sets of values set aside (and kept), newest last.
+    aside: Mutex<VecDeque<u64>>,
 }
 
 /// An answer to keep, as the API client saw it.
@@ -69,6 +78,33 @@ impl Recorder {
     /// A usable page came: the next unusable answer is kept again.
     pub fn usable(&self) {
         self.flags.kept_in_this_run.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether these values that are not events (a page's, as a JSON array) were set aside and kept
+    /// already.
+    pub fn seen_aside(&self, values: &str) -> bool {
+        let hash = xxhash_rust::xxh3::xxh3_64(values.as_bytes());
+        self.remembered(|aside| aside.contains(&hash))
+    }
+
+    fn remember_aside(&self, values: &[u8]) {
+        let hash = xxhash_rust::xxh3::xxh3_64(values);
+        self.remembered(|aside| {
+            if aside.len() >= REMEMBERED_ASIDE {
+                aside.pop_front();
+            }
+            aside.push_back(hash);
+        });
+    }
+
+    fn remembered<R>(&self, f: impl FnOnce(&mut VecDeque<u64>) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere; the hashes are still consistent.
+        let mut aside = self
+            .flags
+            .aside
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut aside)
     }
 
     /// A request answered unusably is asked again.
@@ -105,14 +141,17 @@ impl Recorder {
         }
     }
 
-    /// Keeps an unusable answer in the dead-letter store, unless one was kept since the last usable page
-    /// (`always` keeps it anyway: values set aside from a page that is used are each worth keeping).
-    /// Returns what the log should say about it.
-    pub async fn keep(&self, answer: Unusable<'_>, always: bool) -> String {
+    /// Keeps an unusable answer in the dead-letter store, unless one was kept since the last usable page.
+    /// `aside`: the answer is the values set aside from a page that is used, kept whatever came before
+    /// (and remembered, see [`Recorder::seen_aside`]). Returns what the log should say about it.
+    pub async fn keep(&self, answer: Unusable<'_>, aside: bool) -> String {
+        if aside {
+            self.remember_aside(answer.body);
+        }
         let Some(sinks) = &self.sinks else {
             return "not kept (no queue)".to_string();
         };
-        if !always && self.flags.kept_in_this_run.swap(true, Ordering::Relaxed) {
+        if !aside && self.flags.kept_in_this_run.swap(true, Ordering::Relaxed) {
             return "its bytes were kept in the dead-letter store when it was first given up on"
                 .to_string();
         }
