@@ -291,3 +291,85 @@ async fn read_body(
     }
     Ok(buffer.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `answer` (raw bytes) to every connection on 127.0.0.1; returns the URL.
+    async fn serve(answer: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    async fn ask(answer: Vec<u8>, max_bytes: u64) -> Result<Response, HttpError> {
+        let url = serve(answer).await;
+        let client = HttpClient::new(Duration::from_secs(5)).expect("client");
+        client
+            .post_capped(
+                &url,
+                "application/json",
+                &[],
+                Bytes::new(),
+                Duration::from_secs(10),
+                max_bytes,
+            )
+            .await
+    }
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for piece in body.chunks(64 * 1024) {
+            answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            answer.extend_from_slice(piece);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_cap_are_refused_with_or_without_a_length() {
+        let body = vec![b'x'; 300 * 1024];
+        let mut announced = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        announced.extend_from_slice(&body);
+        match ask(announced.clone(), 100 * 1024).await {
+            Err(err @ HttpError::TooLarge { declared: Some(307_200), limit: 102_400 }) => assert_eq!(
+                err.to_string(),
+                "the answer announces 307200 bytes (Content-Length), over the limit of 102400 bytes: not read"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match ask(chunked(&body), 100 * 1024).await {
+            Err(err @ HttpError::TooLarge { declared: None, .. }) => assert_eq!(
+                err.to_string(),
+                "the answer passed the limit of 102400 bytes: the rest was not read"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for answer in [announced, chunked(&body)] {
+            let response = ask(answer, 300 * 1024).await.expect("at the cap exactly");
+            assert_eq!(response.body.len(), body.len());
+        }
+    }
+}
