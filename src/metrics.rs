@@ -224,7 +224,7 @@ impl Metrics {
         );
         r.register(
             "events_without_timestamp",
-            "Events read without a usable timestamp (delivered, filed under the time they were read)",
+            "Events read without a usable timestamp (delivered, filed under the time they were read; counted again when read again)",
             m.events_without_timestamp.clone(),
         );
         r.register(

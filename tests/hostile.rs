@@ -400,7 +400,7 @@ async fn values_that_are_not_events_are_never_sent_and_are_kept() {
         ],
         "req-mixed",
     ));
-    api.push(events_page(&[e2.clone()], "req-plain"));
+    api.push(events_page(std::slice::from_ref(&e2), "req-plain"));
     let dir = tempfile::tempdir().expect("dir");
     let mut agent = Agent::start(
         dir.path(),
@@ -548,7 +548,7 @@ async fn broken_transports_are_retried_and_nothing_is_lost() {
         .collect();
     api.push(page(b"[]".to_vec(), &padding));
     let e5 = event("after-5", 5);
-    api.push(events_page(&[e5.clone()], "req-good"));
+    api.push(events_page(std::slice::from_ref(&e5), "req-good"));
     let dir = tempfile::tempdir().expect("dir");
     let config = config_text(
         dir.path(),

@@ -32,7 +32,7 @@ use crate::retry::{Backoffs, RetryConfig};
 
 pub use super::error::FetchError;
 use super::oauth::TokenSource;
-use super::page::{judge, Judged};
+use super::page::{self, judge, Judged};
 pub use super::recorder::Recorder;
 use super::recorder::Unusable;
 
@@ -211,52 +211,51 @@ impl ApiClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            return match judged {
-                Ok(mut page) => {
-                    // Only values that are not events are wrong: the events are collected, the rest kept.
-                    let (count, text) = page.not_events.take().unwrap_or_default();
-                    let kept = self
-                        .recorder
-                        .keep(
-                            Unusable {
-                                reason: &problem,
-                                request_id: request_id.as_deref(),
-                                query: &body,
-                                body: text.as_bytes(),
-                            },
-                            true,
-                        )
-                        .await;
-                    tracing::warn!(stream = %self.recorder.stream(), request_id = request, not_events = count,
-                        events = page.events.len(),
-                        "JumpCloud's page held {count} values that are not events (JSON objects), {tries} times \
-                         in a row: they are never sent; {kept}; the page's events are collected and collection \
-                         goes on");
-                    self.recorder.usable();
-                    Ok(self.page(page, request_id))
-                }
-                Err(_) => {
-                    let kept = self
-                        .recorder
-                        .keep(
-                            Unusable {
-                                reason: &problem,
-                                request_id: request_id.as_deref(),
-                                query: &body,
-                                body: &response.body,
-                            },
-                            false,
-                        )
-                        .await;
-                    Err(FetchError::Transient {
-                        reason: format!(
-                            "JumpCloud sent an unusable page ({problem}), {tries} times in a row for the same \
-                             request (last request id {request}): {kept}; nothing is skipped, asking again"
-                        ),
-                        retry_after: None,
-                    })
-                }
-            };
+            return self
+                .give_up(judged, &problem, &body, &response.body, request_id)
+                .await;
+        }
+    }
+
+    /// After [`UNUSABLE_TRIES`] unusable answers to one request: uses the page when only values that are
+    /// not events are wrong (they are kept), else keeps the answer and fails (the poll asks again later).
+    async fn give_up(
+        &self,
+        judged: Result<Judged, page::Unusable>,
+        problem: &str,
+        query: &[u8],
+        answer: &[u8],
+        request_id: Option<String>,
+    ) -> Result<Page, FetchError> {
+        let request = request_id.as_deref().unwrap_or("-");
+        let unusable = |body| Unusable {
+            reason: problem,
+            request_id: request_id.as_deref(),
+            query,
+            body,
+        };
+        match judged {
+            Ok(mut page) => {
+                let (count, values) = page.not_events.take().unwrap_or_default();
+                let kept = self.recorder.keep(unusable(values.as_bytes()), true).await;
+                tracing::warn!(stream = %self.recorder.stream(), request_id = request, not_events = count,
+                    events = page.events.len(),
+                    "JumpCloud's page held {count} values that are not events (JSON objects), {UNUSABLE_TRIES} \
+                     times in a row: they are never sent; {kept}; the page's events are collected and \
+                     collection goes on");
+                self.recorder.usable();
+                Ok(self.page(page, request_id))
+            }
+            Err(_) => {
+                let kept = self.recorder.keep(unusable(answer), false).await;
+                Err(FetchError::Transient {
+                    reason: format!(
+                        "JumpCloud sent an unusable page ({problem}), {UNUSABLE_TRIES} times in a row for the \
+                         same request (last request id {request}): {kept}; nothing is skipped, asking again"
+                    ),
+                    retry_after: None,
+                })
+            }
         }
     }
 
