@@ -24,7 +24,7 @@ use crate::queue::{Limits, Queue, RecoveryPolicy};
 use crate::retry::RepeatFilter;
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
-use crate::source::api::ApiClient;
+use crate::source::api::{ApiClient, Recorder};
 use crate::source::Poller;
 
 /// The longest a clean stop may take (the packaged unit's `TimeoutStopSec` is longer).
@@ -127,7 +127,9 @@ pub async fn run(
     for (stream, tag) in config.streams.iter().zip(tags) {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
             .map_err(anyhow::Error::msg)?;
-        let api = ApiClient::new(api_http, &stream.jumpcloud).map_err(anyhow::Error::msg)?;
+        let api = ApiClient::new(api_http, &stream.jumpcloud)
+            .map_err(anyhow::Error::msg)?
+            .recording(Recorder::new(queue.clone(), metrics.clone(), &stream.name));
         stream_apis.push((stream.name.clone(), api.clone()));
         let wake = Arc::new(Notify::new());
         let (intake, destination) = match &config.outbox {

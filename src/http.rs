@@ -3,39 +3,40 @@
 //! auth), a connect timeout and a deadline on every request. One client serves one destination section.
 //!
 //! Invariants:
-//! - Every request has a deadline (`hyper_util`'s client has none of its own) and a cap on the answer's size.
+//! - Every request has a deadline (`hyper_util`'s client has none of its own) and a cap on the answer's size;
+//!   an answer is read into one buffer (sized from its `Content-Length`), never collected in pieces and
+//!   copied, and one that announces more than the cap is refused unread.
 //! - Only the headers the caller passes are sent; secrets go in exactly the header the API needs. Proxy
 //!   credentials go only in the CONNECT request's `Proxy-Authorization`, never to the destination, and
 //!   messages show proxies without them.
 //! - TLS verification cannot be turned off. A certificate failure says which host, what is wrong with its
-//!   certificate, and which setting (`<section>.ca_file`) fixes it.
+//!   certificate, and which setting (`<section>.ca_file`) fixes it ([`tls`]).
+//! - A proxy's refusal says what it answered and what to fix ([`proxy`]).
 //! - Requests go through the proxy with CONNECT whatever the destination's scheme: the proxy never sees a
 //!   request, a header or a key, only the host and port to reach.
 
-use std::future::Future;
-use std::pin::Pin;
+mod proxy;
+mod tls;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tower_service::Service;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{load_ca_file, redact_url, ProxyConfig, Transport};
+use crate::config::{load_ca_file, Transport};
+use proxy::ProxyConnector;
+pub use tls::describe_tls_error;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Answers larger than this are refused (a page of 10,000 events of a few KB each fits easily).
-const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+/// Answers larger than this are refused, unless the caller sets its own limit ([`HttpClient::post_capped`]).
+pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// What the agent says it is; never carries a secret.
 pub const AGENT_USER_AGENT: &str = concat!("jcdi-forwarder/", env!("CARGO_PKG_VERSION"));
@@ -51,6 +52,19 @@ pub enum HttpError {
     Body(String),
     #[error("bad request built: {0}")]
     Request(String),
+    /// The answer is larger than the caller's limit: refused unread (by its `Content-Length`) or cut
+    /// where it passed the limit.
+    #[error("{}", too_large_text(*.limit, *.declared))]
+    TooLarge { limit: u64, declared: Option<u64> },
+}
+
+fn too_large_text(limit: u64, declared: Option<u64>) -> String {
+    match declared {
+        Some(length) if length > limit => format!(
+            "the answer announces {length} bytes (Content-Length), over the limit of {limit} bytes: not read"
+        ),
+        _ => format!("the answer passed the limit of {limit} bytes: the rest was not read"),
+    }
 }
 
 /// An answer with its body read in full.
@@ -140,32 +154,7 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
-        let route = match &transport.proxy {
-            ProxyConfig::Direct => None,
-            ProxyConfig::Url(url) => Some(Matcher::builder().all(url.expose().to_string()).build()),
-            ProxyConfig::Environment {
-                http,
-                https,
-                no_proxy,
-            } => Some(
-                Matcher::builder()
-                    .http(
-                        http.as_ref()
-                            .map_or(String::new(), |u| u.expose().to_string()),
-                    )
-                    .https(
-                        https
-                            .as_ref()
-                            .map_or(String::new(), |u| u.expose().to_string()),
-                    )
-                    .no(no_proxy.clone())
-                    .build(),
-            ),
-        };
-        let connector = ProxyConnector {
-            direct: http,
-            route: route.map(Arc::new),
-        };
+        let connector = ProxyConnector::new(http, &transport.proxy, &transport.section);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -202,6 +191,29 @@ impl HttpClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response, HttpError> {
+        self.post_capped(
+            url,
+            content_type,
+            headers,
+            body,
+            timeout,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+    }
+
+    /// [`HttpClient::post`] that refuses an answer larger than `max_bytes` ([`HttpError::TooLarge`]),
+    /// without reading it when its `Content-Length` says so. The answer is read into one buffer: its
+    /// size, plus at most one frame, is all the memory it takes.
+    pub async fn post_capped(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Result<Response, HttpError> {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url)
@@ -219,11 +231,12 @@ impl HttpClient {
                 HttpError::Transport(describe_client_error(&err, &host, &self.section))
             })?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|err| HttpError::Body(err.to_string()))?
-                .to_bytes();
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let body = read_body(body, declared, max_bytes).await?;
             Ok(Response {
                 status: parts.status,
                 headers: parts.headers,
@@ -236,178 +249,6 @@ impl HttpClient {
     }
 }
 
-/// Connects directly, or through the proxy the matcher picks for the destination (CONNECT tunnel).
-#[derive(Clone)]
-struct ProxyConnector {
-    direct: HttpConnector,
-    /// `None`: always direct.
-    route: Option<Arc<Matcher>>,
-}
-
-type Connecting =
-    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
-
-impl Service<Uri> for ProxyConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = BoxError;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // HttpConnector is always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, destination: Uri) -> Self::Future {
-        let intercept = self
-            .route
-            .as_ref()
-            .and_then(|matcher| matcher.intercept(&destination));
-        let mut direct = self.direct.clone();
-        match intercept {
-            None => Box::pin(async move { direct.call(destination).await.map_err(BoxError::from) }),
-            Some(proxy) => {
-                // The matcher's URI carries no credentials; they are in the basic-auth header.
-                let shown = redact_url(&proxy.uri().to_string())
-                    .trim_end_matches('/')
-                    .to_string();
-                let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                let target = format!(
-                    "{}:{}",
-                    destination.host().unwrap_or("?"),
-                    destination
-                        .port_u16()
-                        .unwrap_or(match destination.scheme_str() {
-                            Some("http") => 80,
-                            _ => 443,
-                        })
-                );
-                // The tunnel takes its port from the destination, 443 when it has none: give it the
-                // scheme's port explicitly, so that plain-http destinations get 80.
-                let destination =
-                    match format!("{}://{target}", destination.scheme_str().unwrap_or("https"))
-                        .parse::<Uri>()
-                    {
-                        Ok(uri) => uri,
-                        Err(_) => destination,
-                    };
-                Box::pin(async move {
-                    tunnel
-                        .call(destination)
-                        .await
-                        .map_err(|err| BoxError::from(describe_tunnel_error(&err, &shown, &target)))
-                })
-            }
-        }
-    }
-}
-
-/// hyper-util's `TunnelError` is not exported: it is read through its `Display` text, which names the case.
-fn describe_tunnel_error(
-    err: &(dyn std::error::Error + 'static),
-    proxy: &str,
-    target: &str,
-) -> String {
-    let text = err.to_string();
-    if text.contains("proxy authorization required") {
-        format!(
-            "the proxy {proxy} asks for credentials (407 Proxy Authentication Required): give them in the \
-             proxy URL, proxy = \"http://user:password@host:port\" (or in HTTPS_PROXY), or check them"
-        )
-    } else if text.contains("unsuccessful") {
-        format!(
-            "the proxy {proxy} refused to open a tunnel (CONNECT) to {target}: ask for {target} to be \
-             allowed through it, or list the host in NO_PROXY if it must be reached directly"
-        )
-    } else if text.contains("failed to create underlying connection") {
-        let cause = err.source().map(chain).unwrap_or_default();
-        format!("cannot connect to the proxy {proxy}: {cause}")
-    } else {
-        format!(
-            "the proxy {proxy} broke the tunnel to {target}: {}",
-            chain(err)
-        )
-    }
-}
-
-/// An error and its causes, joined with `: `.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// The rustls error somewhere in an error's chain. hyper-rustls nests it in `io::Error`s, whose `source()`
-/// skips the error they wrap: look inside each with `get_ref`.
-fn find_tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    fn inside_io(io: &std::io::Error) -> Option<&rustls::Error> {
-        let inner = io.get_ref()?;
-        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        inner.downcast_ref::<std::io::Error>().and_then(inside_io)
-    }
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(inside_io) {
-            return Some(tls);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// What a TLS failure means for the user: which host, what is wrong, and which setting fixes it.
-pub fn describe_tls_error(err: &rustls::Error, host: &str, section: &str) -> String {
-    use rustls::CertificateError as C;
-    let setting = if section.is_empty() {
-        "ca_file".to_string()
-    } else {
-        format!("{section}.ca_file")
-    };
-    let fix = format!(
-        "if {host} (or a TLS-inspecting proxy on the way) uses a private or corporate CA, save that CA's \
-         certificate as PEM and set {setting} = \"/path/to/ca.pem\" (TLS verification cannot be turned off)"
-    );
-    match err {
-        rustls::Error::InvalidCertificate(problem) => match problem {
-            C::UnknownIssuer => format!(
-                "the TLS certificate of {host} is signed by a CA this host does not trust (unknown issuer): {fix}"
-            ),
-            C::BadSignature => format!(
-                "the TLS certificate of {host} has a bad signature (not signed by the CA it names): {fix}"
-            ),
-            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
-                "the TLS certificate of {host} is not valid for the name {host}: check the URL (base_url, \
-                 intake_url or region) of {}; a CA file cannot fix a name mismatch",
-                if section.is_empty() { "this destination" } else { section }
-            ),
-            C::Expired | C::ExpiredContext { .. } => format!(
-                "the TLS certificate of {host} has expired (or this host's clock is wrong): the server's \
-                 certificate must be renewed; check the clock of this host"
-            ),
-            C::NotValidYet | C::NotValidYetContext { .. } => format!(
-                "the TLS certificate of {host} is not valid yet: check the clock of this host"
-            ),
-            other => format!("the TLS certificate of {host} was refused ({other:?}): {fix}"),
-        },
-        other => format!("the TLS handshake with {host} failed: {other}"),
-    }
-}
-
 /// hyper's client errors hide the cause (refused, DNS, TLS, proxy) in the source chain: show the whole
 /// chain, and turn a certificate failure into a message that says what to do.
 fn describe_client_error(
@@ -415,8 +256,120 @@ fn describe_client_error(
     host: &str,
     section: &str,
 ) -> String {
-    if let Some(tls) = find_tls_error(err) {
+    if let Some(tls) = tls::find_tls_error(err) {
         return describe_tls_error(tls, host, section);
     }
-    chain(err)
+    proxy::chain(err)
+}
+
+/// Reads a body of at most `max_bytes` into one buffer. A `Content-Length` over the limit is refused
+/// before anything is read; otherwise the buffer is sized from it once (a server that announces less or
+/// more than it sends gets a cut-off error from hyper, or the limit).
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    max_bytes: u64,
+) -> Result<Bytes, HttpError> {
+    let too_large = |declared| HttpError::TooLarge {
+        limit: max_bytes,
+        declared,
+    };
+    if let Some(length) = declared.filter(|&length| length > max_bytes) {
+        return Err(too_large(Some(length)));
+    }
+    // Sized from Content-Length when there is one (memory the server never fills is never touched), else
+    // grown as frames come.
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| HttpError::Body(proxy::chain(&err)))?;
+        if let Ok(data) = frame.into_data() {
+            if (buffer.len() + data.len()) as u64 > max_bytes {
+                return Err(too_large(declared));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `answer` (raw bytes) to every connection on 127.0.0.1; returns the URL.
+    async fn serve(answer: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    async fn ask(answer: Vec<u8>, max_bytes: u64) -> Result<Response, HttpError> {
+        let url = serve(answer).await;
+        let client = HttpClient::new(Duration::from_secs(5)).expect("client");
+        client
+            .post_capped(
+                &url,
+                "application/json",
+                &[],
+                Bytes::new(),
+                Duration::from_secs(10),
+                max_bytes,
+            )
+            .await
+    }
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for piece in body.chunks(64 * 1024) {
+            answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            answer.extend_from_slice(piece);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_cap_are_refused_with_or_without_a_length() {
+        let body = vec![b'x'; 300 * 1024];
+        let mut announced = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        announced.extend_from_slice(&body);
+        match ask(announced.clone(), 100 * 1024).await {
+            Err(err @ HttpError::TooLarge { declared: Some(307_200), limit: 102_400 }) => assert_eq!(
+                err.to_string(),
+                "the answer announces 307200 bytes (Content-Length), over the limit of 102400 bytes: not read"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match ask(chunked(&body), 100 * 1024).await {
+            Err(err @ HttpError::TooLarge { declared: None, .. }) => assert_eq!(
+                err.to_string(),
+                "the answer passed the limit of 102400 bytes: the rest was not read"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for answer in [announced, chunked(&body)] {
+            let response = ask(answer, 300 * 1024).await.expect("at the cap exactly");
+            assert_eq!(response.body.len(), body.len());
+        }
+    }
 }

@@ -120,6 +120,7 @@ pub struct Metrics {
     events_deduplicated: Family<StreamLabel, Counter>,
     events_forwarded: Family<StreamLabel, Counter>,
     events_dead_lettered: Family<StreamLabel, Counter>,
+    events_without_timestamp: Family<StreamLabel, Counter>,
     polls_completed: Family<StreamLabel, Counter>,
     polls_paused_queue_full: Family<StreamLabel, Counter>,
     late_events: Family<StreamLabel, Counter>,
@@ -213,6 +214,7 @@ impl Metrics {
             events_deduplicated: Family::default(),
             events_forwarded: Family::default(),
             events_dead_lettered: Family::default(),
+            events_without_timestamp: Family::default(),
             polls_completed: Family::default(),
             polls_paused_queue_full: Family::default(),
             late_events: Family::default(),
@@ -260,6 +262,11 @@ impl Metrics {
             "events_dead_lettered",
             "Events moved to the dead-letter store (never sent, kept on disk)",
             m.events_dead_lettered.clone(),
+        );
+        r.register(
+            "events_without_timestamp",
+            "Events read without a usable timestamp (delivered, filed under the time they were read; counted again when read again)",
+            m.events_without_timestamp.clone(),
         );
         r.register(
             "polls_completed",
@@ -427,6 +434,13 @@ impl Metrics {
             late: self.late_events.get_or_create(&label).get(),
             late_check_fallbacks: self.late_check_fallbacks.get_or_create(&label).get(),
         }
+    }
+
+    /// `count` events of `stream` came without a usable `timestamp`.
+    pub fn events_without_timestamp(&self, stream: &str, count: u64) {
+        self.events_without_timestamp
+            .get_or_create(&Metrics::stream(stream))
+            .inc_by(count);
     }
 
     pub fn api_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {

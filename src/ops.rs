@@ -463,9 +463,14 @@ pub async fn backfill(
                 &stream.jumpcloud.transport,
             )
             .map_err(anyhow::Error::msg)?;
-            let api = crate::source::api::ApiClient::new(http, &stream.jumpcloud)
-                .map_err(anyhow::Error::msg)?;
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let api = crate::source::api::ApiClient::new(http, &stream.jumpcloud)
+                .map_err(anyhow::Error::msg)?
+                .recording(crate::source::api::Recorder::new(
+                    queue.clone(),
+                    metrics.clone(),
+                    &stream.name,
+                ));
             let (trigger, shutdown) = crate::shutdown::channel();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;

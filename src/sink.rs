@@ -306,8 +306,8 @@ impl Settle<QueuedEvent> for InQueue<'_> {
             bytes = event.raw.len(),
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
-        let event = event.clone();
         let reason = reason.to_string();
+        let event = event.clone();
         self.queue
             .run_blocking(move |queue| queue.dead_letter(&event, &reason))
             .await

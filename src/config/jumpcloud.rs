@@ -39,7 +39,15 @@ const JUMPCLOUD_KEYS: &[&str] = &[
     "proxy",
     "ca_file",
     "retention",
+    "max_response_bytes",
 ];
+
+/// The default `max_response_bytes`: a full page of 10,000 events of 25 KiB each (real events are a few KiB,
+/// and the intake takes none over 250 KiB), so that no real page comes near it.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The least `max_response_bytes` accepted: below it, ordinary pages would be refused.
+const MIN_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 impl Reader<'_> {
     /// Reads a JumpCloud section. `base` gives the values of keys it does not set (the `[jumpcloud]` section
@@ -72,6 +80,7 @@ impl Reader<'_> {
             },
             transport: Transport::direct(),
             retention: Duration::from_secs(90 * 86_400),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         };
         let base = base.unwrap_or(&defaults);
         let region_url = self.string(s, "region").and_then(|region| {
@@ -205,6 +214,21 @@ impl Reader<'_> {
         }
         let retry = self.retry(s, base.retry);
         let retention = self.duration(s, "retention", base.retention);
+        let max_response_bytes = match self.size(s, "max_response_bytes") {
+            None => base.max_response_bytes,
+            Some(n) if n >= MIN_MAX_RESPONSE_BYTES => n,
+            Some(n) => {
+                self.problem(
+                    s,
+                    "max_response_bytes",
+                    &format!(
+                        "= {n} bytes is too small: use at least \"1MiB\" (the default, \"256MiB\", fits a \
+                         full page of 10000 large events)"
+                    ),
+                );
+                base.max_response_bytes
+            }
+        };
         let transport = self.transport(s, base);
         let mut known = JUMPCLOUD_KEYS.to_vec();
         known.extend_from_slice(extra_keys);
@@ -226,6 +250,7 @@ impl Reader<'_> {
             retry,
             transport,
             retention,
+            max_response_bytes,
         }
     }
 

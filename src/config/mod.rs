@@ -172,6 +172,8 @@ pub struct JumpcloudConfig {
     pub transport: Transport,
     /// How long JumpCloud keeps events (90 days; 15 on the lowest plan): backfills cannot reach further.
     pub retention: Duration,
+    /// The largest answer read from the API; a larger one is refused unread.
+    pub max_response_bytes: u64,
 }
 
 impl JumpcloudConfig {

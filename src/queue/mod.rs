@@ -7,7 +7,8 @@
 //!   chunk and its bitmap are removed together when the last event goes.
 //! - `dedup`: records of the timestamps and identity hashes of the events each stream queued, sorted by
 //!   time within a stream, so pruning is a range scan ([`dedup`]).
-//! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent
+//! - `dead_letter`: sequence number → [`DeadLetter`]: events the intake will never accept, kept, never sent;
+//!   and `answer/<id>` → [`KeptAnswer`]: answers of JumpCloud that were not events, kept for inspection
 //!   ([`dead_letter`]).
 //! - `meta`: cursors (`cursor/<stream>`, [`commit`]), the next sequence number, the in/out counters and the
 //!   per-stream byte counters ([`ledger`]).
@@ -53,7 +54,7 @@ mod tests;
 pub use admission::{Limits, Share};
 pub use checkpoint::{CheckpointFile, Recovery, StreamCheckpoint};
 pub use commit::{CommitOutcome, COMMIT_MAX_EVENTS};
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, KeptAnswer, KEPT_ANSWER_MAX_BYTES, MAX_KEPT_ANSWERS};
 pub use ledger::Depth;
 pub use recover::{Opened, RecoveryPolicy};
 

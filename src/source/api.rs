@@ -1,17 +1,23 @@
 //! One request to JumpCloud's Directory Insights API and the page it returns.
 //!
 //! Invariants:
-//! - Each event's bytes are kept exactly as received (the array elements are sliced, never re-serialized),
-//!   so `\u003c` stays `\u003c`.
-//! - A page is accepted only if it is complete and consistent: valid JSON, as many events as
-//!   `X-Result-Count` says, and a `X-Search_after` cursor when the page is full. Anything else is a
-//!   [`FetchError::Transient`] and nothing is advanced.
+//! - Each event's bytes are kept exactly as received (see [`page`](super::page)), and only JSON objects
+//!   are events: nothing else is ever queued, so nothing that is not an event is ever sent as one.
+//! - An unusable answer (not a JSON array, inconsistent headers, or elements that are not objects) is asked
+//!   again with backoff, up to [`UNUSABLE_TRIES`] times, each time logged with what was wrong. Then:
+//!   - a JSON array whose only fault is elements that are not objects is used: its events are collected
+//!     and collection goes on with its real `X-Search_after`; the other elements are kept in the
+//!     dead-letter store (with the reason, the request id and the query) and logged;
+//!   - anything else is kept in the dead-letter store once and is a [`FetchError::Transient`]: nothing is
+//!     advanced, and the poll asks again with backoff (never skipping a page it could not read).
+//! - An answer larger than `max_response_bytes` is refused unread (by its `Content-Length`) or cut off where
+//!   it passes the limit: a [`FetchError::Rejected`] that names the setting.
 //! - 400/401/403 are [`FetchError::Rejected`] with a message that names the likely cause and the setting to fix.
 //! - A service account's request that gets 401 is sent once more with a new token before it counts as
 //!   rejected (the token may have been revoked or expired early).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -22,11 +28,19 @@ use serde_json::value::RawValue;
 use crate::config::{JumpcloudAuth, JumpcloudConfig};
 use crate::event::IncomingEvent;
 use crate::http::{HttpClient, HttpError, Response};
+use crate::retry::{Backoffs, RetryConfig};
 
 pub use super::error::FetchError;
 use super::oauth::TokenSource;
+use super::page::{self, judge, Judged};
+pub use super::recorder::Recorder;
+use super::recorder::Unusable;
 
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
+
+/// How many times one request is asked while its answer is unusable, before it is given up on (kept in
+/// the dead-letter store; see the module's invariants).
+pub const UNUSABLE_TRIES: u32 = 5;
 
 /// The request body; `search_after` is the previous page's header, copied verbatim.
 #[derive(Clone, Debug, Serialize)]
@@ -64,6 +78,11 @@ pub struct ApiClient {
     /// The section to fix in messages (`jumpcloud`, `streams.acme`).
     section: String,
     timeout: Duration,
+    /// The backoff between tries of an unusable answer, and the least time between two requests.
+    retry: RetryConfig,
+    min_request_interval: Duration,
+    max_response_bytes: u64,
+    recorder: Recorder,
 }
 
 impl ApiClient {
@@ -112,10 +131,22 @@ impl ApiClient {
             tokens,
             section: section.clone(),
             timeout: config.request_timeout,
+            retry: config.retry,
+            min_request_interval: config.min_request_interval,
+            max_response_bytes: config.max_response_bytes,
+            recorder: Recorder::default(),
         })
     }
 
-    /// Sends one query and returns the page, checked for completeness.
+    /// This client reports to `recorder`: its unusable answers are kept, its events without a timestamp
+    /// counted under its stream.
+    pub fn recording(mut self, recorder: Recorder) -> ApiClient {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Sends one query and returns the page, checked for completeness; an unusable answer is asked again
+    /// (see the module's invariants).
     pub async fn fetch(&self, query: &EventsQuery<'_>, now_ns: i64) -> Result<Page, FetchError> {
         let body = Bytes::from(
             serde_json::to_vec(query).map_err(|err| FetchError::Transient {
@@ -123,23 +154,119 @@ impl ApiClient {
                 retry_after: None,
             })?,
         );
-        let response = self.post(&self.url, body).await?;
-        let request_id = response.header("x-request-id").map(str::to_string);
-        if !response.status.is_success() {
-            return Err(classify_failure(
-                &response,
-                &self.url,
-                request_id.as_deref(),
-                &self.section,
-                self.tokens.is_some(),
-            ));
+        let mut backoffs = Backoffs::new(self.retry);
+        let mut tries = 0;
+        let mut last_problem: Option<String> = None;
+        loop {
+            tries += 1;
+            let asked = Instant::now();
+            let response = self.post(&self.url, body.clone()).await?;
+            let request_id = response.header("x-request-id").map(str::to_string);
+            if !response.status.is_success() {
+                return Err(classify_failure(
+                    &response,
+                    &self.url,
+                    request_id.as_deref(),
+                    &self.section,
+                    self.tokens.is_some(),
+                ));
+            }
+            let judged = judge(&response.body, &response.headers, now_ns);
+            let problem = match judged {
+                Ok(page) if page.not_events.is_none() => {
+                    // A page of events and nothing else.
+                    self.recorder.usable();
+                    return Ok(self.page(page, request_id));
+                }
+                Ok(page)
+                    if page
+                        .not_events
+                        .as_ref()
+                        .is_some_and(|(_, values)| self.recorder.seen_aside(values)) =>
+                {
+                    // Values already given up on and kept (the overlap window reads pages again).
+                    tracing::debug!(stream = %self.recorder.stream(), "values that are not events, already kept, set aside again");
+                    self.recorder.usable();
+                    return Ok(self.page(page, request_id));
+                }
+                Ok(ref page) => format!(
+                    "{} of its values are not events (JSON objects)",
+                    page.not_events.as_ref().map_or(0, |(count, _)| *count)
+                ),
+                Err(ref unusable) => unusable.0.clone(),
+            };
+            let request = request_id.as_deref().unwrap_or("-");
+            if tries < UNUSABLE_TRIES {
+                let wait = backoffs.transient_wait(None).max(self.min_request_interval);
+                // Each new problem is logged; the same one asked again only at debug level.
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    tracing::warn!(stream = %self.recorder.stream(), request_id = request, retry_in = ?wait,
+                        "JumpCloud sent an unusable page ({problem}): asking again (try {tries} of {UNUSABLE_TRIES})");
+                } else {
+                    tracing::debug!(stream = %self.recorder.stream(), request_id = request, retry_in = ?wait,
+                        "JumpCloud sent an unusable page again ({problem}): asking again (try {tries} of {UNUSABLE_TRIES})");
+                }
+                self.recorder.asked_again(asked.elapsed());
+                last_problem = Some(problem);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return self
+                .give_up(judged, &problem, &body, &response.body, request_id)
+                .await;
         }
-        parse_page(&response, now_ns).map(|(events, full, search_after)| Page {
-            events,
-            full,
-            search_after,
+    }
+
+    /// After [`UNUSABLE_TRIES`] unusable answers to one request: uses the page when only values that are
+    /// not events are wrong (they are kept), else keeps the answer and fails (the poll asks again later).
+    async fn give_up(
+        &self,
+        judged: Result<Judged, page::Unusable>,
+        problem: &str,
+        query: &[u8],
+        answer: &[u8],
+        request_id: Option<String>,
+    ) -> Result<Page, FetchError> {
+        let request = request_id.as_deref().unwrap_or("-");
+        let unusable = |body| Unusable {
+            reason: problem,
+            request_id: request_id.as_deref(),
+            query,
+            body,
+        };
+        match judged {
+            Ok(mut page) => {
+                let (count, values) = page.not_events.take().unwrap_or_default();
+                let kept = self.recorder.keep(unusable(values.as_bytes()), true).await;
+                tracing::warn!(stream = %self.recorder.stream(), request_id = request, not_events = count,
+                    events = page.events.len(),
+                    "JumpCloud's page held {count} values that are not events (JSON objects), {UNUSABLE_TRIES} \
+                     times in a row: they are never sent; {kept}; the page's events are collected and \
+                     collection goes on");
+                self.recorder.usable();
+                Ok(self.page(page, request_id))
+            }
+            Err(_) => {
+                let kept = self.recorder.keep(unusable(answer), false).await;
+                Err(FetchError::Transient {
+                    reason: format!(
+                        "JumpCloud sent an unusable page ({problem}), {UNUSABLE_TRIES} times in a row for the \
+                         same request (last request id {request}): {kept}; nothing is skipped, asking again"
+                    ),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    fn page(&self, judged: Judged, request_id: Option<String>) -> Page {
+        self.recorder.untimed(&judged.untimed);
+        Page {
+            events: judged.events,
+            full: judged.full,
+            search_after: judged.search_after,
             request_id,
-        })
+        }
     }
 
     /// POSTs `body` with the stream's credentials. A service account's request refused with 401 is sent
@@ -158,11 +285,26 @@ impl ApiClient {
             };
             let response = self
                 .http
-                .post_json(url, &headers, body.clone(), self.timeout)
+                .post_capped(
+                    url,
+                    "application/json",
+                    &headers,
+                    body.clone(),
+                    self.timeout,
+                    self.max_response_bytes,
+                )
                 .await
-                .map_err(|err: HttpError| FetchError::Transient {
-                    reason: format!("JumpCloud API at {url} did not answer: {err}"),
-                    retry_after: None,
+                .map_err(|err: HttpError| match err {
+                    HttpError::TooLarge { .. } => FetchError::Rejected(format!(
+                        "JumpCloud's answer to {url} is larger than {section}.max_response_bytes ({err}): \
+                         if its pages really are this large, raise {section}.max_response_bytes, or lower \
+                         {section}.page_size and {section}.catch_up_page_size",
+                        section = self.section
+                    )),
+                    err => FetchError::Transient {
+                        reason: format!("JumpCloud API at {url} did not answer: {err}"),
+                        retry_after: None,
+                    },
                 })?;
             match (&self.tokens, bearer) {
                 (Some(tokens), Some(bearer))
@@ -251,49 +393,6 @@ fn classify_failure(
         }
     };
     FetchError::Rejected(reason)
-}
-
-type ParsedPage = (Vec<IncomingEvent>, bool, Option<Box<RawValue>>);
-
-fn parse_page(response: &Response, now_ns: i64) -> Result<ParsedPage, FetchError> {
-    let torn = |what: String| FetchError::Transient {
-        reason: format!("JumpCloud sent an unusable page ({what}); asking again"),
-        retry_after: None,
-    };
-    let elements: Vec<&RawValue> = serde_json::from_slice(&response.body)
-        .map_err(|err| torn(format!("not a JSON array of events: {err}")))?;
-    let header_number = |name: &str| {
-        response
-            .header(name)
-            .and_then(|v| v.trim().parse::<usize>().ok())
-    };
-    let count = header_number("x-result-count").unwrap_or(elements.len());
-    if count != elements.len() {
-        return Err(torn(format!(
-            "X-Result-Count says {count}, the body holds {}",
-            elements.len()
-        )));
-    }
-    let full = header_number("x-limit").is_some_and(|limit| count >= limit && count > 0);
-    let search_after = match response.header("x-search_after") {
-        Some(text) if !text.trim().is_empty() => Some(
-            RawValue::from_string(text.trim().to_string())
-                .map_err(|err| torn(format!("X-Search_after is not JSON: {err}")))?,
-        ),
-        _ => None,
-    };
-    if full && search_after.is_none() {
-        return Err(torn("a full page without X-Search_after".to_string()));
-    }
-    let events = elements
-        .into_iter()
-        .map(|element| {
-            let text = element.get();
-            // The element borrows from the body: share the body's buffer instead of copying the text.
-            IncomingEvent::from_shared(text, response.body.slice_ref(text.as_bytes()), now_ns)
-        })
-        .collect();
-    Ok((events, full, search_after))
 }
 
 // The late check's requests (`source::late`): a date histogram of a window, and the count of a range.

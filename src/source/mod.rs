@@ -28,7 +28,9 @@ mod late;
 pub mod oauth;
 #[allow(dead_code)] // wired into the poll loop by the pacing change (issue 13)
 mod pacing;
+mod page;
 mod paging;
+mod recorder;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod damage;
 mod disk_full;
+mod hostile;
 mod in_flight;
 mod monitoring;
 mod network;
