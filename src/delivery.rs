@@ -52,7 +52,7 @@ pub trait Settle<E>: Send {
     /// `event` will never be accepted (`reason` says why): keep it aside, never send it again.
     fn dead_letter(
         &mut self,
-        event: &E,
+        event: E,
         reason: &str,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -105,7 +105,7 @@ impl Intake<'_> {
         let (oversize, sendable): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|event| event.raw().len() > INTAKE_MAX_EVENT_BYTES);
-        for event in &oversize {
+        for event in oversize {
             let reason = format!(
                 "the event is {} bytes, over the intake's limit of {INTAKE_MAX_EVENT_BYTES} bytes",
                 event.raw().len()
@@ -133,7 +133,9 @@ impl Intake<'_> {
                     }
                     SendOutcome::TooLarge if chunk.len() == 1 => {
                         let reason = "the intake refused the event alone with 413 (too large)";
-                        self.dead_letter(settle, &chunk[0], reason).await?;
+                        if let Some(event) = chunk.into_iter().next() {
+                            self.dead_letter(settle, event, reason).await?;
+                        }
                         break;
                     }
                     SendOutcome::TooLarge => {
@@ -186,7 +188,7 @@ impl Intake<'_> {
     async fn dead_letter<E, S>(
         &self,
         settle: &mut S,
-        event: &E,
+        event: E,
         reason: &str,
     ) -> Result<(), DeliverError<S::Error>>
     where

@@ -299,7 +299,7 @@ impl Settle<QueuedEvent> for InQueue<'_> {
         self.queue.flush().await
     }
 
-    async fn dead_letter(&mut self, event: &QueuedEvent, reason: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&mut self, event: QueuedEvent, reason: &str) -> Result<(), QueueError> {
         tracing::warn!(
             stream = %self.stream,
             seq = event.seq,
@@ -307,7 +307,7 @@ impl Settle<QueuedEvent> for InQueue<'_> {
             "event moved to the dead-letter store and kept there, never sent: {reason}"
         );
         let reason = reason.to_string();
-        let event = event.clone();
+        // Moved, not copied: an event over the intake's limit may be large.
         self.queue
             .run_blocking(move |queue| queue.dead_letter(&event, &reason))
             .await

@@ -458,7 +458,7 @@ impl Settle<BundleEvent> for Progress {
         self.settled(events.iter().map(|e| e.index as u64)).await
     }
 
-    async fn dead_letter(&mut self, event: &BundleEvent, reason: &str) -> Result<(), String> {
+    async fn dead_letter(&mut self, event: BundleEvent, reason: &str) -> Result<(), String> {
         tracing::warn!(
             stream = %self.stream,
             bundle = %self.record.id,

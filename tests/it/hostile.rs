@@ -121,6 +121,16 @@ async fn answer(mut stream: TcpStream, script: Arc<Script>) {
         }
         body.extend_from_slice(&buf[..n]);
     }
+    // The late check's count and histogram requests are not part of any script: this API does not offer
+    // them (the agent then re-reads its overlap window, as documented).
+    let request_line = text.lines().next().unwrap_or_default();
+    if request_line.contains("/events/count") || request_line.contains("/events/interval") {
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     script
         .queries
         .lock()
