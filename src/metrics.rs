@@ -140,6 +140,7 @@ pub struct Metrics {
     queue_recoveries: Counter,
     cursor_timestamp: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     collection_lag: Family<StreamLabel, Gauge<f64, AtomicU64>>,
+    api_pace: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     state: Mutex<State>,
 }
 
@@ -161,9 +162,12 @@ pub struct Snapshot {
     pub last_send_error: Option<String>,
 }
 
-/// What one stream read from the API and how much of it was new, since the agent started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What one stream read from the API and how much of it was new, since the agent started, and its pace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
+    /// The requests per second the stream allows itself now (`api_pace_requests_per_second`).
+    #[serde(default)]
+    pub pace: f64,
     /// Events read from the API (`events_polled`), repeats included.
     pub read: u64,
     /// Events new to the queue (`events_queued`).
@@ -234,6 +238,7 @@ impl Metrics {
             queue_recoveries: Counter::default(),
             cursor_timestamp: Family::default(),
             collection_lag: Family::default(),
+            api_pace: Family::default(),
             state: Mutex::default(),
             registry: Registry::default(),
         };
@@ -374,6 +379,12 @@ impl Metrics {
             m.collection_lag.clone(),
         );
         r.register(
+            "api_pace_requests_per_second",
+            "The requests per second the stream allows itself now: the ceiling (jumpcloud.max_requests_per_second), \
+             or less after JumpCloud asked for fewer",
+            m.api_pace.clone(),
+        );
+        r.register(
             "build",
             "The agent's version",
             Info::new(BuildLabels {
@@ -433,6 +444,7 @@ impl Metrics {
             queued: self.events_queued.get_or_create(&label).get(),
             late: self.late_events.get_or_create(&label).get(),
             late_check_fallbacks: self.late_check_fallbacks.get_or_create(&label).get(),
+            pace: self.api_pace.get_or_create(&label).get(),
         }
     }
 
@@ -441,6 +453,14 @@ impl Metrics {
         self.events_without_timestamp
             .get_or_create(&Metrics::stream(stream))
             .inc_by(count);
+    }
+
+    /// The stream's request pace now: the requests per second it allows itself (below the ceiling after
+    /// JumpCloud asked for fewer).
+    pub fn api_pace(&self, stream: &str, requests_per_second: f64) {
+        self.api_pace
+            .get_or_create(&Metrics::stream(stream))
+            .set(requests_per_second);
     }
 
     pub fn api_request(&self, stream: &str, outcome: Outcome, elapsed: Duration) {
@@ -710,6 +730,7 @@ mod tests {
         m.page_committed("b", 5, 5, 0);
         m.late_events("a", 3);
         m.late_check_fell_back("a");
+        m.api_pace("a", 2.5);
         let a = m.stream_reading("a");
         assert_eq!(
             a,
@@ -717,7 +738,8 @@ mod tests {
                 read: 120,
                 queued: 100,
                 late: 3,
-                late_check_fallbacks: 1
+                late_check_fallbacks: 1,
+                pace: 2.5,
             }
         );
         assert_eq!(a.read_per_queued(), Some(1.2));
@@ -725,6 +747,7 @@ mod tests {
         for line in [
             "jcdi_forwarder_late_events_total{stream=\"a\"} 3",
             "jcdi_forwarder_late_check_fallbacks_total{stream=\"a\"} 1",
+            "jcdi_forwarder_api_pace_requests_per_second{stream=\"a\"} 2.5",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

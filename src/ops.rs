@@ -226,6 +226,9 @@ fn render_reading(r: &Reading) -> String {
             r.late_check_fallbacks
         ));
     }
+    if r.pace > 0.0 {
+        line.push_str(&format!("; pace {:.1} requests/s", r.pace));
+    }
     line
 }
 

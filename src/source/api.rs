@@ -377,6 +377,23 @@ fn classify_failure(
              multi-tenant key, {section}.org_id; the server said: {said}",
             if service_account { "service account's token" } else { "API key" }
         ),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            return FetchError::Throttled {
+                reason: format!(
+                    "JumpCloud asks for fewer requests ({status}{request}): slowing down; the server said: {said}"
+                ),
+                retry_after: response.retry_after(),
+            }
+        }
+        StatusCode::FORBIDDEN if says_blocked(&said) => {
+            return FetchError::Throttled {
+                reason: format!(
+                    "JumpCloud blocked the caller for a while (403 Forbidden{request}): slowing down; the \
+                     server said: {said}"
+                ),
+                retry_after: response.retry_after(),
+            }
+        }
         StatusCode::FORBIDDEN => format!(
             "JumpCloud refused access (403 Forbidden{request}): the credentials must be an administrator's, and \
              {section}.org_id must name an organization they manage; the server said: {said}"
@@ -393,6 +410,20 @@ fn classify_failure(
         }
     };
     FetchError::Rejected(reason)
+}
+
+/// Whether a 403's body says the caller is throttled rather than not allowed (rate limiting in front of
+/// the API answers 403 with such words).
+fn says_blocked(said: &str) -> bool {
+    let said = said.to_ascii_lowercase();
+    [
+        "rate limit",
+        "too many requests",
+        "throttl",
+        "temporarily blocked",
+    ]
+    .iter()
+    .any(|words| said.contains(words))
 }
 
 // The late check's requests (`source::late`): a date histogram of a window, and the count of a range.

@@ -99,12 +99,9 @@ pub async fn run(
         let page = match api.fetch(&query, now_ns()).await {
             Ok(page) => page,
             Err(FetchError::Rejected(reason)) => return Err(reason),
-            Err(FetchError::Transient {
-                reason,
-                retry_after,
-            }) => {
-                let wait = backoffs.transient_wait(retry_after);
-                tracing::warn!(retry_in = ?wait, "backfill: {reason}");
+            Err(err @ (FetchError::Transient { .. } | FetchError::Throttled { .. })) => {
+                let wait = backoffs.transient_wait(err.retry_after());
+                tracing::warn!(retry_in = ?wait, "backfill: {err}");
                 if !shutdown.sleep(wait).await {
                     return Err("interrupted; run the same backfill again to finish it".to_string());
                 }
@@ -134,7 +131,9 @@ pub async fn run(
                 )
             }
         }
-        if !shutdown.sleep(config.min_request_interval).await {
+        // The stream's request ceiling (a backfill runs beside the poller, which has its own pace).
+        let turn = Duration::from_secs_f64(1.0 / config.request_ceiling());
+        if !shutdown.sleep(turn).await {
             return Err("interrupted; run the same backfill again to finish it".to_string());
         }
     }

@@ -36,6 +36,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::api::{AggregateError, Bucket, EventsQuery, FetchError, IntervalQuery};
+use super::pacing::Pacer;
 use super::paging::Paging;
 use super::{PollError, Poller};
 use crate::clock::format_rfc3339_ns;
@@ -237,7 +238,7 @@ impl Poller {
     pub(super) async fn late_check(
         &self,
         shutdown: &Shutdown,
-        last_request: &mut Option<Instant>,
+        pacer: &mut Pacer,
         watermark_ns: i64,
         poll_started_ns: i64,
     ) -> Result<LateStart, PollError> {
@@ -265,7 +266,7 @@ impl Poller {
             interval_unit: "s",
             interval_value: seconds.to_string(),
         };
-        self.wait_turn(shutdown, last_request).await?;
+        self.wait_turn(shutdown, pacer).await?;
         let asked = Instant::now();
         let answer = tokio::select! {
             answer = self.api.interval(&query) => answer,
@@ -276,7 +277,9 @@ impl Poller {
             Err(
                 AggregateError::Refused { .. } | AggregateError::Failed(FetchError::Rejected(_)),
             ) => Outcome::Rejected,
-            Err(AggregateError::Failed(FetchError::Transient { .. })) => Outcome::Retry,
+            Err(AggregateError::Failed(
+                FetchError::Transient { .. } | FetchError::Throttled { .. },
+            )) => Outcome::Retry,
         };
         self.metrics
             .api_request(&self.stream, outcome, asked.elapsed());
@@ -287,6 +290,13 @@ impl Poller {
                 return fall_back();
             }
             Err(AggregateError::Failed(err)) => {
+                if let FetchError::Throttled {
+                    reason,
+                    retry_after,
+                } = &err
+                {
+                    self.throttled(pacer, reason, *retry_after);
+                }
                 self.late.failed(&self.stream, overlap, &err.to_string());
                 return fall_back();
             }
@@ -321,7 +331,7 @@ impl Poller {
             }
             let (lo_ms, hi_ms) = (slices[range.start].lo_ms, slices[range.end - 1].hi_ms);
             if !self
-                .read_again(shutdown, last_request, lo_ms, hi_ms, poll_started_ns)
+                .read_again(shutdown, pacer, lo_ms, hi_ms, poll_started_ns)
                 .await?
             {
                 return Ok(LateStart::Paused);
@@ -336,7 +346,7 @@ impl Poller {
     async fn read_again(
         &self,
         shutdown: &Shutdown,
-        last_request: &mut Option<Instant>,
+        pacer: &mut Pacer,
         lo_ms: i64,
         hi_ms: i64,
         poll_started_ns: i64,
@@ -344,7 +354,6 @@ impl Poller {
         let mut paging = Paging::default();
         let mut limit = self.config.page_size;
         loop {
-            self.wait_turn(shutdown, last_request).await?;
             let query = EventsQuery {
                 service: &self.config.services,
                 start_time: format_rfc3339_ns(lo_ms * MS),
@@ -353,37 +362,15 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
-            let asked = Instant::now();
-            let fetched = tokio::select! {
-                page = self.api.fetch(&query, poll_started_ns) => page,
-                _ = shutdown.wait() => return Err(PollError::Shutdown),
-            };
-            let outcome = match &fetched {
-                Ok(_) => Outcome::Ok,
-                Err(FetchError::Rejected(_)) => Outcome::Rejected,
-                Err(FetchError::Transient { .. }) => Outcome::Retry,
-            };
-            self.metrics
-                .api_request(&self.stream, outcome, asked.elapsed());
-            let page = fetched?;
+            let page = self
+                .fetch_paced(shutdown, pacer, &query, poll_started_ns)
+                .await?;
             let polled = page.events.len() as u64;
             let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
-            let (stream, events) = (self.stream.clone(), page.events);
             let committed = self
-                .queue
-                .run_blocking(move |queue| queue.commit_page(&stream, &events, None))
+                .commit(page.events, None, page.request_id.as_deref())
                 .await?;
-            self.queue.flush().await?;
-            self.metrics.page_committed(
-                &self.stream,
-                polled,
-                committed.queued,
-                committed.duplicates,
-            );
             self.metrics.late_events(&self.stream, committed.queued);
-            if committed.queued > 0 {
-                self.forwarder_wake.notify_one();
-            }
             tracing::debug!(
                 stream = %self.stream,
                 from = %format_rfc3339_ns(lo_ms * MS),
@@ -403,23 +390,6 @@ impl Poller {
                 return Ok(false);
             }
         }
-    }
-
-    /// Waits until `min_request_interval` has passed since the last request, as `poll_once` does before
-    /// each of its own requests (the late check's requests share its pace).
-    async fn wait_turn(
-        &self,
-        shutdown: &Shutdown,
-        last_request: &mut Option<Instant>,
-    ) -> Result<(), PollError> {
-        if let Some(at) = last_request {
-            let next = *at + self.config.min_request_interval;
-            if next > Instant::now() && !shutdown.sleep(next - Instant::now()).await {
-                return Err(PollError::Shutdown);
-            }
-        }
-        *last_request = Some(Instant::now());
-        Ok(())
     }
 }
 

@@ -26,7 +26,6 @@ pub mod backfill;
 mod error;
 mod late;
 pub mod oauth;
-#[allow(dead_code)] // wired into the poll loop by the pacing change (issue 13)
 mod pacing;
 mod page;
 mod paging;
@@ -41,12 +40,13 @@ use crate::clock::{format_rfc3339_ns, now_ms, now_ns};
 use crate::config::JumpcloudConfig;
 use crate::event::Cursor;
 use crate::metrics::{Metrics, Outcome};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{CommitOutcome, Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError};
 pub use late::LateCheck;
 use late::LateStart;
+use pacing::Pacer;
 use paging::{next_watermark, Paging};
 
 /// Dedup entries are kept this long beyond the overlap window, as a margin for clock differences.
@@ -87,7 +87,8 @@ impl Poller {
         let mut backoffs = Backoffs::new(self.config.retry);
         let mut paused = false;
         let mut repeats = RepeatFilter::default();
-        let mut last_request: Option<Instant> = None;
+        let mut pacer = Pacer::new(self.config.request_ceiling());
+        self.metrics.api_pace(&self.stream, pacer.rate());
         let mut storage = StorageFailures::default();
         while !shutdown.is_triggered() {
             if let Some(why) = self.queue.no_room(&self.stream) {
@@ -114,7 +115,7 @@ impl Poller {
                 tracing::info!(stream = %self.stream, "room in the queue again: polling resumes");
                 paused = false;
             }
-            let wait = match self.poll_once(&shutdown, &mut last_request).await {
+            let wait = match self.poll_once(&shutdown, &mut pacer).await {
                 Ok(()) => {
                     backoffs.reset();
                     storage.reset();
@@ -141,7 +142,7 @@ impl Poller {
                 }
                 Err(err) => {
                     let hinted = match &err {
-                        PollError::Fetch(FetchError::Transient { retry_after, .. }) => *retry_after,
+                        PollError::Fetch(fetch) => fetch.retry_after(),
                         _ => None,
                     };
                     let wait = backoffs.transient_wait(hinted);
@@ -162,17 +163,13 @@ impl Poller {
 
     /// One poll: the late check, then from the watermark (or `watermark - overlap` when the late check
     /// could not run) to the end, page by page, committing each page.
-    async fn poll_once(
-        &self,
-        shutdown: &Shutdown,
-        last_request: &mut Option<Instant>,
-    ) -> Result<(), PollError> {
+    async fn poll_once(&self, shutdown: &Shutdown, pacer: &mut Pacer) -> Result<(), PollError> {
         let poll_started_ns = now_ns();
         let stored = self.queue.cursor(&self.stream)?;
         let start_ns = match stored {
             // The late check reads again what was indexed late behind the watermark, and says where to start.
             Some(cursor) => match self
-                .late_check(shutdown, last_request, cursor.watermark_ns, poll_started_ns)
+                .late_check(shutdown, pacer, cursor.watermark_ns, poll_started_ns)
                 .await?
             {
                 LateStart::At(start_ns) => start_ns,
@@ -186,13 +183,6 @@ impl Poller {
         // After a full page more is waiting: ask for bigger pages for the rest of this poll (`catch_up_limit`).
         let mut limit = self.config.page_size;
         loop {
-            if let Some(at) = last_request {
-                let next = *at + self.config.min_request_interval;
-                if next > Instant::now() && !shutdown.sleep(next - Instant::now()).await {
-                    return Err(PollError::Shutdown);
-                }
-            }
-            *last_request = Some(Instant::now());
             let query = EventsQuery {
                 service: &self.config.services,
                 start_time: start_time.clone(),
@@ -201,20 +191,9 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
-            let asked = Instant::now();
-            let fetched = tokio::select! {
-                page = self.api.fetch(&query, poll_started_ns) => page,
-                // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
-                _ = shutdown.wait() => return Err(PollError::Shutdown),
-            };
-            let outcome = match &fetched {
-                Ok(_) => Outcome::Ok,
-                Err(FetchError::Rejected(_)) => Outcome::Rejected,
-                Err(FetchError::Transient { .. }) => Outcome::Retry,
-            };
-            self.metrics
-                .api_request(&self.stream, outcome, asked.elapsed());
-            let page = fetched?;
+            let page = self
+                .fetch_paced(shutdown, pacer, &query, poll_started_ns)
+                .await?;
             let polled = page.events.len() as u64;
             let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
             let last_event_ns = page.events.iter().map(|e| e.timestamp_ns).max();
@@ -223,26 +202,8 @@ impl Poller {
                 watermark_ns: watermark,
                 updated_at_ms: now_ms(),
             };
-            let stream = self.stream.clone();
-            let events = page.events;
-            let outcome = self
-                .queue
-                .run_blocking(move |queue| queue.commit_page(&stream, &events, Some(cursor)))
+            self.commit(page.events, Some(cursor), page.request_id.as_deref())
                 .await?;
-            self.queue.flush().await?;
-            self.metrics
-                .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
-            if outcome.queued > 0 {
-                self.forwarder_wake.notify_one();
-            }
-            tracing::debug!(
-                stream = %self.stream,
-                polled,
-                queued = outcome.queued,
-                duplicates = outcome.duplicates,
-                request_id = page.request_id.as_deref().unwrap_or("-"),
-                "page committed"
-            );
             if !paging
                 .advance(page.full, page.search_after)
                 .map_err(|_| PollError::StuckCursor)?
@@ -257,6 +218,94 @@ impl Poller {
         }
         self.prune(watermark).await?;
         Ok(())
+    }
+
+    /// Waits until the stream's pace allows its next request (the late check's requests share it).
+    async fn wait_turn(&self, shutdown: &Shutdown, pacer: &mut Pacer) -> Result<(), PollError> {
+        let delay = pacer.delay(Instant::now());
+        if !delay.is_zero() && !shutdown.sleep(delay).await {
+            return Err(PollError::Shutdown);
+        }
+        pacer.sent(Instant::now());
+        Ok(())
+    }
+
+    /// Asks for one page when the pace allows, records the request, and adapts the pace: a throttled
+    /// answer slows it down and the same page is asked again once the pace allows (nothing was
+    /// committed for it, the cursor did not move).
+    async fn fetch_paced(
+        &self,
+        shutdown: &Shutdown,
+        pacer: &mut Pacer,
+        query: &EventsQuery<'_>,
+        now_ns: i64,
+    ) -> Result<api::Page, PollError> {
+        loop {
+            self.wait_turn(shutdown, pacer).await?;
+            let asked = Instant::now();
+            let fetched = tokio::select! {
+                page = self.api.fetch(query, now_ns) => page,
+                // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
+                _ = shutdown.wait() => return Err(PollError::Shutdown),
+            };
+            self.metrics
+                .api_request(&self.stream, outcome_of(&fetched), asked.elapsed());
+            match fetched {
+                Ok(page) => {
+                    pacer.answered();
+                    self.metrics.api_pace(&self.stream, pacer.rate());
+                    return Ok(page);
+                }
+                Err(FetchError::Throttled {
+                    reason,
+                    retry_after,
+                }) => self.throttled(pacer, &reason, retry_after),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// JumpCloud asked for fewer requests: halve the pace (and hold off for its `Retry-After`).
+    fn throttled(&self, pacer: &mut Pacer, reason: &str, retry_after: Option<Duration>) {
+        pacer.throttled(Instant::now(), retry_after);
+        self.metrics.api_pace(&self.stream, pacer.rate());
+        tracing::info!(
+            stream = %self.stream,
+            requests_per_second = pacer.rate(),
+            retry_after = ?retry_after,
+            "{reason}"
+        );
+    }
+
+    /// Commits a page's events (with the cursor, when the page moves it), flushes, counts them and wakes
+    /// the forwarder.
+    async fn commit(
+        &self,
+        events: Vec<crate::event::IncomingEvent>,
+        cursor: Option<Cursor>,
+        request_id: Option<&str>,
+    ) -> Result<CommitOutcome, PollError> {
+        let polled = events.len() as u64;
+        let stream = self.stream.clone();
+        let outcome = self
+            .queue
+            .run_blocking(move |queue| queue.commit_page(&stream, &events, cursor))
+            .await?;
+        self.queue.flush().await?;
+        self.metrics
+            .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
+        if outcome.queued > 0 {
+            self.forwarder_wake.notify_one();
+        }
+        tracing::debug!(
+            stream = %self.stream,
+            polled,
+            queued = outcome.queued,
+            duplicates = outcome.duplicates,
+            request_id = request_id.unwrap_or("-"),
+            "page committed"
+        );
+        Ok(outcome)
     }
 
     /// The page size after a full page: `catch_up_page_size`, but no more events than the room the queue
@@ -283,5 +332,14 @@ impl Poller {
                 Ok(())
             })
             .await
+    }
+}
+
+/// How a request ended, for the request counter.
+fn outcome_of<T>(fetched: &Result<T, FetchError>) -> Outcome {
+    match fetched {
+        Ok(_) => Outcome::Ok,
+        Err(FetchError::Rejected(_)) => Outcome::Rejected,
+        Err(FetchError::Transient { .. } | FetchError::Throttled { .. }) => Outcome::Retry,
     }
 }

@@ -14,5 +14,6 @@ mod monitoring;
 mod network;
 mod operating;
 mod outbox;
+mod pacing;
 mod pipeline;
 mod powercut;

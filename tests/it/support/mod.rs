@@ -59,9 +59,14 @@ impl Harness {
     }
 
     pub async fn with_intake(intake: IntakeOptions) -> Harness {
+        Harness::with(ApiOptions::default(), intake).await
+    }
+
+    /// Both stand-ins with options of the test's (the keys are set here).
+    pub async fn with(api: ApiOptions, intake: IntakeOptions) -> Harness {
         let api = ApiOptions {
             api_key: API_KEY.into(),
-            ..ApiOptions::default()
+            ..api
         };
         let intake = IntakeOptions {
             intake_key: INTAKE_KEY.into(),
