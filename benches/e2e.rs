@@ -17,10 +17,13 @@
 //! environment: it gets the variables the packaged systemd unit sets (its allocator settings), unless the
 //! same variables are set for the bench, which then pass on.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use http::Method;
+use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
 use jcdi_forwarder::harness::{AgentProcess, Binary, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
@@ -37,35 +40,16 @@ struct Args {
     binary: PathBuf,
     /// `section.key` → TOML value, replacing the bench's defaults.
     overrides: Vec<(String, toml::Value)>,
-    /// The agent's environment: what the systemd unit sets, or the bench's own value (see
-    /// [`agent_environment`]).
+    /// What the agent gets of the bench's environment (see [`inherited`]).
     agent_env: Vec<(String, String)>,
 }
 
-/// The unit file the packages install: the bench runs the agent with the environment it sets.
-const UNIT_FILE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/packaging/jcdi-forwarder.service"
-);
-
 /// Whether a variable of the bench's environment passes on to the agent: glibc's allocator settings
-/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...). Nothing else does.
+/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...), for experiments (the binary sets
+/// its own unless given some: `jcdi_forwarder::allocator`). Nothing else does: by default the agent runs
+/// with a clean environment, as a user would start it.
 fn inherited(name: &str) -> bool {
     name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
-}
-
-/// The `Environment=NAME=value` lines of the packaged systemd unit, so that the agent is measured as it
-/// runs once installed (its allocator settings matter: BENCHMARKS.md, "Memory"). A variable already set
-/// in the bench's own environment wins (the unit's line is left out), and [`inherited`] ones pass on:
-/// `GLIBC_TUNABLES= cargo bench ...` measures glibc's defaults.
-fn unit_environment() -> Vec<(String, String)> {
-    let unit = std::fs::read_to_string(UNIT_FILE).unwrap_or_default();
-    unit.lines()
-        .filter_map(|line| line.trim().strip_prefix("Environment="))
-        .filter_map(|assignment| assignment.split_once('='))
-        .filter(|(name, _)| std::env::var_os(name).is_none())
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
 }
 
 /// The bench's own [`inherited`] variables.
@@ -91,10 +75,7 @@ fn parse_args() -> Args {
         backlog: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
         overrides: Vec::new(),
-        agent_env: unit_environment()
-            .into_iter()
-            .chain(inherited_environment())
-            .collect(),
+        agent_env: inherited_environment(),
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
     // to the quick size, so the test suite only checks that the bench works.
@@ -162,13 +143,10 @@ async fn bench(args: Args) {
         args.binary.display(),
         load_average()
     );
-    let inherited = inherited_environment()
+    let environment: Vec<String> = inherited_environment()
         .into_iter()
-        .map(|(name, value)| format!("{name}={value:?} (inherited)"));
-    let from_unit = unit_environment()
-        .into_iter()
-        .map(|(name, value)| format!("{name}={value} (from the systemd unit)"));
-    let environment: Vec<String> = from_unit.chain(inherited).collect();
+        .map(|(name, value)| format!("{name}={value:?} (inherited)"))
+        .collect();
     println!(
         "agent environment: {}",
         if environment.is_empty() {
@@ -234,7 +212,7 @@ impl Bench {
         for run in 1..=self.args.runs {
             let intake = start_intake().await;
             let dir = tempfile::tempdir().expect("temp dir");
-            let config = self.write_config(dir.path(), &intake);
+            let config = self.write_config(dir.path(), &intake, free_local_addr());
             let bench_cpu = self_cpu_seconds();
             let started = Instant::now();
             let mut agent = spawn_agent(&self.args, &config, dir.path());
@@ -317,7 +295,8 @@ impl Bench {
         let intake = start_intake().await;
         intake.set_outage(true);
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = self.write_config(dir.path(), &intake);
+        let listen = free_local_addr();
+        let config = self.write_config(dir.path(), &intake, listen);
         let queue_dir = dir.path().join("queue");
 
         // 1. Intake down: everything is polled into the queue.
@@ -334,17 +313,13 @@ impl Bench {
             || self.api.events_served() >= served_before + n as u64,
         )
         .await;
-        // The poller commits a page before it asks for the next one: the next request proves the last
-        // page is in the queue.
-        let requests = self.api.requests();
-        wait_for(
-            &mut agent,
-            deadline,
-            "no request after the last page",
-            Duration::from_millis(5),
-            || self.api.requests() != requests,
-        )
-        .await;
+        // Served is not yet queued: the agent's status says when the last page is committed.
+        while queued_events(listen).await < n as u64 {
+            if Instant::now() > deadline || agent.exited().is_some() {
+                panic!("the backlog was not queued in time:\n{}", agent.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let queued_in = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid);
         // Let a second of idle pass (the forwarder keeps retrying the intake) and look at memory again.
@@ -414,20 +389,14 @@ impl Bench {
         );
     }
 
-    /// The agent's configuration: defaults, except what the stand-ins make pointless (the API's politeness
-    /// interval: the stand-in has no rate limit) and the `--set` overrides.
-    fn write_config(&self, dir: &Path, intake: &IntakeStandIn) -> PathBuf {
+    /// The agent's configuration: the defaults, as a user has them: only the URLs, the keys and
+    /// `data_dir` are set (and the local endpoint's port, so that a bench never collides with an agent on
+    /// the default one), plus the `--set` overrides of an experiment.
+    fn write_config(&self, dir: &Path, intake: &IntakeStandIn, listen: SocketAddr) -> PathBuf {
         let mut config = ConfigBuilder::new(&dir.join("queue"))
             .jumpcloud(&self.api.base_url(), API_KEY)
             .sekoia(&intake.base_url(), INTAKE_KEY)
-            .poll_interval(Duration::from_secs(1))
-            .initial_lookback(Duration::from_secs(3 * 3600))
-            .overlap(Duration::from_secs(60))
-            .min_request_interval(Duration::ZERO)
-            .api_retry(Duration::from_millis(100), Duration::from_secs(1))
-            .intake_retry(Duration::from_millis(100), Duration::from_secs(1))
-            // A free port: never collide with an agent (or another bench) on the default one.
-            .set("api.listen", "127.0.0.1:0");
+            .set("api.listen", listen.to_string());
         for (path, value) in &self.args.overrides {
             config = config.set(path, value.clone());
         }
@@ -445,6 +414,27 @@ async fn start_intake() -> IntakeStandIn {
     })
     .await
     .expect("intake stand-in")
+}
+
+/// A port that was free a moment ago, for the agent's local endpoint.
+fn free_local_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// The events the agent at `listen` has queued (0 until it answers).
+async fn queued_events(listen: SocketAddr) -> u64 {
+    let Ok(Some((status, body))) = ask_agent(listen, Method::GET, "/status", None).await else {
+        return 0;
+    };
+    if status != http::StatusCode::OK {
+        return 0;
+    }
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|status| status["queue"]["events"].as_u64())
+        .unwrap_or(0)
 }
 
 fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> AgentProcess {
