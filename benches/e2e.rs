@@ -316,7 +316,10 @@ impl Bench {
         // Served is not yet queued: the agent's status says when the last page is committed.
         while queued_events(listen).await < n as u64 {
             if Instant::now() > deadline || agent.exited().is_some() {
-                panic!("the backlog was not queued in time:\n{}", agent.log_tail(30));
+                panic!(
+                    "the backlog was not queued in time:\n{}",
+                    agent.log_tail(30)
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

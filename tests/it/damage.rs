@@ -86,18 +86,6 @@ fn old_events(seed: u64) -> Vec<ApiEvent> {
     EventFactory::new(seed).mix(2_000, now - 2 * 3600 * SECOND, now - 3600 * SECOND)
 }
 
-/// How many events the running agent has queued (from its status), once it answers.
-async fn queued_events(h: &Harness) -> Option<u64> {
-    let (status, body) = ask_agent(h.admin, Method::GET, "/status", None)
-        .await
-        .ok()??;
-    if status != 200 {
-        return None;
-    }
-    let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    status["queue"]["events"].as_u64()
-}
-
 async fn damaged_queue_loses_nothing(damage: Damage, under_the_running_agent: bool) {
     let h = Harness::new().await;
     let events = old_events(damage as u64 + 100 * u64::from(under_the_running_agent));
@@ -178,7 +166,7 @@ async fn damaged_queue_loses_nothing(damage: Damage, under_the_running_agent: bo
 async fn poll_until_async(h: &Harness, expected: u64) -> bool {
     let deadline = tokio::time::Instant::now() + LONG;
     while tokio::time::Instant::now() < deadline {
-        if queued_events(h).await == Some(expected) {
+        if queued_events(h.admin).await == Some(expected) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

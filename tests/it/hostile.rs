@@ -5,13 +5,14 @@
 //! Self-contained: the JumpCloud side is a scripted server here (it answers exactly the bytes a test
 //! queues, then empty pages), the intake is the crate's stand-in, everything on 127.0.0.1.
 
+use jcdi_forwarder::harness::wait_until;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jcdi_forwarder::standin::{IntakeOptions, IntakeStandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,19 +338,6 @@ impl Agent {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
             .collect()
-    }
-}
-
-async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

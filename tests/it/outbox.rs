@@ -2,10 +2,12 @@
 //! events into bundle files without any intake configured; `ship`, with a configuration of its own, sends a
 //! copy of the folder to the intake. Also `kill -9` of both, damaged and tampered bundles, and `--watch`.
 
+use jcdi_forwarder::clock::now_ns;
+use jcdi_forwarder::harness::wait_until;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jcdi_forwarder::outbox::bundle;
 use jcdi_forwarder::standin::{
@@ -17,21 +19,6 @@ const API_KEY: &str = "outbox-api-key-51d2";
 const INTAKE_KEY: &str = "outbox-intake-key-9e07";
 const BUNDLE_KEY: &str = "outbox-bundle-key-0f1e2d3c4b5a6978";
 const BIN: &str = env!("CARGO_BIN_EXE_jcdi-forwarder");
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().expect("in range")
-}
-
-async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
-}
 
 /// The collecting side: an API stand-in with `count` events, and a configuration writing to an outbox.
 struct Site {

@@ -10,8 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use http::Method;
-use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::standin::{EventFactory, IntakeFault};
 use powercut_fs::{MetadataDurability, Mounted, Options, PowerCutFs, Tear};
 
@@ -27,17 +25,6 @@ fn mount(backing: &Path, mountpoint: &Path, metadata: MetadataDurability) -> Mou
         },
     )
     .expect("powercut-fs mounts (root and /dev/fuse are needed)")
-}
-
-async fn queued_events(h: &Harness) -> Option<u64> {
-    let (status, body) = ask_agent(h.admin, Method::GET, "/status", None)
-        .await
-        .ok()??;
-    if status != 200 {
-        return None;
-    }
-    let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    status["queue"]["events"].as_u64()
 }
 
 async fn power_cuts_lose_nothing(metadata: MetadataDurability, seed: u64) {
@@ -65,7 +52,7 @@ async fn power_cuts_lose_nothing(metadata: MetadataDurability, seed: u64) {
     let first = h.write_config(&builder);
     let mut agent = binary().agent(&first, &log).spawn().expect("starts");
     let deadline = tokio::time::Instant::now() + LONG;
-    while queued_events(&h).await != Some(events.len() as u64) {
+    while queued_events(h.admin).await != Some(events.len() as u64) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the events are queued:\n{}",

@@ -122,3 +122,17 @@ impl Harness {
             .expect("queue opens")
     }
 }
+
+/// How many events the agent whose local endpoint is `admin` has queued (from its status), once it
+/// answers.
+pub async fn queued_events(admin: SocketAddr) -> Option<u64> {
+    let (status, body) =
+        jcdi_forwarder::admin::ask_agent(admin, http::Method::GET, "/status", None)
+            .await
+            .ok()??;
+    if status != 200 {
+        return None;
+    }
+    let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    status["queue"]["events"].as_u64()
+}
