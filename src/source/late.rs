@@ -5,7 +5,10 @@
 //! `/events/interval` request says how many events JumpCloud holds in each slice of that window, the
 //! queue's dedup index says how many of them this stream already queued ([`Queue::dedup_counts`]), and
 //! only the slices where the two differ are read again, with `/events` restricted to the slice, through the
-//! same commit as any page (the dedup index drops what is known; the cursor does not move).
+//! same commit as any page (the dedup index drops what is known; the cursor does not move). When few of a
+//! slice's many events are missing (one late event in a busy second), the slice is halved with
+//! `/events/count` until the parts that differ are small, and only those are read: two small requests
+//! per halving instead of reading half the slice again (at most [`COUNTS_PER_POLL`] per poll).
 //!
 //! Why this keeps the guarantee (every event indexed at most `overlap` after its timestamp is collected):
 //! take an event stamped t and visible from v <= t + overlap, and the first poll whose late check starts
@@ -28,6 +31,8 @@
 //!   re-reading the whole window as before, and counts it (`late_check_fallbacks`). A refusal
 //!   (400/403/404: an API or a key without the endpoint) is logged once and asked again after
 //!   [`ASK_AGAIN_AFTER_REFUSAL`]; meanwhile every poll falls back.
+//! - Every stale part ends read again whole or found complete by a fresh count of it: a count that cannot
+//!   be had (or the poll's counts spent) means reading the part whole, never skipping it.
 //! - A failure while reading a slice fails the poll (retried with backoff); the next poll checks again.
 
 use std::collections::HashMap;
@@ -47,6 +52,13 @@ const MS: i64 = 1_000_000;
 /// At most this many slices per window: the histogram of a 10-minute overlap has 1-second slices (the
 /// finest the API offers), a longer overlap wider ones.
 const MAX_SLICES: u64 = 600;
+
+/// A stale part holding at most this many events is read again whole rather than split.
+const LEAF_EVENTS: u64 = 16;
+
+/// At most this many `/events/count` requests per poll for splitting stale parts (8 halvings: a slice of
+/// 4000 events narrowed to 16 for one missing event); past them, stale parts are read whole.
+const COUNTS_PER_POLL: u32 = 16;
 
 /// After the API refused the histogram, polls re-read the whole window for this long before asking again.
 pub const ASK_AGAIN_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
@@ -225,6 +237,63 @@ fn slices(
     Ok(slices)
 }
 
+/// A stale part of the window being brought up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    lo_ms: i64,
+    hi_ms: i64,
+    /// The API's count when it was last asked.
+    api: u64,
+    /// The dedup index's count.
+    ours: u64,
+    /// Known stale whatever the counts say (a range of slices judged by a remembered count).
+    forced: bool,
+}
+
+/// What to do with a [`Part`].
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Complete: we hold what the API counts.
+    Skip,
+    /// Read it again whole.
+    Read,
+    /// Count both halves, split here.
+    Split(i64),
+}
+
+impl Part {
+    fn step(&self, counts_left: u32) -> Step {
+        if self.api == self.ours && !self.forced {
+            return Step::Skip;
+        }
+        // More of ours than the API counts: events we filed elsewhere than the API does (no readable
+        // timestamp); the counts of halves would not say which are missing. Read.
+        if self.api <= self.ours {
+            return Step::Read;
+        }
+        let missing = self.api - self.ours;
+        // Splitting pays when few of many are missing: two small requests save reading half the part.
+        if self.api <= LEAF_EVENTS
+            || missing * 4 >= self.api
+            || self.hi_ms - self.lo_ms < 2
+            || counts_left < 2
+        {
+            return Step::Read;
+        }
+        Step::Split(self.lo_ms + (self.hi_ms - self.lo_ms) / 2)
+    }
+}
+
+fn aggregate_outcome<T>(answer: &Result<T, AggregateError>) -> Outcome {
+    match answer {
+        Ok(_) => Outcome::Ok,
+        Err(AggregateError::Refused { .. } | AggregateError::Failed(FetchError::Rejected(_))) => {
+            Outcome::Rejected
+        }
+        Err(AggregateError::Failed(FetchError::Transient { .. })) => Outcome::Retry,
+    }
+}
+
 /// The histogram's bucket width for an overlap: whole seconds, at most [`MAX_SLICES`] buckets.
 fn slice_seconds(overlap: Duration) -> u64 {
     overlap.as_secs().div_ceil(MAX_SLICES).max(1)
@@ -271,15 +340,8 @@ impl Poller {
             answer = self.api.interval(&query) => answer,
             _ = shutdown.wait() => return Err(PollError::Shutdown),
         };
-        let outcome = match &answer {
-            Ok(_) => Outcome::Ok,
-            Err(
-                AggregateError::Refused { .. } | AggregateError::Failed(FetchError::Rejected(_)),
-            ) => Outcome::Rejected,
-            Err(AggregateError::Failed(FetchError::Transient { .. })) => Outcome::Retry,
-        };
         self.metrics
-            .api_request(&self.stream, outcome, asked.elapsed());
+            .api_request(&self.stream, aggregate_outcome(&answer), asked.elapsed());
         let buckets = match answer {
             Ok(buckets) => buckets,
             Err(err @ AggregateError::Refused { .. }) => {
@@ -312,6 +374,7 @@ impl Poller {
             .queue
             .run_blocking(move |queue| queue.dedup_counts(&stream, &bounds))
             .await?;
+        let mut counts_left = COUNTS_PER_POLL;
         for range in self.late.stale(&slices, &ours) {
             if shutdown.is_triggered() {
                 return Err(PollError::Shutdown);
@@ -319,16 +382,137 @@ impl Poller {
             if self.queue.no_room(&self.stream).is_some() {
                 return Ok(LateStart::Paused);
             }
-            let (lo_ms, hi_ms) = (slices[range.start].lo_ms, slices[range.end - 1].hi_ms);
-            if !self
-                .read_again(shutdown, last_request, lo_ms, hi_ms, poll_started_ns)
-                .await?
-            {
+            let stale = Part {
+                lo_ms: slices[range.start].lo_ms,
+                hi_ms: slices[range.end - 1].hi_ms,
+                api: slices[range.clone()].iter().map(|slice| slice.api).sum(),
+                ours: ours[range.clone()].iter().sum(),
+                forced: true,
+            };
+            let done = self
+                .bring_up_to_date(
+                    shutdown,
+                    last_request,
+                    stale,
+                    &mut counts_left,
+                    poll_started_ns,
+                )
+                .await?;
+            if !done {
                 return Ok(LateStart::Paused);
             }
             self.late.remember(&slices[range]);
         }
         Ok(LateStart::At(end_ms * MS))
+    }
+
+    /// Brings a stale part of the window up to date: reads it again whole or, when a few of many events
+    /// are missing, counts its two halves (`/events/count`) and goes on with those whose count differs
+    /// from ours, until the parts are small ([`LEAF_EVENTS`]) or the poll's counts are spent. Every part
+    /// is either read again whole or found complete, so afterwards we hold every event the API counted.
+    /// Returns false when it stopped because the queue has no room for this stream.
+    async fn bring_up_to_date(
+        &self,
+        shutdown: &Shutdown,
+        last_request: &mut Option<Instant>,
+        stale: Part,
+        counts_left: &mut u32,
+        poll_started_ns: i64,
+    ) -> Result<bool, PollError> {
+        let mut todo = vec![stale];
+        while let Some(part) = todo.pop() {
+            match part.step(*counts_left) {
+                Step::Skip => {}
+                Step::Read => {
+                    if !self
+                        .read_again(
+                            shutdown,
+                            last_request,
+                            part.lo_ms,
+                            part.hi_ms,
+                            poll_started_ns,
+                        )
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                }
+                Step::Split(mid_ms) => {
+                    *counts_left -= 2;
+                    let left = self
+                        .count(shutdown, last_request, part.lo_ms, mid_ms)
+                        .await?;
+                    let right = self
+                        .count(shutdown, last_request, mid_ms, part.hi_ms)
+                        .await?;
+                    let (Some(left), Some(right)) = (left, right) else {
+                        // Without counts, read the part whole; no more counting this poll.
+                        *counts_left = 0;
+                        todo.push(Part {
+                            forced: true,
+                            ..part
+                        });
+                        continue;
+                    };
+                    let bounds = [part.lo_ms * MS, mid_ms * MS, part.hi_ms * MS];
+                    let stream = self.stream.clone();
+                    let ours = self
+                        .queue
+                        .run_blocking(move |queue| queue.dedup_counts(&stream, &bounds))
+                        .await?;
+                    // Left last, so that it is done first: parts are read in time order.
+                    todo.push(Part {
+                        lo_ms: mid_ms,
+                        hi_ms: part.hi_ms,
+                        api: right,
+                        ours: ours[1],
+                        forced: false,
+                    });
+                    todo.push(Part {
+                        lo_ms: part.lo_ms,
+                        hi_ms: mid_ms,
+                        api: left,
+                        ours: ours[0],
+                        forced: false,
+                    });
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// How many events the API holds in `[lo_ms, hi_ms)`; `None` when it would not say (the caller then
+    /// reads the part whole).
+    async fn count(
+        &self,
+        shutdown: &Shutdown,
+        last_request: &mut Option<Instant>,
+        lo_ms: i64,
+        hi_ms: i64,
+    ) -> Result<Option<u64>, PollError> {
+        let query = EventsQuery {
+            service: &self.config.services,
+            start_time: format_rfc3339_ns(lo_ms * MS),
+            end_time: Some(format_rfc3339_ns(hi_ms * MS)),
+            limit: 1,
+            sort: "ASC",
+            search_after: None,
+        };
+        self.wait_turn(shutdown, last_request).await?;
+        let asked = Instant::now();
+        let answer = tokio::select! {
+            answer = self.api.count_range(&query) => answer,
+            _ = shutdown.wait() => return Err(PollError::Shutdown),
+        };
+        self.metrics
+            .api_request(&self.stream, aggregate_outcome(&answer), asked.elapsed());
+        match answer {
+            Ok(count) => Ok(Some(count)),
+            Err(err) => {
+                tracing::debug!(stream = %self.stream, "late check: no count ({err}); reading the part whole");
+                Ok(None)
+            }
+        }
     }
 
     /// Reads `[lo_ms, hi_ms)` again, page by page, committing each page without moving the cursor.
@@ -508,6 +692,35 @@ mod tests {
         check.forget_before(2000);
         assert_eq!(check.stale(&slices[..1], &[4]), vec![0..1]);
         assert_eq!(check.stale(&slices[3..4], &[3]), Vec::<Range<usize>>::new());
+    }
+
+    fn part(api: u64, ours: u64, forced: bool) -> Part {
+        Part {
+            lo_ms: 0,
+            hi_ms: 1000,
+            api,
+            ours,
+            forced,
+        }
+    }
+
+    #[test]
+    fn few_missing_of_many_are_narrowed_by_halves_the_rest_read_whole() {
+        assert_eq!(part(100, 100, false).step(16), Step::Skip);
+        assert_eq!(part(100, 99, false).step(16), Step::Split(500));
+        // Small parts, many missing, no counts left, a single millisecond: read.
+        assert_eq!(part(16, 15, false).step(16), Step::Read);
+        assert_eq!(part(100, 75, false).step(16), Step::Read);
+        assert_eq!(part(100, 99, false).step(1), Step::Read);
+        let one_ms = Part {
+            hi_ms: 1,
+            ..part(100, 99, false)
+        };
+        assert_eq!(one_ms.step(16), Step::Read);
+        // Fewer than ours, or judged stale by a remembered count: read whole, never skipped.
+        assert_eq!(part(90, 100, false).step(16), Step::Read);
+        assert_eq!(part(100, 100, true).step(16), Step::Read);
+        assert_eq!(part(100, 99, true).step(16), Step::Split(500));
     }
 
     #[test]
