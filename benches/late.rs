@@ -121,6 +121,13 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
+    // `RUST_LOG=jcdi_forwarder=debug` shows what each poll read (the late check's slices among them).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,25 +1,32 @@
 //! The late check: collecting what JumpCloud indexed late, behind the cursor, without reading the whole
 //! overlap window again on every poll.
 //!
-//! A poll's forward read starts at the watermark W. Before it, the late check covers `[W - overlap, W)`: one
-//! `/events/interval` request says how many events JumpCloud holds in each slice of that window, the
-//! queue's dedup index says how many of them this stream already queued ([`Queue::dedup_counts`]), and
-//! only the slices where the two differ are read again, with `/events` restricted to the slice, through the
-//! same commit as any page (the dedup index drops what is known; the cursor does not move). When few of a
-//! slice's many events are missing (one late event in a busy second), the slice is halved with
-//! `/events/count` until the parts that differ are small, and only those are read: two small requests
-//! per halving instead of reading half the slice again (at most [`COUNTS_PER_POLL`] per poll).
+//! Each poll, with the cursor (watermark) at W, splits time at a point F >= W: the late check covers
+//! `[W - overlap, F)` and the forward read starts at F. F is where the previous poll's forward read ended
+//! when it ended with this very cursor (known in memory: [`LateCheck::forward_done`]), else W (after a
+//! restart, or a poll cut short). The late check asks `/events/interval` how many events JumpCloud holds
+//! in each slice of its window, asks the queue's dedup index how many of them this stream already queued
+//! ([`Queue::dedup_counts`](crate::queue::Queue::dedup_counts)), and reads again only the slices where
+//! the two differ, with `/events` restricted to the slice, through the same commit as any page (the dedup
+//! index drops what is known; the cursor does not move). When few of a slice's many events are missing
+//! (one late event in a busy second), the slice is halved with `/events/count` until the parts that
+//! differ are small, and only those are read (at most [`COUNTS_PER_POLL`] counts per poll).
 //!
-//! Why this keeps the guarantee (every event indexed at most `overlap` after its timestamp is collected):
-//! take an event stamped t and visible from v <= t + overlap, and the first poll whose late check starts
-//! after v. If t >= that poll's watermark W, its forward read sees the event. Otherwise
-//! t < W <= the start of the poll before < v <= t + overlap: t lies in `[W - overlap, W)`, the histogram
-//! counts the event, and its slice is read again unless we already hold it.
+//! Why this keeps the guarantee (every event indexed at most `overlap` after its timestamp is collected),
+//! whatever F: take an event stamped t, visible from v <= t + overlap, and the first poll that starts
+//! after v (its late check and its forward read both come after v). The poll before it started at or
+//! before v, and the watermark W is that start (it never passes the start of the poll that moved it), so
+//! W <= v <= t + overlap: t >= W - overlap. If t < F, the late check counts the event and reads its
+//! slice again unless we hold it; if t >= F, the forward read reads it.
+//!
+//! Why F and not W: W is the start of the previous poll, before its late check; starting the forward
+//! read at W would read again every event stamped while that late check ran (its requests are paced):
+//! with 2-second polls that was 0.7 more event read per event queued (BENCHMARKS.md, "Late check").
 //!
 //! Invariants:
-//! - The window is cut at whole milliseconds, `[floor(W - overlap), floor(W))`, the precision at which
-//!   JumpCloud compares times and starts its buckets; the forward read then starts at `floor(W)`, so the
-//!   events of W's own millisecond are read by it whatever precision the API compares at.
+//! - The window is cut at whole milliseconds, `[floor(W - overlap), floor(F))`, the precision at which
+//!   JumpCloud compares times and starts its buckets; the forward read starts at `floor(F)`, so the
+//!   events of F's own millisecond are read by it whatever precision the API compares at.
 //! - Slices are cut where the API's buckets start and end (whatever their alignment), so the API's count
 //!   and ours always cover the same milliseconds. An event belongs to the millisecond its nanosecond
 //!   timestamp falls in, on both sides.
@@ -27,13 +34,14 @@
 //!   or, once the slice was read again in full, the API's count at that time. So a count that reading
 //!   cannot change (smaller than ours: events without a readable timestamp are filed under the time they
 //!   were read; larger: two events with one identity) costs one re-read per change, not one per poll.
-//! - Never skipped: when the histogram cannot be had (refused, failing, unusable) the poll falls back to
-//!   re-reading the whole window as before, and counts it (`late_check_fallbacks`). A refusal
-//!   (400/403/404: an API or a key without the endpoint) is logged once and asked again after
-//!   [`ASK_AGAIN_AFTER_REFUSAL`]; meanwhile every poll falls back.
 //! - Every stale part ends read again whole or found complete by a fresh count of it: a count that cannot
 //!   be had (or the poll's counts spent) means reading the part whole, never skipping it.
+//! - Never skipped: when the histogram cannot be had (refused, failing, unusable) the poll falls back to
+//!   reading the whole window again from `W - overlap`, as before, and counts it (`late_check_fallbacks`).
+//!   A refusal (400/403/404: an API or a key without the endpoint) is logged once and asked again after
+//!   [`ASK_AGAIN_AFTER_REFUSAL`]; meanwhile every poll falls back.
 //! - A failure while reading a slice fails the poll (retried with backoff); the next poll checks again.
+//!   A poll stopped by a full queue ends before its forward read; the cursor has not moved.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -78,6 +86,8 @@ struct State {
     failing: bool,
     /// Slices read again in full (`lo_ms`, `hi_ms`) → the API's count for them then.
     reread: HashMap<(i64, i64), u64>,
+    /// The cursor after the last complete forward read, and when that read ended.
+    read_until: Option<(i64, i64)>,
 }
 
 /// A part of the window, in milliseconds, and how many events the API counts in it.
@@ -129,6 +139,23 @@ impl LateCheck {
         let mut state = self.state();
         for slice in slices {
             state.reread.insert((slice.lo_ms, slice.hi_ms), slice.api);
+        }
+    }
+
+    /// The last poll's forward read ended at `at_ns` with the cursor at `watermark_ns`: everything visible
+    /// then from the watermark on was read. The next late check reaches that far, and the next forward
+    /// read starts there.
+    pub(super) fn forward_done(&self, watermark_ns: i64, at_ns: i64) {
+        self.state().read_until = Some((watermark_ns, at_ns));
+    }
+
+    /// Where the late window of a poll starting with the cursor at `watermark_ns` ends: where the last
+    /// forward read ended if it ended with this cursor (the cursor stays at the start of the poll that
+    /// moved it, for the guarantee), else the watermark (after a restart, or a poll cut short).
+    fn read_until(&self, watermark_ns: i64) -> i64 {
+        match self.state().read_until {
+            Some((watermark, at_ns)) if watermark == watermark_ns && at_ns > watermark_ns => at_ns,
+            _ => watermark_ns,
         }
     }
 
@@ -301,8 +328,8 @@ fn slice_seconds(overlap: Duration) -> u64 {
 
 impl Poller {
     /// Runs the late check behind `watermark_ns` (see the module's documentation) and says where this
-    /// poll's forward read starts: `floor(watermark)` after a successful check, `watermark - overlap` (a
-    /// full re-read, as before) when the check could not run.
+    /// poll's forward read starts: `floor(F)` after a successful check, `watermark - overlap` (a full
+    /// re-read, as before) when the check could not run.
     pub(super) async fn late_check(
         &self,
         shutdown: &Shutdown,
@@ -312,12 +339,12 @@ impl Poller {
     ) -> Result<LateStart, PollError> {
         let overlap = self.config.overlap;
         let fallback_ns = watermark_ns.saturating_sub(overlap.as_nanos() as i64);
-        let start_ms = fallback_ns.div_euclid(MS);
-        let end_ms = watermark_ns.div_euclid(MS);
-        if end_ms <= start_ms {
+        if overlap.as_nanos() < MS as u128 {
             // No overlap: nothing behind the watermark to check.
             return Ok(LateStart::At(watermark_ns));
         }
+        let start_ms = fallback_ns.div_euclid(MS);
+        let end_ms = self.late.read_until(watermark_ns).div_euclid(MS);
         let fall_back = || {
             self.metrics.late_check_fell_back(&self.stream);
             Ok(LateStart::At(fallback_ns))
