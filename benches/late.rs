@@ -149,9 +149,9 @@ fn main() {
     for mode in args.modes.clone() {
         let result = runtime.block_on(run(&args, mode));
         println!(
-            "{:<8} read/queued {:.3} ({} read, {} queued in steady state); per poll: {:.2} events requests, \
-             {:.2} histogram requests; {} late events found by the late check, {} polls fell back; \
-             within the overlap: {} of {} collected; beyond it: {} of {}",
+            "{:<8} read/queued {:.3} ({} read, {} queued in steady state); {} polls (one every {:.1} s), \
+             per poll: {:.2} events requests, {:.2} histogram and {:.2} count requests; {} late events found \
+             by the late check, {} polls fell back; within the overlap: {} of {} collected; beyond it: {} of {}",
             match mode {
                 Mode::Check => "check",
                 Mode::Overlap => "overlap",
@@ -159,8 +159,11 @@ fn main() {
             result.read as f64 / result.queued.max(1) as f64,
             result.read,
             result.queued,
+            result.polls,
+            args.measure.as_secs_f64() / result.polls.max(1) as f64,
             result.events_requests as f64 / result.polls.max(1) as f64,
             result.interval_requests as f64 / result.polls.max(1) as f64,
+            result.count_requests as f64 / result.polls.max(1) as f64,
             result.late,
             result.fallbacks,
             result.within_collected,
@@ -184,6 +187,7 @@ struct RunResult {
     polls: u64,
     events_requests: u64,
     interval_requests: u64,
+    count_requests: u64,
     within: usize,
     within_collected: usize,
     beyond: usize,
@@ -250,7 +254,7 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
     let started = Instant::now();
     let mut last_ns = now_ns();
     let mut owed = 0.0;
-    let mut first: Option<(Reading, u64, u64, u64)> = None;
+    let mut first: Option<(Reading, u64, u64, u64, u64)> = None;
     let overlap_ns = ns(args.overlap);
     while started.elapsed() < args.warmup + args.measure {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -260,6 +264,7 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
                 metrics.snapshot().polls_completed,
                 api.requests(),
                 api.interval_requests(),
+                api.count_requests(),
             ));
         }
         let now = now_ns();
@@ -289,12 +294,13 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
         }
         api.add_events(batch);
     }
-    let (before, polls_before, requests_before, intervals_before) =
+    let (before, polls_before, requests_before, intervals_before, counts_before) =
         first.expect("the warm-up ended before the measured span");
     let after = metrics.stream_reading("default");
     let polls = metrics.snapshot().polls_completed - polls_before;
     let events_requests = api.requests() - requests_before;
     let interval_requests = api.interval_requests() - intervals_before;
+    let count_requests = api.count_requests() - counts_before;
 
     // Let every event indexed within the overlap appear, and a few polls pick it up.
     let latest = within
@@ -326,6 +332,7 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
         polls,
         events_requests,
         interval_requests,
+        count_requests,
         within: within.len(),
         within_collected: collected(&within),
         beyond: beyond.len(),
