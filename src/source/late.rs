@@ -57,9 +57,9 @@ use crate::shutdown::Shutdown;
 
 const MS: i64 = 1_000_000;
 
-/// At most this many slices per window: the histogram of a 10-minute overlap has 1-second slices (the
-/// finest the API offers), a longer overlap wider ones.
-const MAX_SLICES: u64 = 600;
+/// At most this many slices per window: a window of up to 1000 s (the default 10-minute overlap and the
+/// last poll's read) has 1-second slices, the finest the API offers; a longer one wider slices.
+const MAX_SLICES: u64 = 1000;
 
 /// A stale part holding at most this many events is read again whole rather than split.
 const LEAF_EVENTS: u64 = 16;
@@ -331,9 +331,9 @@ fn count_budget(poll_interval: Duration, min_request_interval: Duration) -> u32 
     (fits as u32).min(COUNTS_PER_POLL)
 }
 
-/// The histogram's bucket width for an overlap: whole seconds, at most [`MAX_SLICES`] buckets.
-fn slice_seconds(overlap: Duration) -> u64 {
-    overlap.as_secs().div_ceil(MAX_SLICES).max(1)
+/// The histogram's bucket width for a window: whole seconds, at most [`MAX_SLICES`] buckets.
+fn slice_seconds(window: Duration) -> u64 {
+    window.as_secs().div_ceil(MAX_SLICES).max(1)
 }
 
 impl Poller {
@@ -363,7 +363,7 @@ impl Poller {
         if end_ms * MS > poll_started_ns || self.late.refused_recently() {
             return fall_back();
         }
-        let seconds = slice_seconds(overlap);
+        let seconds = slice_seconds(Duration::from_millis((end_ms - start_ms) as u64));
         let query = IntervalQuery {
             service: &self.config.services,
             start_time: format_rfc3339_ns(start_ms * MS),

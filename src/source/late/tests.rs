@@ -125,10 +125,12 @@ fn counting_takes_at_most_a_quarter_of_the_poll_interval() {
 }
 
 #[test]
-fn slice_width_grows_with_the_overlap() {
+fn slice_width_grows_with_the_window() {
     assert_eq!(slice_seconds(Duration::from_secs(600)), 1);
+    assert_eq!(slice_seconds(Duration::from_secs(1000)), 1);
     assert_eq!(slice_seconds(Duration::from_secs(60)), 1);
-    assert_eq!(slice_seconds(Duration::from_secs(601)), 2);
-    assert_eq!(slice_seconds(Duration::from_secs(86_400)), 144);
+    assert_eq!(slice_seconds(Duration::from_millis(1_000_001)), 1);
+    assert_eq!(slice_seconds(Duration::from_secs(1001)), 2);
+    assert_eq!(slice_seconds(Duration::from_secs(86_400)), 87);
     assert_eq!(slice_seconds(Duration::ZERO), 1);
 }
