@@ -2,9 +2,9 @@
 //! overlap window again on every poll.
 //!
 //! Each poll, with the cursor (watermark) at W, splits time at a point F >= W: the late check covers
-//! `[W - overlap, F)` and the forward read starts at F. F is where the previous poll's forward read ended
-//! when it ended with this very cursor (known in memory: [`LateCheck::forward_done`]), else W (after a
-//! restart, or a poll cut short). The late check asks `/events/interval` how many events JumpCloud holds
+//! `[W - overlap, F)` and the forward read starts at F. F is the start of the second in which the previous
+//! poll's forward read ended, when it ended with this very cursor (known in memory:
+//! [`LateCheck::forward_done`]), else W (after a restart, or a poll cut short). The late check asks `/events/interval` how many events JumpCloud holds
 //! in each slice of its window, asks the queue's dedup index how many of them this stream already queued
 //! ([`Queue::dedup_counts`](crate::queue::Queue::dedup_counts)), and reads again only the slices where
 //! the two differ, with `/events` restricted to the slice, through the same commit as any page (the dedup
@@ -56,6 +56,7 @@ use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
 const MS: i64 = 1_000_000;
+const SECOND: i64 = 1_000_000_000;
 
 /// At most this many slices per window: a window of up to 1000 s (the default 10-minute overlap and the
 /// last poll's read) has 1-second slices, the finest the API offers; a longer one wider slices.
@@ -144,10 +145,13 @@ impl LateCheck {
     }
 
     /// The last poll's forward read ended at `at_ns` with the cursor at `watermark_ns`: everything visible
-    /// then from the watermark on was read. The next late check reaches that far, and the next forward
-    /// read starts there.
+    /// then from the watermark on was read. The next late check reaches the whole second before that, and
+    /// the next forward read starts there: the events of the second the read ended in are read forward
+    /// again rather than counted, because that second usually gains more (radius events are stamped to
+    /// the second, so they land behind a read made later in their second; indexing takes a moment).
     pub(super) fn forward_done(&self, watermark_ns: i64, at_ns: i64) {
-        self.state().read_until = Some((watermark_ns, at_ns));
+        let second = at_ns.div_euclid(SECOND) * SECOND;
+        self.state().read_until = Some((watermark_ns, second));
     }
 
     /// Where the late window of a poll starting with the cursor at `watermark_ns` ends: where the last
