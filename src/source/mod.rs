@@ -3,11 +3,12 @@
 //!
 //! The cursor is a *watermark*: every event with a timestamp below it, indexed by the time it was read, is
 //! queued. Events JumpCloud indexes up to `overlap` after their timestamp are still collected: before each
-//! poll reads forward from the watermark, the late check ([`late`]) compares JumpCloud's counts of the
-//! window `[watermark - overlap, watermark)` with the queue's dedup index and reads again only the slices
-//! that grew. When it cannot (the API refuses or fails the histogram), the poll starts at
-//! `watermark - overlap` and reads the whole window again, as before; the queue's dedup drops what was read
-//! before. The first poll (no cursor yet) reads forward from `initial_lookback`.
+//! poll reads forward (from where the last forward read ended, at or after the watermark), the late check
+//! ([`late`]) compares JumpCloud's counts of the window behind it, from `watermark - overlap` on, with the
+//! queue's dedup index and reads again only the slices that differ. When it cannot (the API refuses or
+//! fails the histogram), the poll starts at `watermark - overlap` and reads the whole window again, as
+//! before; the queue's dedup drops what was read before. The first poll (no cursor yet) reads forward from
+//! `initial_lookback`.
 //!
 //! Invariants:
 //! - The watermark never passes the time the poll started (device clocks ahead produce future timestamps:
@@ -216,6 +217,8 @@ impl Poller {
                 return Ok(());
             }
         }
+        // The next late check covers what this read went past; the next forward read starts there.
+        self.late.forward_done(watermark, now_ns());
         self.prune(watermark).await?;
         Ok(())
     }

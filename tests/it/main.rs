@@ -10,6 +10,7 @@ mod damage;
 mod disk_full;
 mod hostile;
 mod in_flight;
+mod late;
 mod monitoring;
 mod network;
 mod operating;

@@ -25,6 +25,7 @@ async fn throttling_slows_the_pace_and_loses_nothing() {
         b.page_size(100)
             .set("jumpcloud.catch_up_page_size", 100)
             .remove("jumpcloud.min_request_interval")
+            .remove("jumpcloud.max_requests_per_second")
     });
     assert_eq!(config.streams[0].jumpcloud.request_ceiling(), 10.0);
     let queue = h.open_queue(&config).await;

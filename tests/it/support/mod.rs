@@ -92,6 +92,8 @@ impl Harness {
             .initial_lookback(Duration::from_secs(3 * 3600))
             .overlap(Duration::from_secs(60))
             .min_request_interval(Duration::ZERO)
+            // The stand-in has no rate limit: the tests ask at the highest ceiling allowed.
+            .set("jumpcloud.max_requests_per_second", 100)
             .api_retry(Duration::from_millis(100), Duration::from_secs(1))
             .intake_retry(Duration::from_millis(100), Duration::from_secs(1))
             .admin_listen(self.admin)
