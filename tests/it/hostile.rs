@@ -5,16 +5,17 @@
 //! Self-contained: the JumpCloud side is a scripted server here (it answers exactly the bytes a test
 //! queues, then empty pages), the intake is the crate's stand-in, everything on 127.0.0.1.
 
-use jcdi_forwarder::harness::wait_until;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jcdi_forwarder::harness::{wait_until, AgentProcess};
 use jcdi_forwarder::standin::{IntakeOptions, IntakeStandIn};
+
+use crate::support::binary;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -199,30 +200,11 @@ fn event(id: &str, minutes: i64) -> String {
 // ---------------------------------------------------------------------------------------------------------
 // The binary.
 
+/// The agent binary as these tests run it (on the shared harness), with its configuration file.
 struct Agent {
-    child: Child,
-    log: PathBuf,
+    process: AgentProcess,
     config: PathBuf,
 }
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // A test that failed early: do not leave the child running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const PROXY_VARIABLES: &[&str] = &[
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
 
 /// The configuration of a test: fast polling and retries; `jumpcloud` lines are added to `[jumpcloud]`,
 /// `rest` after `[sekoia]`.
@@ -246,40 +228,28 @@ fn config_text(
 }
 
 impl Agent {
-    /// Runs `jcdi-forwarder run` with `config` written in `dir`, and `env` (the proxy variables of this
-    /// process are not passed on).
+    /// Runs `jcdi-forwarder run` with `config` written in `dir`, and `env` (the harness starts it with a
+    /// clean environment: the proxy variables of this process are not passed on).
     fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Agent {
-        let has_api = config.contains("[api]");
-        let config = if has_api {
+        let config = if config.contains("[api]") {
             config.to_string()
         } else {
             format!("{config}\n[api]\nenabled = false\n")
         };
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).expect("config written");
-        let log = dir.join("agent.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"));
-        command
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        for name in PROXY_VARIABLES {
-            command.env_remove(name);
-        }
+        let mut command = binary().agent(&config_path, &dir.join("agent.log"));
         for (name, value) in env {
-            command.env(name, value);
+            command = command.env(name, value);
         }
         Agent {
-            child: command.spawn().expect("the binary starts"),
-            log,
+            process: command.spawn().expect("the binary starts"),
             config: config_path,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     async fn wait_log(&self, needle: &str) -> String {
@@ -291,7 +261,7 @@ impl Agent {
 
     /// A field of `/proc/<pid>/status`, in kB.
     fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
             .expect("the agent's /proc status");
         status
             .lines()
@@ -308,12 +278,12 @@ impl Agent {
     }
 
     /// SIGTERM, then the log.
-    fn stop(&mut self) -> String {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait().expect("reaped");
+    async fn stop(&mut self) -> String {
+        let status = self
+            .process
+            .stop(LONG)
+            .await
+            .expect("SIGTERM stops the agent");
         assert!(
             status.success(),
             "SIGTERM gives exit 0: {status:?}\n{}",
@@ -324,7 +294,8 @@ impl Agent {
 
     /// `dead-letter export -` once stopped: one JSON object per dead letter.
     fn dead_letters(&self) -> Vec<serde_json::Value> {
-        let output = Command::new(env!("CARGO_BIN_EXE_jcdi-forwarder"))
+        let output = binary()
+            .command()
             .args(["dead-letter", "export", "-", "--config"])
             .arg(&self.config)
             .output()
@@ -406,7 +377,7 @@ async fn values_that_are_not_events_are_never_sent_and_are_kept() {
         &[],
     );
     assert_received_exactly(&intake, &[e1, e2]).await;
-    let log = agent.stop();
+    let log = agent.stop().await;
     assert!(
         log.contains(
             "JumpCloud sent an unusable page (4 of its values are not events (JSON objects)): asking again (try 1 of 5)"
@@ -490,7 +461,7 @@ async fn unusable_answers_are_asked_again_kept_once_and_nothing_is_lost() {
         &[],
     );
     assert_received_exactly(&intake, &[e3, e4]).await;
-    let log = agent.stop();
+    let log = agent.stop().await;
     let html_problem = format!(
         "HTML or XML, not JSON: expected value at line 1 column 1; {} bytes, Content-Type \"text/html\"",
         html.len()
@@ -557,7 +528,7 @@ async fn broken_transports_are_retried_and_nothing_is_lost() {
     );
     let mut agent = Agent::start(dir.path(), &config, &[]);
     assert_received_exactly(&intake, &[e5]).await;
-    let log = agent.stop();
+    let log = agent.stop().await;
     let url = format!(
         "JumpCloud API at {}/insights/directory/v1/events did not answer: ",
         api.base_url()
@@ -603,7 +574,7 @@ async fn an_answer_over_max_response_bytes_is_refused_naming_the_setting() {
         .unwrap_or_default()
         .to_string();
     assert!(log.contains("ERROR"), "a configuration error: {log}");
-    agent.stop();
+    agent.stop().await;
     assert_eq!(intake.received_count(), 0);
 }
 
@@ -638,7 +609,7 @@ async fn one_huge_event_costs_a_small_multiple_of_its_size() {
         .wait_log("event moved to the dead-letter store and kept there, never sent: the event is ")
         .await;
     let peak = agent.status_kb("VmHWM");
-    let log = agent.stop();
+    let log = agent.stop().await;
     // Measured: about 4 answers (the answer read once, the queue's copy of the event and sled's, the event
     // read back from the queue and its dead letter). 5 leaves room for the allocator.
     assert!(
@@ -682,7 +653,7 @@ async fn events_without_a_timestamp_are_delivered_counted_and_logged_once() {
     expected.push(timed);
     assert_received_exactly(&intake, &expected).await;
     let metrics = scrape(admin);
-    let log = agent.stop();
+    let log = agent.stop().await;
     assert!(
         metrics.contains("jcdi_forwarder_events_without_timestamp_total{stream=\"default\"} 3"),
         "{metrics}"
@@ -780,7 +751,7 @@ async fn a_proxy_that_answers_401_to_connect_names_the_credentials() {
         proxy.addr
     );
     agent.wait_log(&expected).await;
-    let log = agent.stop();
+    let log = agent.stop().await;
     assert!(!log.contains("wr0ng-pass"), "{log}");
     assert!(
         !log.contains("NO_PROXY") && !log.contains("allow-list"),
@@ -809,7 +780,7 @@ async fn a_proxy_of_the_environment_that_refuses_the_tunnel_names_the_allow_list
         proxy.addr, api.addr
     );
     agent.wait_log(&expected).await;
-    agent.stop();
+    agent.stop().await;
     assert!(api.queries().is_empty(), "nothing reached JumpCloud");
 }
 
@@ -881,6 +852,6 @@ async fn a_certificate_for_other_names_lists_the_names_it_covers() {
              \"*.other.example\"; check the URL (base_url, intake_url or region) of jumpcloud",
         )
         .await;
-    agent.stop();
+    agent.stop().await;
     front.abort();
 }
