@@ -9,6 +9,7 @@
 //!
 //! Self-contained: no shared harness module, paths from CARGO_MANIFEST_DIR.
 
+use crate::support::binary;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
 
-const BIN: &str = env!("CARGO_BIN_EXE_jcdi-forwarder");
 const API_KEY: &str = "monitoring-api-key-5d21";
 const INTAKE_KEY: &str = "monitoring-intake-key-8e0b";
 const SECOND_NS: i64 = 1_000_000_000;
@@ -117,7 +117,7 @@ impl World {
             Command::new("sh")
                 .arg("-c")
                 .arg(format!("umask {umask} && exec \"$0\" run --config \"$1\""))
-                .arg(BIN)
+                .arg(binary().path())
                 .arg(&config)
                 .env_remove("JCDI_FORWARDER_CONFIG"),
             &log,
@@ -451,7 +451,7 @@ fn validate_creates_a_private_data_dir_and_warns_about_an_open_one() {
         Command::new("sh")
             .arg("-c")
             .arg("umask 022 && exec \"$0\" validate --config \"$1\"")
-            .arg(BIN)
+            .arg(binary().path())
             .arg(&config)
             .env_remove("JCDI_FORWARDER_CONFIG")
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 //! events into bundle files without any intake configured; `ship`, with a configuration of its own, sends a
 //! copy of the folder to the intake. Also `kill -9` of both, damaged and tampered bundles, and `--watch`.
 
+use crate::support::binary;
 use jcdi_forwarder::clock::now_ns;
 use jcdi_forwarder::harness::wait_until;
 use std::collections::HashSet;
@@ -18,7 +19,6 @@ const SECOND: i64 = 1_000_000_000;
 const API_KEY: &str = "outbox-api-key-51d2";
 const INTAKE_KEY: &str = "outbox-intake-key-9e07";
 const BUNDLE_KEY: &str = "outbox-bundle-key-0f1e2d3c4b5a6978";
-const BIN: &str = env!("CARGO_BIN_EXE_jcdi-forwarder");
 
 /// The collecting side: an API stand-in with `count` events, and a configuration writing to an outbox.
 struct Site {
@@ -111,7 +111,7 @@ impl Connected {
     }
 
     fn ship_command(&self, config: &Path, extra: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = binary().command();
         command
             .args(["--log-level", "info", "ship", "--config"])
             .arg(config)
@@ -135,7 +135,8 @@ fn start_agent(config: &Path) -> Child {
         .append(true)
         .open(config.with_extension("log"))
         .expect("log file");
-    Command::new(BIN)
+    binary()
+        .command()
         .args(["--log-level", "info", "run", "--config"])
         .arg(config)
         .stdin(Stdio::null())
@@ -234,7 +235,8 @@ async fn collect_all(site: &Site, config: &Path) {
 async fn events_collected_into_an_outbox_are_shipped_byte_for_byte_once() {
     let site = Site::new(2_500, 15).await;
     let collect = site.config(400, 500);
-    let validated = Command::new(BIN)
+    let validated = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&collect)
         .output()
@@ -253,7 +255,8 @@ async fn events_collected_into_an_outbox_are_shipped_byte_for_byte_once() {
     assert_eq!(bundled.len(), site.events.len());
     let names = bundle_names(&site.outbox());
     assert!(names.len() >= 7, "bundles of at most 400 events: {names:?}");
-    let status = Command::new(BIN)
+    let status = binary()
+        .command()
         .args(["status", "--config"])
         .arg(&collect)
         .output()
@@ -267,7 +270,8 @@ async fn events_collected_into_an_outbox_are_shipped_byte_for_byte_once() {
 
     let there = Connected::new().await;
     let config = there.config(Some(BUNDLE_KEY), 300);
-    let validated = Command::new(BIN)
+    let validated = binary()
+        .command()
         .args(["validate", "--config"])
         .arg(&config)
         .output()
