@@ -13,10 +13,6 @@ pub mod intake;
 pub mod jumpcloud;
 pub mod oauth;
 
-/// The name the data module had before the stand-ins were split into data and servers, kept so that
-/// `standin::events::{EventFactory, SERVICES, format_timestamp}` paths keep working.
-pub use data as events;
-
 pub use data::EventFactory;
 pub use intake::{IntakeFault, IntakeOptions, IntakeStandIn};
 pub use jumpcloud::{ApiEvent, ApiFault, ApiOptions, ApiStandIn, RateLimit};
