@@ -33,23 +33,7 @@ impl Config {
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Loaded, ConfigErrors> {
-        let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigErrors {
-            file: file.to_string(),
-            problems: vec![format!("not valid TOML: {}", err.to_string().trim())],
-        })?;
-        let mut reader = Reader::new(env);
-        let config = reader.config(table);
-        if reader.problems.is_empty() {
-            Ok(Loaded {
-                config,
-                warnings: reader.warnings,
-            })
-        } else {
-            Err(ConfigErrors {
-                file: file.to_string(),
-                problems: reader.problems,
-            })
-        }
+        parse_with(text, file, env, |reader, table| reader.config(table))
     }
 }
 
@@ -134,5 +118,32 @@ impl Reader<'_> {
             streams,
             outbox,
         }
+    }
+}
+
+/// Parses `text` into a table and reads it with `read` (the agent's form or `ship`'s): every problem is
+/// collected, and the result is the configuration with its warnings, or all the problems at once.
+pub(super) fn parse_with<'e, T>(
+    text: &str,
+    file: &str,
+    env: &'e dyn Fn(&str) -> Option<String>,
+    read: impl FnOnce(&mut Reader<'e>, toml::Table) -> T,
+) -> Result<Loaded<T>, ConfigErrors> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigErrors {
+        file: file.to_string(),
+        problems: vec![format!("not valid TOML: {}", err.to_string().trim())],
+    })?;
+    let mut reader = Reader::new(env);
+    let config = read(&mut reader, table);
+    if reader.problems.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: reader.warnings,
+        })
+    } else {
+        Err(ConfigErrors {
+            file: file.to_string(),
+            problems: reader.problems,
+        })
     }
 }

@@ -61,23 +61,7 @@ impl ShipConfig {
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Loaded<ShipConfig>, ConfigErrors> {
-        let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigErrors {
-            file: file.to_string(),
-            problems: vec![format!("not valid TOML: {}", err.to_string().trim())],
-        })?;
-        let mut reader = Reader::new(env);
-        let config = reader.ship(table);
-        if reader.problems.is_empty() {
-            Ok(Loaded {
-                config,
-                warnings: reader.warnings,
-            })
-        } else {
-            Err(ConfigErrors {
-                file: file.to_string(),
-                problems: reader.problems,
-            })
-        }
+        super::load::parse_with(text, file, env, |reader, table| reader.ship(table))
     }
 }
 
