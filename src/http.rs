@@ -18,7 +18,9 @@
 mod proxy;
 mod tls;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -108,6 +110,58 @@ pub struct HttpClient {
     section: Arc<str>,
 }
 
+/// The TLS settings for `transport`: the system's roots and its `ca_file`. Built once per `ca_file` and
+/// shared (cloning a `ClientConfig` shares its verifier): an agent with hundreds of streams parses the
+/// system's certificates once, not twice per stream.
+fn tls_config(transport: &Transport) -> Result<rustls::ClientConfig, String> {
+    static BUILT: OnceLock<Mutex<HashMap<Option<PathBuf>, rustls::ClientConfig>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Mutex::default);
+    let key = transport.ca_file.clone();
+    if let Some(config) = built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&key)
+    {
+        return Ok(config.clone());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for err in &native.errors {
+        tracing::warn!(error = %err, "could not load some system CA certificates");
+    }
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &transport.ca_file {
+        let certs =
+            load_ca_file(path).map_err(|why| format!("{}.ca_file {why}", transport.section))?;
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!(
+                "{}.ca_file = {:?}: none of its {ignored} certificates can be used as a CA",
+                transport.section,
+                path.display().to_string()
+            ));
+        }
+        tracing::debug!(ca_file = %path.display(), added, ignored, "extra CA certificates trusted");
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            section = %transport.section,
+            "no trusted CA certificate at all (no system roots, no ca_file): every https connection will fail"
+        );
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("TLS set-up failed: {err}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(key, config.clone());
+    Ok(config)
+}
+
 impl HttpClient {
     /// Direct connections, system roots only.
     pub fn new(connect_timeout: Duration) -> Result<HttpClient, String> {
@@ -119,37 +173,7 @@ impl HttpClient {
         connect_timeout: Duration,
         transport: &Transport,
     ) -> Result<HttpClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for err in &native.errors {
-            tracing::warn!(error = %err, "could not load some system CA certificates");
-        }
-        let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
-        if let Some(path) = &transport.ca_file {
-            let certs =
-                load_ca_file(path).map_err(|why| format!("{}.ca_file {why}", transport.section))?;
-            let (added, ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!(
-                    "{}.ca_file = {:?}: none of its {ignored} certificates can be used as a CA",
-                    transport.section,
-                    path.display().to_string()
-                ));
-            }
-            tracing::debug!(ca_file = %path.display(), added, ignored, "extra CA certificates trusted");
-        }
-        if roots.is_empty() {
-            tracing::warn!(
-                section = %transport.section,
-                "no trusted CA certificate at all (no system roots, no ca_file): every https connection will fail"
-            );
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|err| format!("TLS set-up failed: {err}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = tls_config(transport)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
