@@ -19,7 +19,9 @@
 //! `--mode both` runs one then the other.
 //!
 //! `cargo bench --bench late -- [--mode check|overlap|both] [--rate N] [--poll 2s] [--overlap 20s]
-//! [--warmup 30s] [--measure 120s] [--late 0.01] [--beyond 0.001] [--delay 0ms] [--seed N]`.
+//! [--warmup 30s] [--measure 120s] [--spans 1] [--late 0.01] [--beyond 0.001] [--delay 0ms] [--seed N]`.
+//! `--spans N` measures N consecutive spans of `--measure` each and prints each span's figure and their
+//! min/median/max (one warm-up for all of them).
 //! Nothing here asserts a timing: it measures and prints.
 
 use std::collections::HashSet;
@@ -52,13 +54,14 @@ struct Args {
     late: f64,
     beyond: f64,
     delay: Duration,
+    spans: u32,
     seed: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench late -- [--mode check|overlap|both] [--rate N] [--poll 2s] \
-         [--overlap 20s] [--warmup 30s] [--measure 120s] [--late 0.01] [--beyond 0.001] [--delay 0ms] \
+         [--overlap 20s] [--warmup 30s] [--measure 120s] [--spans 1] [--late 0.01] [--beyond 0.001] [--delay 0ms] \
          [--seed N]"
     );
     std::process::exit(2)
@@ -75,6 +78,7 @@ fn parse_args() -> Args {
         late: 0.01,
         beyond: 0.001,
         delay: Duration::ZERO,
+        spans: 1,
         seed: 1,
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run short,
@@ -109,11 +113,12 @@ fn parse_args() -> Args {
             "--late" => args.late = number(value()),
             "--beyond" => args.beyond = number(value()),
             "--delay" => args.delay = duration(value()),
+            "--spans" => args.spans = number(value()) as u32,
             "--seed" => args.seed = number(value()) as u64,
             _ => usage(),
         }
     }
-    if args.rate <= 0.0 || args.late + args.beyond > 1.0 {
+    if args.rate <= 0.0 || args.late + args.beyond > 1.0 || args.spans == 0 {
         usage()
     }
     args
@@ -148,29 +153,42 @@ fn main() {
     let mut failed = false;
     for mode in args.modes.clone() {
         let result = runtime.block_on(run(&args, mode));
-        println!(
-            "{:<8} read/queued {:.3} ({} read, {} queued in steady state); {} polls (one every {:.1} s), \
-             per poll: {:.2} events requests, {:.2} histogram and {:.2} count requests; {} late events found \
-             by the late check, {} polls fell back; within the overlap: {} of {} collected; beyond it: {} of {}",
-            match mode {
-                Mode::Check => "check",
-                Mode::Overlap => "overlap",
-            },
-            result.read as f64 / result.queued.max(1) as f64,
-            result.read,
-            result.queued,
-            result.polls,
-            args.measure.as_secs_f64() / result.polls.max(1) as f64,
-            result.events_requests as f64 / result.polls.max(1) as f64,
-            result.interval_requests as f64 / result.polls.max(1) as f64,
-            result.count_requests as f64 / result.polls.max(1) as f64,
-            result.late,
-            result.fallbacks,
-            result.within_collected,
-            result.within,
-            result.beyond_collected,
-            result.beyond,
-        );
+        let name = match mode {
+            Mode::Check => "check",
+            Mode::Overlap => "overlap",
+        };
+        for (index, span) in result.spans.iter().enumerate() {
+            println!(
+                "{name:<8} span {}: read/queued {:.3} ({} read, {} queued in steady state); {} polls (one every \
+                 {:.1} s), per poll: {:.2} events requests, {:.2} histogram and {:.2} count requests; {} late \
+                 events found by the late check, {} polls fell back",
+                index + 1,
+                span.ratio(),
+                span.read,
+                span.queued,
+                span.polls,
+                args.measure.as_secs_f64() / span.polls.max(1) as f64,
+                span.events_requests as f64 / span.polls.max(1) as f64,
+                span.interval_requests as f64 / span.polls.max(1) as f64,
+                span.count_requests as f64 / span.polls.max(1) as f64,
+                span.late,
+                span.fallbacks,
+            );
+        }
+        let mut ratios: Vec<f64> = result.spans.iter().map(SpanResult::ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
+            println!(
+                "{name:<8} read/queued min/median/max {min:.3} / {:.3} / {max:.3} over {} spans; within the \
+                 overlap: {} of {} collected; beyond it: {} of {}",
+                ratios[ratios.len() / 2],
+                ratios.len(),
+                result.within_collected,
+                result.within,
+                result.beyond_collected,
+                result.beyond,
+            );
+        }
         failed |= result.within_collected != result.within;
     }
     if failed {
@@ -179,7 +197,16 @@ fn main() {
     }
 }
 
-struct RunResult {
+struct Snapshot {
+    reading: Reading,
+    polls: u64,
+    events_requests: u64,
+    interval_requests: u64,
+    count_requests: u64,
+}
+
+/// What one measured span saw: the difference of two snapshots.
+struct SpanResult {
     read: u64,
     queued: u64,
     late: u64,
@@ -188,6 +215,29 @@ struct RunResult {
     events_requests: u64,
     interval_requests: u64,
     count_requests: u64,
+}
+
+impl SpanResult {
+    fn between(start: &Snapshot, end: &Snapshot) -> SpanResult {
+        SpanResult {
+            read: end.reading.read - start.reading.read,
+            queued: end.reading.queued - start.reading.queued,
+            late: end.reading.late - start.reading.late,
+            fallbacks: end.reading.late_check_fallbacks - start.reading.late_check_fallbacks,
+            polls: end.polls - start.polls,
+            events_requests: end.events_requests - start.events_requests,
+            interval_requests: end.interval_requests - start.interval_requests,
+            count_requests: end.count_requests - start.count_requests,
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.read as f64 / self.queued.max(1) as f64
+    }
+}
+
+struct RunResult {
+    spans: Vec<SpanResult>,
     within: usize,
     within_collected: usize,
     beyond: usize,
@@ -254,18 +304,22 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
     let started = Instant::now();
     let mut last_ns = now_ns();
     let mut owed = 0.0;
-    let mut first: Option<(Reading, u64, u64, u64, u64)> = None;
+    // One snapshot at the end of the warm-up and one at the end of each span.
+    let mut marks: Vec<Snapshot> = Vec::new();
     let overlap_ns = ns(args.overlap);
-    while started.elapsed() < args.warmup + args.measure {
+    let snapshot = || Snapshot {
+        reading: metrics.stream_reading("default"),
+        polls: metrics.snapshot().polls_completed,
+        events_requests: api.requests(),
+        interval_requests: api.interval_requests(),
+        count_requests: api.count_requests(),
+    };
+    let end = args.warmup + args.measure * args.spans;
+    while started.elapsed() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if first.is_none() && started.elapsed() >= args.warmup {
-            first = Some((
-                metrics.stream_reading("default"),
-                metrics.snapshot().polls_completed,
-                api.requests(),
-                api.interval_requests(),
-                api.count_requests(),
-            ));
+        let next_mark = args.warmup + args.measure * marks.len() as u32;
+        if marks.len() <= args.spans as usize && started.elapsed() >= next_mark {
+            marks.push(snapshot());
         }
         let now = now_ns();
         owed += args.rate * (now - last_ns) as f64 / 1e9;
@@ -294,13 +348,13 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
         }
         api.add_events(batch);
     }
-    let (before, polls_before, requests_before, intervals_before, counts_before) =
-        first.expect("the warm-up ended before the measured span");
-    let after = metrics.stream_reading("default");
-    let polls = metrics.snapshot().polls_completed - polls_before;
-    let events_requests = api.requests() - requests_before;
-    let interval_requests = api.interval_requests() - intervals_before;
-    let count_requests = api.count_requests() - counts_before;
+    if marks.len() <= args.spans as usize {
+        marks.push(snapshot());
+    }
+    let spans: Vec<SpanResult> = marks
+        .windows(2)
+        .map(|pair| SpanResult::between(&pair[0], &pair[1]))
+        .collect();
 
     // Let every event indexed within the overlap appear, and a few polls pick it up.
     let latest = within
@@ -325,14 +379,7 @@ async fn run(args: &Args, mode: Mode) -> RunResult {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let result = RunResult {
-        read: after.read - before.read,
-        queued: after.queued - before.queued,
-        late: after.late - before.late,
-        fallbacks: after.late_check_fallbacks - before.late_check_fallbacks,
-        polls,
-        events_requests,
-        interval_requests,
-        count_requests,
+        spans,
         within: within.len(),
         within_collected: collected(&within),
         beyond: beyond.len(),
