@@ -37,18 +37,27 @@ impl IncomingEvent {
     /// are still kept: identity then comes from the raw bytes. An event without a readable timestamp is
     /// filed under `now_ns`, the time it was read.
     pub fn from_shared(raw: &str, shared: Bytes, now_ns: i64) -> IncomingEvent {
-        let probe: Probe = serde_json::from_str(raw).unwrap_or_default();
+        IncomingEvent::read(raw, shared, now_ns).0
+    }
+
+    /// [`IncomingEvent::from_shared`], and whether `raw` was read whole as JSON on the way (when false, it
+    /// may still be valid JSON: an `id` that is not a string, say; the caller checks it otherwise).
+    pub fn read(raw: &str, shared: Bytes, now_ns: i64) -> (IncomingEvent, bool) {
+        let probed: Result<Probe, _> = serde_json::from_str(raw);
+        let valid = probed.is_ok();
+        let probe = probed.unwrap_or_default();
         let timestamp_ns = probe
             .timestamp
             .as_deref()
             .and_then(parse_rfc3339_ns)
             .unwrap_or(now_ns);
         let id = probe.id.as_deref().filter(|id| !id.is_empty());
-        IncomingEvent {
+        let event = IncomingEvent {
             key: event_key(id, raw),
             raw: shared,
             timestamp_ns,
-        }
+        };
+        (event, valid)
     }
 
     /// [`IncomingEvent::from_shared`] for text not held in a shared buffer (it is copied once).

@@ -238,6 +238,26 @@ impl HttpClient {
         timeout: Duration,
         max_bytes: u64,
     ) -> Result<Response, HttpError> {
+        self.post_streamed(url, content_type, headers, body, timeout, max_bytes)
+            .await?
+            .read_all()
+            .await
+    }
+
+    /// POSTs a body and returns the answer's status and headers, with its body still to read piece by
+    /// piece ([`Streaming`]): the request, the head and every piece must come within `timeout`, not
+    /// counting the time the caller spends between pieces ([`Streaming::paused`]). An answer that
+    /// announces more than `max_bytes` is refused unread; one that sends more is cut off there.
+    pub async fn post_streamed(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Result<Streaming, HttpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url)
@@ -250,26 +270,93 @@ impl HttpClient {
             .body(Full::new(body))
             .map_err(|err| HttpError::Request(err.to_string()))?;
         let host = request.uri().host().unwrap_or("?").to_string();
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|err| {
-                HttpError::Transport(describe_client_error(&err, &host, &self.section))
-            })?;
-            let (parts, body) = response.into_parts();
-            let declared = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            let body = read_body(body, declared, max_bytes).await?;
-            Ok(Response {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
-        };
-        tokio::time::timeout(timeout, exchange)
+        let response = tokio::time::timeout_at(deadline, self.client.request(request))
             .await
             .map_err(|_| HttpError::Timeout(timeout))?
+            .map_err(|err| {
+                HttpError::Transport(describe_client_error(&err, &host, &self.section))
+            })?;
+        let (parts, body) = response.into_parts();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(length) = declared.filter(|&length| length > max_bytes) {
+            return Err(HttpError::TooLarge {
+                limit: max_bytes,
+                declared: Some(length),
+            });
+        }
+        Ok(Streaming {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            declared,
+            max_bytes,
+            received: 0,
+            timeout,
+            deadline,
+        })
+    }
+}
+
+/// An answer whose body is read piece by piece, within the request's deadline and size cap.
+pub struct Streaming {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    declared: Option<u64>,
+    max_bytes: u64,
+    received: u64,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, HttpError> {
+        loop {
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame())
+                .await
+                .map_err(|_| HttpError::Timeout(self.timeout))?;
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|err| HttpError::Body(proxy::chain(&err)))?;
+            // Trailers are not data: skip them.
+            if let Ok(data) = frame.into_data() {
+                self.received += data.len() as u64;
+                if self.received > self.max_bytes {
+                    return Err(HttpError::TooLarge {
+                        limit: self.max_bytes,
+                        declared: self.declared,
+                    });
+                }
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// The caller spent `spent` on the pieces read (queueing them, say): that time does not count
+    /// against the request's deadline.
+    pub fn paused(&mut self, spent: Duration) {
+        self.deadline += spent;
+    }
+
+    /// Reads the rest of the body into one buffer (sized from `Content-Length` when there is one: memory
+    /// the server never fills is never touched).
+    pub async fn read_all(mut self) -> Result<Response, HttpError> {
+        let mut buffer =
+            BytesMut::with_capacity(self.declared.unwrap_or(0).min(self.max_bytes) as usize);
+        while let Some(piece) = self.next_piece().await? {
+            buffer.extend_from_slice(&piece);
+        }
+        Ok(Response {
+            status: self.status,
+            headers: self.headers,
+            body: buffer.freeze(),
+        })
     }
 }
 
@@ -284,36 +371,6 @@ fn describe_client_error(
         return describe_tls_error(tls, host, section);
     }
     proxy::chain(err)
-}
-
-/// Reads a body of at most `max_bytes` into one buffer. A `Content-Length` over the limit is refused
-/// before anything is read; otherwise the buffer is sized from it once (a server that announces less or
-/// more than it sends gets a cut-off error from hyper, or the limit).
-async fn read_body(
-    mut body: Incoming,
-    declared: Option<u64>,
-    max_bytes: u64,
-) -> Result<Bytes, HttpError> {
-    let too_large = |declared| HttpError::TooLarge {
-        limit: max_bytes,
-        declared,
-    };
-    if let Some(length) = declared.filter(|&length| length > max_bytes) {
-        return Err(too_large(Some(length)));
-    }
-    // Sized from Content-Length when there is one (memory the server never fills is never touched), else
-    // grown as frames come.
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| HttpError::Body(proxy::chain(&err)))?;
-        if let Ok(data) = frame.into_data() {
-            if (buffer.len() + data.len()) as u64 > max_bytes {
-                return Err(too_large(declared));
-            }
-            buffer.extend_from_slice(&data);
-        }
-    }
-    Ok(buffer.freeze())
 }
 
 #[cfg(test)]

@@ -68,9 +68,9 @@ impl Reader<'_> {
             services: vec!["all".to_string()],
             poll_interval: Duration::from_secs(60),
             page_size: 1000,
-            // Not yet the API's 10,000: pages are still held whole in memory, and 10,000-event pages raise
-            // the peak RSS while catching up from about 36 to 114–137 MB (BENCHMARKS.md, "Defaults").
-            catch_up_page_size: 1000,
+            // The API's largest page, as JumpCloud's own exporter uses: pages are read and queued in parts
+            // as they arrive, so memory does not grow with the page size (BENCHMARKS.md, "Defaults").
+            catch_up_page_size: 10_000,
             initial_lookback: Duration::from_secs(24 * 3600),
             overlap: Duration::from_secs(600),
             min_request_interval: Duration::ZERO,

@@ -59,7 +59,7 @@ fn only_the_keys_are_required() {
     assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     assert_eq!(c.streams[0].jumpcloud.services, vec!["all".to_string()]);
     assert_eq!(c.streams[0].jumpcloud.page_size, 1000);
-    assert_eq!(c.streams[0].jumpcloud.catch_up_page_size, 1000);
+    assert_eq!(c.streams[0].jumpcloud.catch_up_page_size, 10_000);
     assert_eq!(c.streams[0].jumpcloud.request_ceiling(), 10.0);
     assert_eq!(c.streams[0].sekoia.max_in_flight, 2);
     assert_eq!(c.streams[0].sekoia.intake_url, "https://intake.sekoia.io");

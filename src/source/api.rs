@@ -27,12 +27,13 @@ use serde_json::value::RawValue;
 
 use crate::config::{JumpcloudAuth, JumpcloudConfig};
 use crate::event::IncomingEvent;
-use crate::http::{HttpClient, HttpError, Response};
+use crate::http::{HttpClient, HttpError, Response, Streaming};
+use crate::queue::{QueueError, KEPT_ANSWER_MAX_BYTES};
 use crate::retry::{Backoffs, RetryConfig};
 
 pub use super::error::FetchError;
 use super::oauth::TokenSource;
-use super::page::{self, judge, Judged};
+use super::page::{self, Judged, PageReader};
 pub use super::recorder::Recorder;
 use super::recorder::Unusable;
 
@@ -64,6 +65,25 @@ pub struct Page {
     /// The `X-Search_after` header, for the next request of the same poll.
     pub search_after: Option<Box<RawValue>>,
     pub request_id: Option<String>,
+}
+
+/// Where [`ApiClient::fetch_streamed`] hands the parts of a page read before its end.
+pub trait PartSink: Send {
+    /// Takes a part: events as received, to be queued without moving the cursor.
+    fn part(
+        &mut self,
+        events: Vec<IncomingEvent>,
+    ) -> impl std::future::Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Keeps the parts, for [`ApiClient::fetch`].
+struct Collect(Vec<IncomingEvent>);
+
+impl PartSink for Collect {
+    async fn part(&mut self, events: Vec<IncomingEvent>) -> Result<(), QueueError> {
+        self.0.extend(events);
+        Ok(())
+    }
 }
 
 /// Talks to one JumpCloud endpoint with one key or service account.
@@ -146,8 +166,26 @@ impl ApiClient {
     }
 
     /// Sends one query and returns the page, checked for completeness; an unusable answer is asked again
-    /// (see the module's invariants).
+    /// (see the module's invariants). The whole page is held in memory: see [`ApiClient::fetch_streamed`].
     pub async fn fetch(&self, query: &EventsQuery<'_>, now_ns: i64) -> Result<Page, FetchError> {
+        let mut collected = Collect(Vec::new());
+        let mut page = self.fetch_streamed(query, now_ns, &mut collected).await?;
+        collected.0.append(&mut page.events);
+        page.events = collected.0;
+        Ok(page)
+    }
+
+    /// [`ApiClient::fetch`] that hands the page's events to `early` in parts
+    /// ([`page::PART_EVENTS`]) while the rest of the answer is still coming, so that memory does not grow
+    /// with the page size; the returned page holds the events after the last part. Parts are handed out
+    /// before the answer is known to be usable: they are events as received (each a valid JSON object),
+    /// to be queued without moving the cursor; an answer asked again hands its events out again.
+    pub async fn fetch_streamed(
+        &self,
+        query: &EventsQuery<'_>,
+        now_ns: i64,
+        early: &mut impl PartSink,
+    ) -> Result<Page, FetchError> {
         let body = Bytes::from(
             serde_json::to_vec(query).map_err(|err| FetchError::Transient {
                 reason: format!("cannot encode the query: {err}"),
@@ -160,9 +198,17 @@ impl ApiClient {
         loop {
             tries += 1;
             let asked = Instant::now();
-            let response = self.post(&self.url, body.clone()).await?;
-            let request_id = response.header("x-request-id").map(str::to_string);
-            if !response.status.is_success() {
+            let mut answer = self.post(&self.url, body.clone()).await?;
+            let request_id = answer
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if !answer.status.is_success() {
+                let response = answer
+                    .read_all()
+                    .await
+                    .map_err(|err| self.unanswered(&self.url, err))?;
                 return Err(classify_failure(
                     &response,
                     &self.url,
@@ -171,7 +217,25 @@ impl ApiClient {
                     self.tokens.is_some(),
                 ));
             }
-            let judged = judge(&response.body, &response.headers, now_ns);
+            let mut reader = PageReader::new(&answer.headers, now_ns, KEPT_ANSWER_MAX_BYTES);
+            while !reader.faulty() {
+                let Some(piece) = answer
+                    .next_piece()
+                    .await
+                    .map_err(|err| self.unanswered(&self.url, err))?
+                else {
+                    break;
+                };
+                reader.push(&piece);
+                if let Some(part) = reader.take_part() {
+                    let queueing = Instant::now();
+                    early.part(part).await?;
+                    answer.paused(queueing.elapsed());
+                }
+            }
+            let (head, received) = reader.head();
+            let (head, received) = (head.to_vec(), received);
+            let judged = reader.finish();
             let problem = match judged {
                 Ok(page) if page.not_events.is_none() => {
                     // A page of events and nothing else.
@@ -212,8 +276,24 @@ impl ApiClient {
                 continue;
             }
             return self
-                .give_up(judged, &problem, &body, &response.body, request_id)
+                .give_up(judged, &problem, &body, (&head, received), request_id)
                 .await;
+        }
+    }
+
+    /// The request failed before a status or while its body was read.
+    fn unanswered(&self, url: &str, err: HttpError) -> FetchError {
+        match err {
+            HttpError::TooLarge { .. } => FetchError::Rejected(format!(
+                "JumpCloud's answer to {url} is larger than {section}.max_response_bytes ({err}): \
+                 if its pages really are this large, raise {section}.max_response_bytes, or lower \
+                 {section}.page_size and {section}.catch_up_page_size",
+                section = self.section
+            )),
+            err => FetchError::Transient {
+                reason: format!("JumpCloud API at {url} did not answer: {err}"),
+                retry_after: None,
+            },
         }
     }
 
@@ -224,20 +304,26 @@ impl ApiClient {
         judged: Result<Judged, page::Unusable>,
         problem: &str,
         query: &[u8],
-        answer: &[u8],
+        (answer, answer_bytes): (&[u8], u64),
         request_id: Option<String>,
     ) -> Result<Page, FetchError> {
         let request = request_id.as_deref().unwrap_or("-");
-        let unusable = |body| Unusable {
-            reason: problem,
-            request_id: request_id.as_deref(),
-            query,
-            body,
-        };
         match judged {
             Ok(mut page) => {
                 let (count, values) = page.not_events.take().unwrap_or_default();
-                let kept = self.recorder.keep(unusable(values.as_bytes()), true).await;
+                let kept = self
+                    .recorder
+                    .keep(
+                        Unusable {
+                            reason: problem,
+                            request_id: request_id.as_deref(),
+                            query,
+                            body: values.as_bytes(),
+                            total_bytes: values.len() as u64,
+                        },
+                        true,
+                    )
+                    .await;
                 tracing::warn!(stream = %self.recorder.stream(), request_id = request, not_events = count,
                     events = page.events.len(),
                     "JumpCloud's page held {count} values that are not events (JSON objects), {UNUSABLE_TRIES} \
@@ -247,7 +333,19 @@ impl ApiClient {
                 Ok(self.page(page, request_id))
             }
             Err(_) => {
-                let kept = self.recorder.keep(unusable(answer), false).await;
+                let kept = self
+                    .recorder
+                    .keep(
+                        Unusable {
+                            reason: problem,
+                            request_id: request_id.as_deref(),
+                            query,
+                            body: answer,
+                            total_bytes: answer_bytes,
+                        },
+                        false,
+                    )
+                    .await;
                 Err(FetchError::Transient {
                     reason: format!(
                         "JumpCloud sent an unusable page ({problem}), {UNUSABLE_TRIES} times in a row for the \
@@ -269,9 +367,9 @@ impl ApiClient {
         }
     }
 
-    /// POSTs `body` with the stream's credentials. A service account's request refused with 401 is sent
-    /// once more with a new token.
-    async fn post(&self, url: &str, body: Bytes) -> Result<Response, FetchError> {
+    /// POSTs `body` with the stream's credentials; the answer's body is still to read. A service account's
+    /// request refused with 401 is sent once more with a new token.
+    async fn post(&self, url: &str, body: Bytes) -> Result<Streaming, FetchError> {
         let mut renewed = false;
         loop {
             let mut headers = self.headers.clone();
@@ -285,7 +383,7 @@ impl ApiClient {
             };
             let response = self
                 .http
-                .post_capped(
+                .post_streamed(
                     url,
                     "application/json",
                     &headers,
@@ -294,18 +392,7 @@ impl ApiClient {
                     self.max_response_bytes,
                 )
                 .await
-                .map_err(|err: HttpError| match err {
-                    HttpError::TooLarge { .. } => FetchError::Rejected(format!(
-                        "JumpCloud's answer to {url} is larger than {section}.max_response_bytes ({err}): \
-                         if its pages really are this large, raise {section}.max_response_bytes, or lower \
-                         {section}.page_size and {section}.catch_up_page_size",
-                        section = self.section
-                    )),
-                    err => FetchError::Transient {
-                        reason: format!("JumpCloud API at {url} did not answer: {err}"),
-                        retry_after: None,
-                    },
-                })?;
+                .map_err(|err| self.unanswered(url, err))?;
             match (&self.tokens, bearer) {
                 (Some(tokens), Some(bearer))
                     if response.status == StatusCode::UNAUTHORIZED && !renewed =>
@@ -332,7 +419,12 @@ impl ApiClient {
             retry_after: None,
         })?;
         let url = format!("{}/count", self.url);
-        let response = self.post(&url, Bytes::from(body)).await?;
+        let response = self
+            .post(&url, Bytes::from(body))
+            .await?
+            .read_all()
+            .await
+            .map_err(|err| self.unanswered(&url, err))?;
         if !response.status.is_success() {
             let request_id = response.header("x-request-id").map(str::to_string);
             return Err(classify_failure(
@@ -531,7 +623,12 @@ impl ApiClient {
             retry_after: None,
         })?;
         let url = format!("{}{path}", self.url);
-        let response = self.post(&url, Bytes::from(body)).await?;
+        let response = self
+            .post(&url, Bytes::from(body))
+            .await?
+            .read_all()
+            .await
+            .map_err(|err| self.unanswered(&url, err))?;
         let status = response.status;
         if status.is_success() {
             return Ok(response.body);

@@ -99,7 +99,11 @@ pub async fn run(
         let page = match api.fetch(&query, now_ns()).await {
             Ok(page) => page,
             Err(FetchError::Rejected(reason)) => return Err(reason),
-            Err(err @ (FetchError::Transient { .. } | FetchError::Throttled { .. })) => {
+            Err(
+                err @ (FetchError::Transient { .. }
+                | FetchError::Throttled { .. }
+                | FetchError::Queue(_)),
+            ) => {
                 let wait = backoffs.transient_wait(err.retry_after());
                 tracing::warn!(retry_in = ?wait, "backfill: {err}");
                 if !shutdown.sleep(wait).await {

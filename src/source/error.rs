@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::queue::QueueError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// Worth retrying soon with backoff (429, 5xx, timeouts, torn or inconsistent pages).
@@ -24,6 +26,10 @@ pub enum FetchError {
     /// A configuration problem (bad key, bad service name, wrong org): retried slowly until fixed.
     #[error("{0}")]
     Rejected(String),
+    /// The queue could not take a part of a page while it was being read: a storage failure, handled
+    /// as the poller handles any (the page's cursor did not move).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 impl FetchError {
@@ -32,7 +38,7 @@ impl FetchError {
         match self {
             FetchError::Transient { retry_after, .. }
             | FetchError::Throttled { retry_after, .. } => *retry_after,
-            FetchError::Rejected(_) => None,
+            FetchError::Rejected(_) | FetchError::Queue(_) => None,
         }
     }
 }

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use super::api::{AggregateError, Bucket, EventsQuery, FetchError, IntervalQuery};
 use super::pacing::Pacer;
 use super::paging::Paging;
-use super::{PollError, Poller};
+use super::{EarlyParts, PollError, Poller};
 use crate::clock::format_rfc3339_ns;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
@@ -324,7 +324,7 @@ fn aggregate_outcome<T>(answer: &Result<T, AggregateError>) -> Outcome {
             Outcome::Rejected
         }
         Err(AggregateError::Failed(
-            FetchError::Transient { .. } | FetchError::Throttled { .. },
+            FetchError::Transient { .. } | FetchError::Throttled { .. } | FetchError::Queue(_),
         )) => Outcome::Retry,
     }
 }
@@ -573,21 +573,23 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
+            let mut early = EarlyParts::new(self);
             let page = self
-                .fetch_paced(shutdown, pacer, &query, poll_started_ns)
+                .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
-            let polled = page.events.len() as u64;
-            let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
+            let read = early.read.add(&page.events);
+            let early_queued = early.queued;
             let committed = self
                 .commit(page.events, None, page.request_id.as_deref())
                 .await?;
-            self.metrics.late_events(&self.stream, committed.queued);
+            let queued = early_queued + committed.queued;
+            self.metrics.late_events(&self.stream, queued);
             tracing::debug!(
                 stream = %self.stream,
                 from = %format_rfc3339_ns(lo_ms * MS),
                 to = %format_rfc3339_ns(hi_ms * MS),
-                polled,
-                queued = committed.queued,
+                polled = read.events,
+                queued,
                 "late check: slice read again"
             );
             if !paging
@@ -596,7 +598,7 @@ impl Poller {
             {
                 return Ok(true);
             }
-            limit = self.catch_up_limit(polled, polled_bytes);
+            limit = self.catch_up_limit(read.events, read.bytes);
             if self.queue.no_room(&self.stream).is_some() {
                 return Ok(false);
             }

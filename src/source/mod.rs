@@ -31,6 +31,7 @@ mod pacing;
 mod page;
 mod paging;
 mod recorder;
+mod scan;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,11 +41,12 @@ use tokio::sync::Notify;
 use crate::clock::{format_rfc3339_ns, now_ms, now_ns};
 use crate::config::JumpcloudConfig;
 use crate::event::Cursor;
+use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, Outcome};
 use crate::queue::{CommitOutcome, Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
-use api::{ApiClient, EventsQuery, FetchError};
+use api::{ApiClient, EventsQuery, FetchError, PartSink};
 pub use late::LateCheck;
 use late::LateStart;
 use pacing::Pacer;
@@ -192,17 +194,17 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
+            let mut early = EarlyParts::new(self);
             let page = self
-                .fetch_paced(shutdown, pacer, &query, poll_started_ns)
+                .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
-            let polled = page.events.len() as u64;
-            let polled_bytes: u64 = page.events.iter().map(|e| e.raw.len() as u64).sum();
-            let last_event_ns = page.events.iter().map(|e| e.timestamp_ns).max();
-            watermark = next_watermark(watermark, page.full, last_event_ns, poll_started_ns);
+            let read = early.read.add(&page.events);
+            watermark = next_watermark(watermark, page.full, read.last_event_ns, poll_started_ns);
             let cursor = Cursor {
                 watermark_ns: watermark,
                 updated_at_ms: now_ms(),
             };
+            // The cursor goes with the page's last events: every part before them is queued already.
             self.commit(page.events, Some(cursor), page.request_id.as_deref())
                 .await?;
             if !paging
@@ -211,7 +213,7 @@ impl Poller {
             {
                 break;
             }
-            limit = self.catch_up_limit(polled, polled_bytes);
+            limit = self.catch_up_limit(read.events, read.bytes);
             if self.queue.no_room(&self.stream).is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
@@ -234,20 +236,21 @@ impl Poller {
     }
 
     /// Asks for one page when the pace allows, records the request, and adapts the pace: a throttled
-    /// answer slows it down and the same page is asked again once the pace allows (nothing was
-    /// committed for it, the cursor did not move).
+    /// answer slows it down and the same page is asked again once the pace allows (the cursor did not
+    /// move). A page's events before its last part are queued by `early` while it is read.
     async fn fetch_paced(
         &self,
         shutdown: &Shutdown,
         pacer: &mut Pacer,
         query: &EventsQuery<'_>,
         now_ns: i64,
+        early: &mut impl PartSink,
     ) -> Result<api::Page, PollError> {
         loop {
             self.wait_turn(shutdown, pacer).await?;
             let asked = Instant::now();
             let fetched = tokio::select! {
-                page = self.api.fetch(query, now_ns) => page,
+                page = self.api.fetch_streamed(query, now_ns, early) => page,
                 // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
                 _ = shutdown.wait() => return Err(PollError::Shutdown),
             };
@@ -263,6 +266,7 @@ impl Poller {
                     reason,
                     retry_after,
                 }) => self.throttled(pacer, &reason, retry_after),
+                Err(FetchError::Queue(err)) => return Err(err.into()),
                 Err(err) => return Err(err.into()),
             }
         }
@@ -284,10 +288,10 @@ impl Poller {
     /// the forwarder.
     async fn commit(
         &self,
-        events: Vec<crate::event::IncomingEvent>,
+        events: Vec<IncomingEvent>,
         cursor: Option<Cursor>,
         request_id: Option<&str>,
-    ) -> Result<CommitOutcome, PollError> {
+    ) -> Result<CommitOutcome, QueueError> {
         let polled = events.len() as u64;
         let stream = self.stream.clone();
         let outcome = self
@@ -338,10 +342,58 @@ impl Poller {
     }
 }
 
+/// Queues the parts of a page handed out before its end ([`ApiClient::fetch_streamed`]), without moving
+/// the cursor, and adds up what the page held.
+struct EarlyParts<'a> {
+    poller: &'a Poller,
+    read: PageRead,
+    /// Events the parts added to the queue.
+    queued: u64,
+}
+
+impl<'a> EarlyParts<'a> {
+    fn new(poller: &'a Poller) -> EarlyParts<'a> {
+        EarlyParts {
+            poller,
+            read: PageRead::default(),
+            queued: 0,
+        }
+    }
+}
+
+impl PartSink for EarlyParts<'_> {
+    async fn part(&mut self, events: Vec<IncomingEvent>) -> Result<(), QueueError> {
+        self.read.add(&events);
+        let outcome = self.poller.commit(events, None, None).await?;
+        self.queued += outcome.queued;
+        Ok(())
+    }
+}
+
+/// What a page held, over its parts.
+#[derive(Clone, Copy, Debug, Default)]
+struct PageRead {
+    events: u64,
+    bytes: u64,
+    last_event_ns: Option<i64>,
+}
+
+impl PageRead {
+    /// Adds `events`; returns the total so far.
+    fn add(&mut self, events: &[IncomingEvent]) -> PageRead {
+        self.events += events.len() as u64;
+        self.bytes += events.iter().map(|e| e.raw.len() as u64).sum::<u64>();
+        let last = events.iter().map(|e| e.timestamp_ns).max();
+        self.last_event_ns = self.last_event_ns.max(last);
+        *self
+    }
+}
+
 /// How a request ended, for the request counter.
 fn outcome_of<T>(fetched: &Result<T, FetchError>) -> Outcome {
     match fetched {
-        Ok(_) => Outcome::Ok,
+        // The API answered; the queue failed to take a part of the page.
+        Ok(_) | Err(FetchError::Queue(_)) => Outcome::Ok,
         Err(FetchError::Rejected(_)) => Outcome::Rejected,
         Err(FetchError::Transient { .. } | FetchError::Throttled { .. }) => Outcome::Retry,
     }

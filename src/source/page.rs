@@ -1,25 +1,36 @@
 //! What an answer of JumpCloud's events endpoint holds: the events of a page, what in it is not an event,
-//! and whether it can be used at all.
+//! and whether it can be used at all. The answer is read as it arrives ([`PageReader`]): its events are
+//! handed out in parts while the rest is still coming, so a page of 10,000 events takes no more memory than
+//! a part.
 //!
 //! A page is a JSON array of JSON objects, each an event. Invariants:
 //! - Only JSON objects become events; every other element (number, string, null, array, boolean) is set
 //!   aside in [`Judged::not_events`], never queued.
-//! - Each event's bytes are kept exactly as received: the array elements are slices of the body (never
-//!   re-serialized, never copied), so `\u003c` stays `\u003c`.
+//! - Each event's bytes are kept exactly as received: never re-serialized, so `\u003c` stays `\u003c`; the
+//!   events of a part share one buffer.
 //! - An answer is usable only if it is complete and consistent: a JSON array, as many elements as
 //!   `X-Result-Count` says, and a JSON `X-Search_after` cursor when the page is full. Anything else is
-//!   [`Unusable`], with what was wrong; nothing of it is used.
-//! - Judging never panics, whatever the bytes.
+//!   [`Unusable`], with what was wrong. Parts handed out before the fault was found are events as received
+//!   (valid JSON objects); nothing else of an unusable answer is used, and an answer of at most one part is
+//!   used whole or not at all.
+//! - Reading never panics, whatever the bytes.
 
 use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::scan::{ArrayScanner, ScanError};
 use crate::clock::parse_rfc3339_ns;
 use crate::event::IncomingEvent;
 
-/// A usable answer.
+/// A part is handed out once it holds this many events (a sled transaction's worth, see
+/// `queue::COMMIT_MAX_EVENTS`)...
+pub const PART_EVENTS: usize = crate::queue::COMMIT_MAX_EVENTS;
+/// ...or this many bytes of events, whichever comes first.
+pub const PART_BYTES: usize = 2 * 1024 * 1024;
+
+/// A usable answer: what is left of it after the parts handed out.
 #[derive(Debug)]
 pub struct Judged {
     pub events: Vec<IncomingEvent>,
@@ -45,85 +56,225 @@ pub struct Untimed {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unusable(pub String);
 
-/// Judges an answer (`body` and `headers` of a 2xx), read at `now_ns`.
+/// Judges a whole answer (`body` and `headers` of a 2xx), read at `now_ns`.
+#[cfg(test)]
 pub fn judge(body: &Bytes, headers: &HeaderMap, now_ns: i64) -> Result<Judged, Unusable> {
-    let elements: Vec<&RawValue> =
-        serde_json::from_slice(body).map_err(|err| Unusable(not_an_array(body, headers, &err)))?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let number = |name: &str| header(name).and_then(|v| v.trim().parse::<usize>().ok());
-    let count = number("x-result-count").unwrap_or(elements.len());
-    if count != elements.len() {
-        return Err(Unusable(format!(
-            "X-Result-Count says {count}, the body holds {}",
-            elements.len()
-        )));
-    }
-    let full = number("x-limit").is_some_and(|limit| count >= limit && count > 0);
-    let search_after = match headers.get("x-search_after").map(|v| v.to_str()) {
-        None => None,
-        Some(Err(_)) => return Err(Unusable("X-Search_after is not text".to_string())),
-        Some(Ok(text)) if text.trim().is_empty() => None,
-        Some(Ok(text)) => Some(
-            RawValue::from_string(text.trim().to_string())
-                .map_err(|err| Unusable(format!("X-Search_after is not JSON: {err}")))?,
-        ),
-    };
-    if full && search_after.is_none() {
-        return Err(Unusable("a full page without X-Search_after".to_string()));
-    }
-    let mut events = Vec::with_capacity(elements.len());
-    let mut not_events: Vec<&str> = Vec::new();
-    let mut untimed = Untimed::default();
-    for element in elements {
-        let text = element.get();
-        if !text.starts_with('{') {
-            not_events.push(text);
-            continue;
-        }
-        // The element borrows from the body: share the body's buffer instead of copying the text.
-        let event = IncomingEvent::from_shared(text, body.slice_ref(text.as_bytes()), now_ns);
-        // An event is filed under `now_ns` when its timestamp cannot be read; one whose timestamp is
-        // exactly `now_ns` is told apart by reading it again (rare: only then is it read twice).
-        if event.timestamp_ns == now_ns && !has_timestamp(text) {
-            untimed.count += 1;
-            if untimed.example_id.is_none() {
-                untimed.example_id = id_of(text);
-            }
-        }
-        events.push(event);
-    }
-    let not_events =
-        (!not_events.is_empty()).then(|| (not_events.len(), format!("[{}]", not_events.join(","))));
-    Ok(Judged {
-        events,
-        full,
-        search_after,
-        not_events,
-        untimed,
-    })
+    let mut reader = PageReader::new(headers, now_ns, 0);
+    reader.push(body);
+    reader.finish()
 }
 
-/// What the body is instead of a JSON array, for the message.
-fn not_an_array(body: &[u8], headers: &HeaderMap, err: &serde_json::Error) -> String {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let what = match first {
-        None => "an empty body".to_string(),
-        Some(b'<') => "HTML or XML, not JSON".to_string(),
-        Some(b'{') => "a JSON object, not an array of events".to_string(),
-        Some(_) if std::str::from_utf8(body).is_err() => "not UTF-8 text".to_string(),
-        Some(_) => "not a JSON array of events".to_string(),
-    };
-    let content_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            format!(
-                ", Content-Type {:?}",
-                v.chars().take(100).collect::<String>()
-            )
+/// Reads one answer as it arrives.
+pub struct PageReader {
+    scanner: ArrayScanner,
+    headers: HeaderMap,
+    now_ns: i64,
+    /// Events found and not handed out yet, and their bytes.
+    events: Vec<IncomingEvent>,
+    event_bytes: usize,
+    /// Elements found (events and others), for `X-Result-Count`.
+    elements: usize,
+    not_events: Vec<Bytes>,
+    untimed: Untimed,
+    /// The first fault found; the rest of the answer is not read.
+    fault: Option<String>,
+    /// The answer's first bytes, kept for the dead-letter store when the answer is unusable.
+    head: Vec<u8>,
+    head_max: usize,
+    received: u64,
+}
+
+impl PageReader {
+    /// A reader for the answer with these `headers`, read at `now_ns`; it keeps (at least) the answer's
+    /// first `keep_head` bytes ([`PageReader::head`]).
+    pub fn new(headers: &HeaderMap, now_ns: i64, keep_head: usize) -> PageReader {
+        PageReader {
+            scanner: ArrayScanner::default(),
+            headers: headers.clone(),
+            now_ns,
+            events: Vec::new(),
+            event_bytes: 0,
+            elements: 0,
+            not_events: Vec::new(),
+            untimed: Untimed::default(),
+            fault: None,
+            head: Vec::new(),
+            // A few bytes are always kept: they say what the answer is when it is not an array.
+            head_max: keep_head.max(64),
+            received: 0,
+        }
+    }
+
+    /// Reads the next piece of the body. Once a fault is found, the rest is only counted.
+    pub fn push(&mut self, piece: &[u8]) {
+        self.received += piece.len() as u64;
+        let room = self.head_max.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&piece[..room.min(piece.len())]);
+        if self.fault.is_some() {
+            return;
+        }
+        self.scanner.push(piece);
+        loop {
+            match self.scanner.next_element() {
+                Ok(Some(element)) => {
+                    if let Err(fault) = self.element(element) {
+                        self.fault = Some(fault);
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    self.fault = Some(scan_fault(&err));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a fault was found: the rest of the answer need not be read.
+    pub fn faulty(&self) -> bool {
+        self.fault.is_some()
+    }
+
+    /// The events found so far, once there are enough of them for a part.
+    pub fn take_part(&mut self) -> Option<Vec<IncomingEvent>> {
+        if self.fault.is_some()
+            || (self.events.len() < PART_EVENTS && self.event_bytes < PART_BYTES)
+        {
+            return None;
+        }
+        self.event_bytes = 0;
+        Some(std::mem::take(&mut self.events))
+    }
+
+    /// The answer's first bytes (as many as asked for in [`PageReader::new`]) and its size so far.
+    pub fn head(&self) -> (&[u8], u64) {
+        (&self.head, self.received)
+    }
+
+    /// The body has ended: the rest of the page, or why it cannot be used.
+    pub fn finish(self) -> Result<Judged, Unusable> {
+        let fault = self
+            .fault
+            .clone()
+            .or_else(|| self.scanner.finish().err().map(|err| scan_fault(&err)));
+        if let Some(fault) = fault {
+            return Err(Unusable(self.not_an_array(&fault)));
+        }
+        let header = |name: &str| self.headers.get(name).and_then(|v| v.to_str().ok());
+        let number = |name: &str| header(name).and_then(|v| v.trim().parse::<usize>().ok());
+        let count = number("x-result-count").unwrap_or(self.elements);
+        if count != self.elements {
+            return Err(Unusable(format!(
+                "X-Result-Count says {count}, the body holds {}",
+                self.elements
+            )));
+        }
+        let full = number("x-limit").is_some_and(|limit| count >= limit && count > 0);
+        let search_after = match self.headers.get("x-search_after").map(|v| v.to_str()) {
+            None => None,
+            Some(Err(_)) => return Err(Unusable("X-Search_after is not text".to_string())),
+            Some(Ok(text)) if text.trim().is_empty() => None,
+            Some(Ok(text)) => Some(
+                RawValue::from_string(text.trim().to_string())
+                    .map_err(|err| Unusable(format!("X-Search_after is not JSON: {err}")))?,
+            ),
+        };
+        if full && search_after.is_none() {
+            return Err(Unusable("a full page without X-Search_after".to_string()));
+        }
+        let not_events = (!self.not_events.is_empty()).then(|| {
+            let texts: Vec<&str> = self
+                .not_events
+                .iter()
+                .map(|b| std::str::from_utf8(b).unwrap_or_default())
+                .collect();
+            (texts.len(), format!("[{}]", texts.join(",")))
+        });
+        Ok(Judged {
+            events: self.events,
+            full,
+            search_after,
+            not_events,
+            untimed: self.untimed,
         })
-        .unwrap_or_default();
-    format!("{what}: {err}; {} bytes{content_type}", body.len())
+    }
+
+    /// One element of the array: an event, or a value set aside; a fault when it is not valid JSON.
+    fn element(&mut self, element: Bytes) -> Result<(), String> {
+        self.elements += 1;
+        let Ok(text) = std::str::from_utf8(&element) else {
+            return Err("an element is not UTF-8 text".to_string());
+        };
+        if !text.starts_with('{') {
+            check_json(text)?;
+            self.not_events.push(element);
+            return Ok(());
+        }
+        let (event, read_whole) = IncomingEvent::read(text, element.clone(), self.now_ns);
+        if !read_whole {
+            check_json(text)?;
+        }
+        // An event is filed under `now_ns` when its timestamp cannot be read; one whose timestamp is
+        // exactly `now_ns` is told apart by reading it again (rare: only then is it read twice).
+        if event.timestamp_ns == self.now_ns && !has_timestamp(text) {
+            self.untimed.count += 1;
+            if self.untimed.example_id.is_none() {
+                self.untimed.example_id = id_of(text);
+            }
+        }
+        self.event_bytes += element.len();
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// What the body is instead of a JSON array, for the message.
+    fn not_an_array(&self, fault: &str) -> String {
+        // When the whole answer was kept (a small one: an error page, say), serde_json says where it
+        // stops being JSON, as it said before answers were read in parts.
+        let whole = self.received == self.head.len() as u64;
+        let serde_said = whole
+            .then(|| serde_json::from_slice::<Vec<&RawValue>>(&self.head).err())
+            .flatten()
+            .map(|err| err.to_string());
+        let fault = serde_said.as_deref().unwrap_or(fault);
+        let first = self.head.iter().find(|b| !b.is_ascii_whitespace());
+        let what = match first {
+            None => "an empty body".to_string(),
+            Some(b'<') => "HTML or XML, not JSON".to_string(),
+            Some(b'{') => "a JSON object, not an array of events".to_string(),
+            Some(_)
+                if fault.contains("UTF-8")
+                    || (whole && std::str::from_utf8(&self.head).is_err()) =>
+            {
+                "not UTF-8 text".to_string()
+            }
+            Some(_) => "not a JSON array of events".to_string(),
+        };
+        let content_type = self
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                format!(
+                    ", Content-Type {:?}",
+                    v.chars().take(100).collect::<String>()
+                )
+            })
+            .unwrap_or_default();
+        format!("{what}: {fault}; {} bytes{content_type}", self.received)
+    }
+}
+
+fn scan_fault(err: &ScanError) -> String {
+    format!("{} at byte {}", err.what, err.offset)
+}
+
+/// Checks that an element is one JSON value (nesting is followed without recursion).
+fn check_json(text: &str) -> Result<(), String> {
+    serde_json::from_str::<&RawValue>(text)
+        .map(|_| ())
+        .map_err(|err| format!("an element is not valid JSON: {err}"))
 }
 
 #[derive(Deserialize)]
@@ -365,7 +516,7 @@ mod tests {
         }
 
         /// A valid page mutated (bytes flipped, cut, inserted): never a panic, never a non-object queued,
-        /// and when it is still usable its events are slices of what was received.
+        /// and when it is still usable its events are the bytes received, in order.
         #[test]
         fn mutated_pages_never_panic_nor_queue_a_non_object(
             values in prop::collection::vec(json_value(), 1..6),
@@ -382,12 +533,14 @@ mod tests {
             }
             let received = Bytes::from(body);
             if let Ok(page) = judge(&received, &HeaderMap::new(), NOW) {
+                let mut from = 0;
                 for event in &page.events {
                     prop_assert!(event.raw.starts_with(b"{"), "an event that is not an object");
                     let text = std::str::from_utf8(&event.raw).expect("UTF-8");
                     prop_assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok());
-                    let start = event.raw.as_ptr() as usize - received.as_ptr() as usize;
-                    prop_assert_eq!(&received[start..start + event.raw.len()], &event.raw[..]);
+                    let at = memchr::memmem::find(&received[from..], &event.raw);
+                    prop_assert!(at.is_some(), "an event that is not bytes received, in order");
+                    from += at.unwrap_or_default() + event.raw.len();
                 }
             }
         }

@@ -54,7 +54,10 @@ pub struct Unusable<'a> {
     pub reason: &'a str,
     pub request_id: Option<&'a str>,
     pub query: &'a [u8],
+    /// The answer's first bytes (all of it, when small).
     pub body: &'a [u8],
+    /// The answer's size.
+    pub total_bytes: u64,
 }
 
 impl Recorder {
@@ -162,7 +165,7 @@ impl Recorder {
             reason: answer.reason.to_string(),
             request_id: answer.request_id.map(str::to_string),
             query: String::from_utf8_lossy(answer.query).into_owned(),
-            total_bytes: answer.body.len() as u64,
+            total_bytes: answer.total_bytes,
             raw: answer.body[..answer.body.len().min(crate::queue::KEPT_ANSWER_MAX_BYTES)].to_vec(),
         };
         match sinks

@@ -18,3 +18,4 @@ mod outbox;
 mod pacing;
 mod pipeline;
 mod powercut;
+mod streamed;

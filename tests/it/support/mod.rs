@@ -3,6 +3,7 @@
 //! whose configuration polls and retries fast.
 
 pub mod network;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,350 @@
+//! Finds the elements of a JSON array in a body that arrives in pieces, so that a page of events can be
+//! queued while it is still being read and memory does not grow with the page size.
+//!
+//! The scanner only finds where each element begins and ends (strings, escapes and nesting are followed
+//! byte by byte); whether an element is valid JSON is for the caller to check. Invariants:
+//! - Each element is handed out once, as the exact bytes received (a slice sharing the pieces' buffer,
+//!   never copied again), in the order of the array.
+//! - The scanner holds at most the bytes of the element being read and of the piece that completed it:
+//!   bytes before an element that was handed out are let go.
+//! - A body that is not one JSON array (and whitespace) is an error naming the first wrong byte's offset;
+//!   the scanner never panics, whatever the bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Where the scanner is in the array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the opening `[`.
+    Start,
+    /// After `[` or after `,`: an element (or, right after `[`, the closing `]`) comes next.
+    BeforeElement,
+    /// Inside an element that starts at the beginning of the buffer.
+    InElement,
+    /// After an element: `,` or `]` comes next.
+    AfterElement,
+    /// After the closing `]`: only whitespace may follow.
+    Done,
+}
+
+/// Why a body is not a JSON array.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScanError {
+    /// The offset in the body of the byte that does not fit.
+    pub offset: u64,
+    pub what: &'static str,
+}
+
+/// Splits a JSON array into its elements, piece by piece.
+#[derive(Debug)]
+pub struct ArrayScanner {
+    /// Bytes received and not handed out; when an element is being read, it starts at offset 0.
+    buffer: BytesMut,
+    /// How far into `buffer` the current state has looked.
+    pos: usize,
+    /// The body offset of `buffer[0]`.
+    base: u64,
+    state: State,
+    /// No element yet: `]` may close the array at once.
+    empty: bool,
+    /// Within the current element: how deep in `{`/`[`, and whether in a string (after a `\`).
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The current element is a bare value (number, `true`...), which ends where a separator starts.
+    bare: bool,
+}
+
+impl Default for ArrayScanner {
+    fn default() -> Self {
+        ArrayScanner {
+            buffer: BytesMut::new(),
+            pos: 0,
+            base: 0,
+            state: State::Start,
+            empty: true,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            bare: false,
+        }
+    }
+}
+
+impl ArrayScanner {
+    /// Adds the next piece of the body.
+    pub fn push(&mut self, piece: &[u8]) {
+        self.buffer.extend_from_slice(piece);
+    }
+
+    /// The next complete element, if the bytes received hold one.
+    pub fn next_element(&mut self) -> Result<Option<Bytes>, ScanError> {
+        loop {
+            match self.state {
+                State::Start | State::BeforeElement | State::AfterElement | State::Done => {
+                    let Some(byte) = self.skip_whitespace() else {
+                        return Ok(None);
+                    };
+                    self.between(byte)?;
+                }
+                State::InElement => return self.in_element(),
+            }
+        }
+    }
+
+    /// Checks that the body ended where an array may end.
+    pub fn finish(&self) -> Result<(), ScanError> {
+        match self.state {
+            State::Done => Ok(()),
+            State::Start => Err(self.error(self.pos, "an empty body")),
+            // A bare value at the very end of the body was never closed by `]`.
+            _ => Err(self.error(self.buffer.len(), "the body ends inside the array")),
+        }
+    }
+
+    /// Drops leading whitespace (outside any element); the first other byte, if any.
+    fn skip_whitespace(&mut self) -> Option<u8> {
+        let skip = self
+            .buffer
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(self.buffer.len());
+        self.consume(skip);
+        self.buffer.first().copied()
+    }
+
+    /// Lets go of the first `n` bytes of the buffer (not part of any element).
+    fn consume(&mut self, n: usize) {
+        self.buffer.advance(n);
+        self.base += n as u64;
+        self.pos = 0;
+    }
+
+    /// Handles the structural byte `byte` at the head of the buffer, between elements.
+    fn between(&mut self, byte: u8) -> Result<(), ScanError> {
+        match (self.state, byte) {
+            (State::Start, b'[') => self.state = State::BeforeElement,
+            (State::Start, _) => return Err(self.error(0, "the body does not start with `[`")),
+            (State::BeforeElement, b']') if self.empty => self.state = State::Done,
+            (State::BeforeElement, b']' | b',') => {
+                return Err(self.error(0, "a value is missing in the array"))
+            }
+            (State::BeforeElement, first) => {
+                self.state = State::InElement;
+                self.empty = false;
+                self.depth = 0;
+                self.in_string = false;
+                self.escaped = false;
+                self.bare = !matches!(first, b'{' | b'[' | b'"');
+                // The element starts here: `in_element` reads from offset 0.
+                return Ok(());
+            }
+            (State::AfterElement, b',') => self.state = State::BeforeElement,
+            (State::AfterElement, b']') => self.state = State::Done,
+            (State::AfterElement, _) => {
+                return Err(self.error(0, "`,` or `]` expected after a value"))
+            }
+            (State::Done, _) => return Err(self.error(0, "data after the end of the array")),
+            (State::InElement, _) => {}
+        }
+        self.consume(1);
+        Ok(())
+    }
+
+    /// Reads on in the element at the head of the buffer; hands it out when it is complete.
+    fn in_element(&mut self) -> Result<Option<Bytes>, ScanError> {
+        let mut i = self.pos;
+        let bytes = &self.buffer[..];
+        let end = loop {
+            if i >= bytes.len() {
+                self.pos = i;
+                return Ok(None);
+            }
+            if self.in_string {
+                // Most of an event is string content: jump to the next quote or backslash.
+                if self.escaped {
+                    self.escaped = false;
+                    i += 1;
+                    continue;
+                }
+                match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                    None => {
+                        self.pos = bytes.len();
+                        return Ok(None);
+                    }
+                    Some(at) => {
+                        i += at;
+                        if bytes[i] == b'\\' {
+                            self.escaped = true;
+                        } else {
+                            self.in_string = false;
+                            if self.depth == 0 {
+                                // A string element ends at its closing quote.
+                                break i + 1;
+                            }
+                        }
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+            let byte = bytes[i];
+            if self.bare {
+                if byte.is_ascii_whitespace() || byte == b',' || byte == b']' {
+                    break i;
+                }
+                if matches!(byte, b'{' | b'}' | b'[' | b'"') {
+                    return Err(self.error(i, "a value is malformed"));
+                }
+                i += 1;
+                continue;
+            }
+            match byte {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        break i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        };
+        self.state = State::AfterElement;
+        self.base += end as u64;
+        self.pos = 0;
+        Ok(Some(self.buffer.split_to(end).freeze()))
+    }
+
+    fn error(&self, at: usize, what: &'static str) -> ScanError {
+        ScanError {
+            offset: self.base + at as u64,
+            what,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Scans `body` fed in pieces of `piece` bytes; the elements, or the error.
+    fn scan(body: &[u8], piece: usize) -> Result<Vec<String>, ScanError> {
+        let mut scanner = ArrayScanner::default();
+        let mut found = Vec::new();
+        for chunk in body.chunks(piece.max(1)) {
+            scanner.push(chunk);
+            while let Some(element) = scanner.next_element()? {
+                found.push(String::from_utf8_lossy(&element).into_owned());
+            }
+        }
+        scanner.finish()?;
+        Ok(found)
+    }
+
+    #[test]
+    fn elements_come_out_as_received_in_any_pieces() {
+        let body =
+            br#" [ {"a":"x,]}\"{"} , 1, "two\"]", null,[3,[4]] ,true,-1.5e3,{"b":{"c":[]}}] "#;
+        let expected = vec![
+            r#"{"a":"x,]}\"{"}"#,
+            "1",
+            r#""two\"]""#,
+            "null",
+            "[3,[4]]",
+            "true",
+            "-1.5e3",
+            r#"{"b":{"c":[]}}"#,
+        ];
+        for piece in [1, 2, 3, 7, 1000] {
+            assert_eq!(
+                scan(body, piece).expect("an array"),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+        assert_eq!(scan(b"[]", 1).expect("empty"), Vec::<String>::new());
+        assert_eq!(scan(b"  [ ]\n", 1).expect("empty"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_is_not_an_array_is_an_error_at_its_offset() {
+        let cases: [(&[u8], u64); 9] = [
+            (b"", 0),
+            (b"   ", 3),
+            (b"<html>", 0),
+            (b"{\"a\":1}", 0),
+            (b"[1,]", 3),
+            (b"[,1]", 1),
+            (b"[1 2]", 3),
+            (b"[1] x", 4),
+            (b"[{\"a\":1}", 8),
+        ];
+        for (body, offset) in cases {
+            let err = scan(body, 1).expect_err(&String::from_utf8_lossy(body));
+            assert_eq!(
+                err.offset,
+                offset,
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                err.what
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_before_the_current_element_are_let_go() {
+        let mut scanner = ArrayScanner::default();
+        scanner.push(br#"[{"a":1},{"b":"#);
+        assert_eq!(
+            scanner.next_element().expect("fine").as_deref(),
+            Some(&br#"{"a":1}"#[..])
+        );
+        assert_eq!(scanner.next_element().expect("fine"), None);
+        // Only the unfinished element is held.
+        assert_eq!(&scanner.buffer[..], br#"{"b":"#);
+        scanner.push(br#"2}]"#);
+        assert_eq!(
+            scanner.next_element().expect("fine").as_deref(),
+            Some(&br#"{"b":2}"#[..])
+        );
+        assert_eq!(scanner.next_element().expect("fine"), None);
+        scanner.finish().expect("complete");
+    }
+
+    proptest! {
+        /// Any array of JSON values, in any pieces, gives back the values serde_json finds.
+        #[test]
+        fn agrees_with_serde_json(values in prop::collection::vec(any_json(), 0..8), piece in 1usize..40) {
+            let body = serde_json::to_string(&values).expect("json");
+            let found = scan(body.as_bytes(), piece).expect("an array");
+            let expected: Vec<String> = values.iter().map(|v| serde_json::to_string(v).expect("json")).collect();
+            prop_assert_eq!(found, expected);
+        }
+
+        /// Whatever the bytes, scanning never panics.
+        #[test]
+        fn never_panics(body in prop::collection::vec(any::<u8>(), 0..200), piece in 1usize..20) {
+            let _ = scan(&body, piece);
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z\"\\\\\\]\\[{},é]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z\"]{0,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
