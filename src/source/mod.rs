@@ -15,8 +15,12 @@
 //!   those events are delivered, but they do not move the cursor into the future).
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
-//! - Nothing moves unless the page it covers is queued with it (one transaction). The commit is flushed
-//!   before the next request: a commit lost in a crash takes its cursor with it, and is simply read again.
+//! - Nothing moves unless the page it covers is queued with it (one transaction). A large page is read
+//!   as it arrives and queued in parts ([`api::ApiClient::fetch_streamed`]), each flushed, the cursor
+//!   with the last: memory does not grow with the page size, and a page cut off or refused midway leaves
+//!   the cursor where it was (its parts are known to the dedup index when it is read again). Each commit
+//!   is flushed before the next request: a commit lost in a crash takes its cursor with it, and is
+//!   simply read again.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
 //!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
 //! - When the queue has no room for this stream ([`Queue::no_room`]: its size limit, the stream's share, the
