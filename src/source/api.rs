@@ -233,9 +233,7 @@ impl ApiClient {
                     answer.paused(queueing.elapsed());
                 }
             }
-            let (head, received) = reader.head();
-            let (head, received) = (head.to_vec(), received);
-            let judged = reader.finish();
+            let (judged, head) = reader.finish();
             let problem = match judged {
                 Ok(page) if page.not_events.is_none() => {
                     // A page of events and nothing else.
@@ -276,7 +274,13 @@ impl ApiClient {
                 continue;
             }
             return self
-                .give_up(judged, &problem, &body, (&head, received), request_id)
+                .give_up(
+                    judged,
+                    &problem,
+                    &body,
+                    (&head.bytes(), head.received),
+                    request_id,
+                )
                 .await;
         }
     }

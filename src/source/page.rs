@@ -61,7 +61,22 @@ pub struct Unusable(pub String);
 pub fn judge(body: &Bytes, headers: &HeaderMap, now_ns: i64) -> Result<Judged, Unusable> {
     let mut reader = PageReader::new(headers, now_ns, 0);
     reader.push(body);
-    reader.finish()
+    reader.finish().0
+}
+
+/// The first bytes of an answer, as the pieces they came in, and the answer's size.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    pieces: Vec<Bytes>,
+    kept: usize,
+    pub received: u64,
+}
+
+impl Head {
+    /// The first bytes, in one buffer.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
 }
 
 /// Reads one answer as it arrives.
@@ -79,7 +94,7 @@ pub struct PageReader {
     /// The first fault found; the rest of the answer is not read.
     fault: Option<String>,
     /// The answer's first bytes, kept for the dead-letter store when the answer is unusable.
-    head: Vec<u8>,
+    head: Head,
     head_max: usize,
     received: u64,
 }
@@ -98,7 +113,7 @@ impl PageReader {
             not_events: Vec::new(),
             untimed: Untimed::default(),
             fault: None,
-            head: Vec::new(),
+            head: Head::default(),
             // A few bytes are always kept: they say what the answer is when it is not an array.
             head_max: keep_head.max(64),
             received: 0,
@@ -106,10 +121,15 @@ impl PageReader {
     }
 
     /// Reads the next piece of the body. Once a fault is found, the rest is only counted.
-    pub fn push(&mut self, piece: &[u8]) {
+    pub fn push(&mut self, piece: &Bytes) {
         self.received += piece.len() as u64;
-        let room = self.head_max.saturating_sub(self.head.len());
-        self.head.extend_from_slice(&piece[..room.min(piece.len())]);
+        self.head.received = self.received;
+        let room = self.head_max.saturating_sub(self.head.kept);
+        if room > 0 && !piece.is_empty() {
+            // The pieces themselves are kept (shared, not copied): only an unusable answer is copied.
+            self.head.pieces.push(piece.slice(..room.min(piece.len())));
+            self.head.kept += room.min(piece.len());
+        }
         if self.fault.is_some() {
             return;
         }
@@ -147,13 +167,14 @@ impl PageReader {
         Some(std::mem::take(&mut self.events))
     }
 
-    /// The answer's first bytes (as many as asked for in [`PageReader::new`]) and its size so far.
-    pub fn head(&self) -> (&[u8], u64) {
-        (&self.head, self.received)
+    /// The body has ended: the rest of the page, or why it cannot be used; and the answer's first bytes
+    /// (as many as asked for in [`PageReader::new`]), to keep when it cannot be used.
+    pub fn finish(self) -> (Result<Judged, Unusable>, Head) {
+        let head = self.head.clone();
+        (self.judge(), head)
     }
 
-    /// The body has ended: the rest of the page, or why it cannot be used.
-    pub fn finish(self) -> Result<Judged, Unusable> {
+    fn judge(self) -> Result<Judged, Unusable> {
         let fault = self
             .fault
             .clone()
@@ -232,20 +253,20 @@ impl PageReader {
     fn not_an_array(&self, fault: &str) -> String {
         // When the whole answer was kept (a small one: an error page, say), serde_json says where it
         // stops being JSON, as it said before answers were read in parts.
-        let whole = self.received == self.head.len() as u64;
+        let head = self.head.bytes();
+        let whole = self.received == head.len() as u64;
         let serde_said = whole
-            .then(|| serde_json::from_slice::<Vec<&RawValue>>(&self.head).err())
+            .then(|| serde_json::from_slice::<Vec<&RawValue>>(&head).err())
             .flatten()
             .map(|err| err.to_string());
         let fault = serde_said.as_deref().unwrap_or(fault);
-        let first = self.head.iter().find(|b| !b.is_ascii_whitespace());
+        let first = head.iter().find(|b| !b.is_ascii_whitespace());
         let what = match first {
             None => "an empty body".to_string(),
             Some(b'<') => "HTML or XML, not JSON".to_string(),
             Some(b'{') => "a JSON object, not an array of events".to_string(),
             Some(_)
-                if fault.contains("UTF-8")
-                    || (whole && std::str::from_utf8(&self.head).is_err()) =>
+                if fault.contains("UTF-8") || (whole && std::str::from_utf8(&head).is_err()) =>
             {
                 "not UTF-8 text".to_string()
             }
