@@ -10,9 +10,11 @@
 //!
 //! Two scenarios, each run `--runs` times (a fresh agent, queue and stand-ins per run):
 //! - idle: nothing to collect. Once the first poll of every stream has completed (the agent's
-//!   `polls_completed` counters), the agent is watched for `--measure` (default 120 s: two poll intervals):
-//!   RSS (VmRSS, and VmHWM, the peak since it started), threads, open file descriptors, CPU seconds per
-//!   minute (utime + stime from `/proc/<pid>/stat`);
+//!   `polls_completed` counters) and half a poll interval has passed (30 s), the agent is watched for
+//!   `--measure` (default 120 s: two poll intervals, so the span holds exactly two rounds of polls, all
+//!   streams polling together): RSS (VmRSS, and VmHWM, the peak since it started), threads, open file
+//!   descriptors (sockets included; the most seen, sampled every second), CPU seconds per minute (utime +
+//!   stime from `/proc/<pid>/stat`);
 //! - steady: the same while `--rate` events per second (all streams together, spread evenly over the
 //!   organizations) arrive, stamped with the current time; plus the events per second that reached the
 //!   intake during the span, and CPU seconds per million of them.
@@ -22,9 +24,9 @@
 //!
 //! `cargo bench --bench streams -- [--streams N] [--runs R] [--rate EVENTS_PER_S] [--measure SECONDS]
 //! [--only idle|steady] [--quick] [--binary PATH]`. `--quick` (also what `cargo test --all-targets` runs,
-//! without `--bench`): 20 streams, one run, 5 s spans. The agent gets a clean environment, plus glibc's
-//! allocator variables of the bench's (`GLIBC_TUNABLES`, `MALLOC_*`) if set, as in the e2e bench. Nothing
-//! here asserts a timing: it measures and prints.
+//! without `--bench`): 20 streams, 100 events/s, one run, 1 s to settle, 5 s spans. The agent gets a clean
+//! environment, plus glibc's allocator variables of the bench's (`GLIBC_TUNABLES`, `MALLOC_*`) if set, as
+//! in the e2e bench. Nothing here asserts a timing: it measures and prints.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,9 @@ const API_KEY: &str = "bench-api-key";
 const INTAKE_KEY: &str = "bench-intake-key";
 /// How long the agent may take to exit after SIGTERM before the run gives up and kills it.
 const STOP_WAIT: Duration = Duration::from_secs(60);
+/// Between the first poll of every stream and the span: half the default poll interval, so that the
+/// span's edges fall between two rounds of polls.
+const SETTLE: Duration = Duration::from_secs(30);
 /// How often the producer adds events.
 const PRODUCER_TICK: Duration = Duration::from_millis(100);
 
@@ -52,6 +57,7 @@ struct Args {
     /// Events per second, all streams together (steady).
     rate: u64,
     measure: Duration,
+    settle: Duration,
     idle: bool,
     steady: bool,
     binary: PathBuf,
@@ -77,6 +83,7 @@ fn quick(args: &mut Args) {
     args.runs = 1;
     args.rate = 100;
     args.measure = Duration::from_secs(5);
+    args.settle = Duration::from_secs(1);
 }
 
 fn parse_args() -> Args {
@@ -85,6 +92,7 @@ fn parse_args() -> Args {
         runs: 3,
         rate: 500,
         measure: Duration::from_secs(120),
+        settle: SETTLE,
         idle: true,
         steady: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
@@ -191,11 +199,12 @@ async fn runs(args: &Args, rate: Option<u64>) -> Vec<Sample> {
     for run in 1..=args.runs {
         let sample = one_run(args, rate).await;
         println!(
-            "{} run {run}: first poll of every stream after {:.1} s; then over {:.0} s: RSS {:.1} MB \
-             (at most {:.1}), peak RSS since start {:.1} MB, {} threads (at most {}), {} open files, \
+            "{} run {run}: first poll of every stream after {:.1} s; {:.0} s later, over {:.0} s: RSS {:.1} MB \
+             (at most {:.1}), peak RSS since start {:.1} MB, {} threads (at most {}), {} open files (at most {}), \
              CPU {:.2} s per minute{}; stopped {:.2} s after SIGTERM ({}); load {}",
             if rate.is_some() { "steady" } else { "idle" },
             sample.first_polls,
+            args.settle.as_secs_f64(),
             sample.span,
             sample.rss_mb,
             sample.max_rss_mb,
@@ -203,6 +212,7 @@ async fn runs(args: &Args, rate: Option<u64>) -> Vec<Sample> {
             sample.threads,
             sample.max_threads,
             sample.open_files,
+            sample.max_files,
             sample.cpu_per_minute,
             if rate.is_some() {
                 format!(
@@ -241,7 +251,14 @@ fn print_common(runs: &[Sample]) {
         "threads at most during the span",
         runs.iter().map(|r| r.max_threads as f64),
     );
-    summary("open files", runs.iter().map(|r| r.open_files as f64));
+    summary(
+        "open files at the end",
+        runs.iter().map(|r| r.open_files as f64),
+    );
+    summary(
+        "open files at most during the span",
+        runs.iter().map(|r| r.max_files as f64),
+    );
     summary(
         "agent CPU s per minute",
         runs.iter().map(|r| r.cpu_per_minute),
@@ -262,6 +279,7 @@ struct Sample {
     threads: u64,
     max_threads: u64,
     open_files: usize,
+    max_files: usize,
     cpu_per_minute: f64,
     events_per_second: f64,
     produced: u64,
@@ -333,13 +351,14 @@ async fn one_run(args: &Args, rate: Option<u64>) -> Sample {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first_polls = started.elapsed().as_secs_f64();
+    tokio::time::sleep(args.settle).await;
 
     // The span: only /proc is read (the agent's endpoint is not asked: that would cost it CPU).
     let cpu_before = cpu_seconds(pid);
     let received_before = intake.received_count();
     let produced_before = produced.load(Ordering::Relaxed);
     let span_started = Instant::now();
-    let (mut max_rss, mut max_threads) = (0, 0);
+    let (mut max_rss, mut max_threads, mut max_files) = (0, 0, 0);
     while span_started.elapsed() < args.measure {
         tokio::time::sleep(Duration::from_secs(1).min(args.measure)).await;
         if let Some(status) = agent.exited() {
@@ -350,6 +369,7 @@ async fn one_run(args: &Args, rate: Option<u64>) -> Sample {
         }
         max_rss = max_rss.max(status_field(pid, "VmRSS:"));
         max_threads = max_threads.max(status_field(pid, "Threads:"));
+        max_files = max_files.max(open_files(pid));
     }
     let span = span_started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
@@ -374,6 +394,7 @@ async fn one_run(args: &Args, rate: Option<u64>) -> Sample {
         threads,
         max_threads,
         open_files,
+        max_files,
         cpu_per_minute: cpu * 60.0 / span,
         events_per_second: received as f64 / span,
         produced: produced_in_span,
