@@ -14,7 +14,8 @@
 //!   per-stream byte counters ([`ledger`]).
 //!
 //! The other files: [`open`] (opening sled), [`read`] (reading batches), [`admission`] (whether a stream may
-//! queue more: the size limit, its share, the disk reserve), [`blocking`] (how async code calls the queue).
+//! queue more: the size limit, its share, the disk reserve), [`blocking`] (how async code calls the queue),
+//! [`flush`] (making writes durable, one flush at a time).
 //!
 //! Invariants (of every file here; each file states its own):
 //! - No `Db`/`Tree` method is called inside a transaction closure (sled deadlocks), and the closures have no
@@ -41,6 +42,7 @@ mod checkpoint;
 mod commit;
 mod dead_letter;
 mod dedup;
+mod flush;
 mod ledger;
 mod open;
 mod read;
@@ -140,6 +142,8 @@ pub struct Queue {
     checkpoints: Arc<Mutex<Checkpoints>>,
     /// The first damage an async caller met, if any (see [`Queue::damaged`]).
     damage: Arc<blocking::Damage>,
+    /// Flushes take turns (see [`flush`]).
+    flush_turns: Arc<flush::FlushTurns>,
     dir: PathBuf,
 }
 
@@ -191,12 +195,6 @@ impl Queue {
     /// events: a backlog of millions of events must not slow the start).
     pub fn bytes_by_stream(&self) -> Result<std::collections::HashMap<u32, u64>, QueueError> {
         ledger::bytes_by_stream(&self.meta)
-    }
-
-    /// Makes every write so far survive the death of the process (sled's flush; see the README on power loss).
-    pub async fn flush(&self) -> Result<(), QueueError> {
-        self.db.flush_async().await?;
-        Ok(())
     }
 
     /// Free space on the queue's filesystem, if the system says.

@@ -81,6 +81,7 @@ impl Queue {
                 |_| None,
             ))),
             damage: Arc::default(),
+            flush_turns: Arc::default(),
             meta,
             db,
             dir: dir.to_path_buf(),

@@ -184,6 +184,8 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
     }
 
     let now = SystemTime::now();
+    let per_org = shared.options.events_per_org;
+    let org_id = parts.headers.get("x-org-id").map(HeaderValue::as_bytes);
     let parsed = parse_body(&body)
         .and_then(|object| Ok((parse_query(&object, shared.options.max_limit, now)?, object)));
     let (query, object) = match parsed {
@@ -195,19 +197,25 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
 
     let answer = match endpoint {
         Endpoint::Events => {
-            let page = select_page(&shared.lock().events, &query, now);
+            let page = select_page(shared.lock().events_of(per_org, org_id), &query, now);
             shared
                 .served
                 .fetch_add(page.raws.len() as u64, Ordering::Relaxed);
             page_answer(page, &query, fault.as_ref())
         }
         Endpoint::Count => {
-            let count = count_events(&shared.lock().events, &query, now);
+            let count = count_events(shared.lock().events_of(per_org, org_id), &query, now);
             json_answer(StatusCode::OK, format!("{{\"count\":{count}}}"))
         }
         Endpoint::Interval => {
-            let buckets = parse_interval(&object)
-                .and_then(|interval| histogram(&shared.lock().events, &query, interval, now));
+            let buckets = parse_interval(&object).and_then(|interval| {
+                histogram(
+                    shared.lock().events_of(per_org, org_id),
+                    &query,
+                    interval,
+                    now,
+                )
+            });
             match buckets {
                 Ok(body) => json_answer(StatusCode::OK, body),
                 Err((status, message)) => message_answer(status, &message),

@@ -10,6 +10,8 @@
 //! - every stored event has a doc id (20 characters, like an Elasticsearch `_id`) unique within its
 //!   millisecond, so sort keys are unique and `search_after` never skips nor repeats an event;
 //! - an answer's array elements are the events' raw texts byte for byte;
+//! - with `ApiOptions::events_per_org`, a request sees only the events added for its `x-org-id`
+//!   (`ApiStandIn::add_org_events`), and one without `x-org-id` only those added with `add_events`;
 //! - each queued fault replaces the answer to exactly one events request (count and interval requests take
 //!   none, nor does a request refused by the rate limit);
 //! - `/events`, `/events/count` and `/events/interval` select events with the same code, so for one body
@@ -25,7 +27,7 @@ mod histogram;
 mod query;
 mod rate;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -76,6 +78,11 @@ pub struct ApiOptions {
     /// When set, requests to any of the three endpoints that come faster than this get 429 (counted by
     /// `ApiStandIn::rate_limited`); `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// When set, each organization has its own events, as behind a multi-tenant key: a request sees only
+    /// those added for its `x-org-id` with `ApiStandIn::add_org_events` (none for an organization never
+    /// given any), and a request without `x-org-id` those added with `add_events`. When unset, every
+    /// request sees the events of `add_events`, whatever its `x-org-id`.
+    pub events_per_org: bool,
 }
 
 impl Default for ApiOptions {
@@ -87,6 +94,7 @@ impl Default for ApiOptions {
             tokens: None,
             refuse_aggregates: None,
             rate_limit: None,
+            events_per_org: false,
         }
     }
 }
@@ -106,10 +114,28 @@ struct Shared {
 struct State {
     api_key: String,
     events: BTreeMap<SortKey, Stored>,
+    /// The events of each organization, by `x-org-id` (used with `ApiOptions::events_per_org` only).
+    orgs: HashMap<String, BTreeMap<SortKey, Stored>>,
     faults: VecDeque<ApiFault>,
     rng: fastrand::Rng,
     /// Present when `ApiOptions::rate_limit` is set.
     bucket: Option<TokenBucket>,
+}
+
+/// What an organization given no events sees.
+static NO_EVENTS: BTreeMap<SortKey, Stored> = BTreeMap::new();
+
+impl State {
+    /// The events a request with this `x-org-id` may see (see `ApiOptions::events_per_org`).
+    fn events_of(&self, per_org: bool, org_id: Option<&[u8]>) -> &BTreeMap<SortKey, Stored> {
+        match (per_org, org_id) {
+            (true, Some(org_id)) => std::str::from_utf8(org_id)
+                .ok()
+                .and_then(|org_id| self.orgs.get(org_id))
+                .unwrap_or(&NO_EVENTS),
+            _ => &self.events,
+        }
+    }
 }
 
 impl Shared {
@@ -128,6 +154,7 @@ impl ApiStandIn {
             state: Mutex::new(State {
                 api_key: options.api_key.clone(),
                 events: BTreeMap::new(),
+                orgs: HashMap::new(),
                 faults: VecDeque::new(),
                 rng: fastrand::Rng::new(),
                 bucket: options
@@ -164,24 +191,16 @@ impl ApiStandIn {
     pub fn add_events(&self, events: impl IntoIterator<Item = ApiEvent>) {
         let mut state = self.inner.shared.lock();
         let state = &mut *state;
-        for event in events {
-            let ms = event.timestamp_ns.div_euclid(1_000_000);
-            // 120 random bits make a collision practically impossible, but the key must be unique: check.
-            let key = loop {
-                let key = (ms, doc_id(&mut state.rng));
-                if !state.events.contains_key(&key) {
-                    break key;
-                }
-            };
-            state.events.insert(
-                key,
-                Stored {
-                    raw: Bytes::from(event.raw),
-                    service: event.service,
-                    visible_at: event.visible_at,
-                },
-            );
-        }
+        store(&mut state.events, &mut state.rng, events);
+    }
+
+    /// Stores events of the organization `org_id`, seen only by requests with that `x-org-id` when
+    /// `ApiOptions::events_per_org` is set (never seen otherwise).
+    pub fn add_org_events(&self, org_id: &str, events: impl IntoIterator<Item = ApiEvent>) {
+        let mut state = self.inner.shared.lock();
+        let state = &mut *state;
+        let org = state.orgs.entry(org_id.to_string()).or_default();
+        store(org, &mut state.rng, events);
     }
 
     /// FIFO; each fault replaces the answer to ONE later events request.
@@ -226,14 +245,41 @@ impl ApiStandIn {
         self.inner.shared.served.load(Ordering::Relaxed)
     }
 
-    /// Events stored, visible or not.
+    /// Events stored, visible or not (every organization's included).
     pub fn event_count(&self) -> usize {
-        self.inner.shared.lock().events.len()
+        let state = self.inner.shared.lock();
+        state.events.len() + state.orgs.values().map(BTreeMap::len).sum::<usize>()
     }
 
     /// Stops accepting connections; in-flight answers may finish.
     pub fn shutdown(&self) {
         self.inner.server.shutdown();
+    }
+}
+
+/// Adds `events` to `events_map`; each gets a doc id unique within its millisecond there.
+fn store(
+    events_map: &mut BTreeMap<SortKey, Stored>,
+    rng: &mut fastrand::Rng,
+    events: impl IntoIterator<Item = ApiEvent>,
+) {
+    for event in events {
+        let ms = event.timestamp_ns.div_euclid(1_000_000);
+        // 120 random bits make a collision practically impossible, but the key must be unique: check.
+        let key = loop {
+            let key = (ms, doc_id(rng));
+            if !events_map.contains_key(&key) {
+                break key;
+            }
+        };
+        events_map.insert(
+            key,
+            Stored {
+                raw: Bytes::from(event.raw),
+                service: event.service,
+                visible_at: event.visible_at,
+            },
+        );
     }
 }
 

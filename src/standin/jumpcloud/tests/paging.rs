@@ -171,3 +171,59 @@ async fn filters_by_service_and_time_range() {
     assert_eq!(count.body_text(), "{\"count\":3}");
     assert_eq!(api.requests(), 1, "count requests are not events requests");
 }
+
+#[tokio::test]
+async fn with_events_per_org_each_organization_reads_only_its_own_events() {
+    let api = ApiStandIn::start(ApiOptions {
+        events_per_org: true,
+        ..ApiOptions::default()
+    })
+    .await
+    .unwrap();
+    let now = now_ns_test();
+    let mut factory = EventFactory::new(3);
+    let acme = factory.mix(3, now - 1_800_000_000_000, now - 1_000_000_000);
+    let globex = factory.mix(2, now - 1_800_000_000_000, now - 1_000_000_000);
+    let common = factory.mix(1, now - 1_800_000_000_000, now - 1_000_000_000);
+    api.add_org_events("acme", acme.clone());
+    api.add_org_events("globex", globex.clone());
+    api.add_events(common.clone());
+    assert_eq!(api.event_count(), 6);
+
+    let body = serde_json::json!({"service": ["all"], "start_time": an_hour_ago()}).to_string();
+    let read = |org: Option<&'static str>| {
+        let body = body.clone();
+        let api = api.clone();
+        async move {
+            let mut headers = vec![KEY];
+            headers.extend(org.map(|org| ("x-org-id", org)));
+            let page = post(&api, EVENTS_PATH, &headers, &body).await.unwrap();
+            assert_eq!(page.status, 200, "{}", page.body_text());
+            let count = post(&api, COUNT_PATH, &headers, &body).await.unwrap();
+            let count: serde_json::Value = serde_json::from_slice(&count.body).unwrap();
+            let mut with_interval: serde_json::Value = serde_json::from_str(&body).unwrap();
+            with_interval["interval_unit"] = "h".into();
+            with_interval["interval_value"] = "1".into();
+            let histogram = post(&api, INTERVAL_PATH, &headers, &with_interval.to_string())
+                .await
+                .unwrap();
+            let histogram: serde_json::Value = serde_json::from_slice(&histogram.body).unwrap();
+            let in_buckets: u64 = histogram["buckets"]
+                .as_array()
+                .map(|buckets| buckets.iter().filter_map(|b| b["doc_count"].as_u64()).sum())
+                .unwrap_or(0);
+            let mut raws = elements(&page);
+            raws.sort();
+            (raws, count["count"].as_u64(), in_buckets)
+        }
+    };
+    let raws = |events: &[ApiEvent]| {
+        let mut raws: Vec<String> = events.iter().map(|event| event.raw.clone()).collect();
+        raws.sort();
+        raws
+    };
+    assert_eq!(read(Some("acme")).await, (raws(&acme), Some(3), 3));
+    assert_eq!(read(Some("globex")).await, (raws(&globex), Some(2), 2));
+    assert_eq!(read(Some("initech")).await, (Vec::new(), Some(0), 0));
+    assert_eq!(read(None).await, (raws(&common), Some(1), 1));
+}
