@@ -19,11 +19,15 @@
 //!   organizations) arrive, stamped with the current time; plus the events per second that reached the
 //!   intake during the span, and CPU seconds per million of them.
 //!
+//! `--backlog N` puts N events per organization in the API before the agent starts (stamped over the hour
+//! before): the first poll of every stream is then a catch-up of all of them at once, and the time to the
+//! first poll of every stream and the peak RSS say what that costs.
+//!
 //! At the end of each run the agent gets SIGTERM; the time it takes to exit is reported (it must exit
 //! within 60 s, cleanly, or the run reports the end of its log).
 //!
 //! `cargo bench --bench streams -- [--streams N] [--runs R] [--rate EVENTS_PER_S] [--measure SECONDS]
-//! [--only idle|steady] [--quick] [--binary PATH]`. `--quick` (also what `cargo test --all-targets` runs,
+//! [--backlog EVENTS_PER_ORG] [--only idle|steady] [--quick] [--binary PATH]`. `--quick` (also what `cargo test --all-targets` runs,
 //! without `--bench`): 20 streams, 100 events/s, one run, 1 s to settle, 5 s spans. The agent gets a clean
 //! environment, plus glibc's allocator variables of the bench's (`GLIBC_TUNABLES`, `MALLOC_*`) if set, as
 //! in the e2e bench. Nothing here asserts a timing: it measures and prints.
@@ -56,6 +60,8 @@ struct Args {
     runs: usize,
     /// Events per second, all streams together (steady).
     rate: u64,
+    /// Events per organization waiting before the agent starts.
+    backlog: usize,
     measure: Duration,
     settle: Duration,
     idle: bool,
@@ -73,7 +79,7 @@ fn inherited(name: &str) -> bool {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench streams -- [--streams N] [--runs R] [--rate EVENTS_PER_S] \
-         [--measure SECONDS] [--only idle|steady] [--quick] [--binary PATH]"
+         [--measure SECONDS] [--backlog EVENTS_PER_ORG] [--only idle|steady] [--quick] [--binary PATH]"
     );
     std::process::exit(2)
 }
@@ -91,6 +97,7 @@ fn parse_args() -> Args {
         streams: 500,
         runs: 3,
         rate: 500,
+        backlog: 0,
         measure: Duration::from_secs(120),
         settle: SETTLE,
         idle: true,
@@ -115,6 +122,7 @@ fn parse_args() -> Args {
             "--streams" => args.streams = value().parse().unwrap_or_else(|_| usage()),
             "--runs" => args.runs = value().parse().unwrap_or_else(|_| usage()),
             "--rate" => args.rate = value().parse().unwrap_or_else(|_| usage()),
+            "--backlog" => args.backlog = value().parse().unwrap_or_else(|_| usage()),
             "--measure" => {
                 args.measure = Duration::from_secs(value().parse().unwrap_or_else(|_| usage()))
             }
@@ -150,9 +158,10 @@ async fn bench(args: Args) {
         .map(|(name, value)| format!("{name}={value:?} (inherited)"))
         .collect();
     println!(
-        "streams bench: {} streams (one organization each), default configuration, binary {}, \
-         agent environment: {}, load average {}",
+        "streams bench: {} streams (one organization each), {} events per organization waiting at \
+         the start, default configuration, binary {}, agent environment: {}, load average {}",
         args.streams,
+        args.backlog,
         args.binary.display(),
         if environment.is_empty() {
             "nothing set".to_string()
@@ -313,6 +322,16 @@ async fn one_run(args: &Args, rate: Option<u64>) -> Sample {
     let orgs: Vec<String> = (0..args.streams).map(org_id).collect();
     let config = write_config(dir.path(), &api, &intake, listen, &orgs);
 
+    if args.backlog > 0 {
+        let mut factory = EventFactory::new(17);
+        let now = now_ns();
+        for org in &orgs {
+            api.add_org_events(
+                org,
+                factory.mix(args.backlog, now - 3600 * 1_000_000_000, now),
+            );
+        }
+    }
     let stop_producing = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
     let producer = rate.map(|rate| {
