@@ -558,7 +558,9 @@ mod tests {
                 for event in &page.events {
                     prop_assert!(event.raw.starts_with(b"{"), "an event that is not an object");
                     let text = std::str::from_utf8(&event.raw).expect("UTF-8");
-                    prop_assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok());
+                    // Valid JSON by the grammar: a number such as 2.4e2849 is, though serde_json's Value
+                    // cannot hold it (the seed in proptest-regressions/source/page.txt).
+                    prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(), "not JSON: {}", text);
                     let at = memchr::memmem::find(&received[from..], &event.raw);
                     prop_assert!(at.is_some(), "an event that is not bytes received, in order");
                     from += at.unwrap_or_default() + event.raw.len();
