@@ -123,6 +123,8 @@ pub async fn run(
         streams: config.streams.len() as u64,
     });
     let mut tasks = tokio::task::JoinSet::new();
+    // One set of turns to read pages for all the streams: memory does not grow with their number.
+    let reading = crate::source::reading_turns();
     let mut stream_apis = Vec::new();
     for (stream, tag) in config.streams.iter().zip(tags) {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
@@ -156,6 +158,7 @@ pub async fn run(
             metrics: metrics.clone(),
             forwarder_wake: wake.clone(),
             late: Default::default(),
+            reading: reading.clone(),
         };
         let route = StreamRoute {
             name: stream.name.clone(),

@@ -574,7 +574,7 @@ impl Poller {
                 search_after: paging.search_after(),
             };
             let mut early = EarlyParts::new(self);
-            let page = self
+            let (page, turn) = self
                 .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
             let read = early.read.add(&page.events);
@@ -582,6 +582,7 @@ impl Poller {
             let committed = self
                 .commit(page.events, None, page.request_id.as_deref())
                 .await?;
+            drop(turn);
             let queued = early_queued + committed.queued;
             self.metrics.late_events(&self.stream, queued);
             tracing::debug!(

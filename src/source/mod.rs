@@ -40,7 +40,7 @@ mod scan;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::{format_rfc3339_ns, now_ms, now_ns};
 use crate::config::JumpcloudConfig;
@@ -73,6 +73,21 @@ pub struct Poller {
     pub forwarder_wake: Arc<Notify>,
     /// What the late check remembers between polls.
     pub late: LateCheck,
+    /// Turns to read a page, shared by every stream of the agent ([`READS_IN_FLIGHT`]).
+    pub reading: Arc<Semaphore>,
+}
+
+/// How many pages the agent's streams read at once. A page being read holds up to a part of events and
+/// its transaction (a few MiB); without a limit, hundreds of streams polling at the same moment (every
+/// one catching up after a start) held them all at once: 963 MB for 500 streams with 2,000 events each
+/// waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a turn is
+/// only held while a request is answered and its page queued; 16 keeps 500 streams of steady polling
+/// (about 8 requests/s in all with the defaults) far from waiting on each other.
+pub const READS_IN_FLIGHT: usize = 16;
+
+/// Creates the turns to share between an agent's pollers.
+pub fn reading_turns() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(READS_IN_FLIGHT))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +214,7 @@ impl Poller {
                 search_after: paging.search_after(),
             };
             let mut early = EarlyParts::new(self);
-            let page = self
+            let (page, _turn) = self
                 .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
             let read = early.read.add(&page.events);
@@ -249,9 +264,14 @@ impl Poller {
         query: &EventsQuery<'_>,
         now_ns: i64,
         early: &mut impl PartSink,
-    ) -> Result<api::Page, PollError> {
+    ) -> Result<(api::Page, OwnedSemaphorePermit), PollError> {
         loop {
             self.wait_turn(shutdown, pacer).await?;
+            // The caller holds the turn until the page is queued.
+            let turn = tokio::select! {
+                turn = self.reading.clone().acquire_owned() => turn.map_err(|_| PollError::Shutdown)?,
+                _ = shutdown.wait() => return Err(PollError::Shutdown),
+            };
             let asked = Instant::now();
             let fetched = tokio::select! {
                 page = self.api.fetch_streamed(query, now_ns, early) => page,
@@ -264,7 +284,7 @@ impl Poller {
                 Ok(page) => {
                     pacer.answered();
                     self.metrics.api_pace(&self.stream, pacer.rate());
-                    return Ok(page);
+                    return Ok((page, turn));
                 }
                 Err(FetchError::Throttled {
                     reason,
