@@ -19,12 +19,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
+use jcdi_forwarder::harness::measure::{
+    cpu_seconds, free_local_addr, load_average, self_cpu_seconds, status_field, summary,
+};
 use jcdi_forwarder::harness::{AgentProcess, Binary, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
 
@@ -234,7 +236,7 @@ impl Bench {
             .await;
             let seconds = started.elapsed().as_secs_f64();
             let cpu = cpu_seconds(pid);
-            let peak = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+            let peak = status_field(pid, "VmHWM:") as f64 / 1024.0;
             let disk = disk_usage(&dir.path().join("queue"));
             terminate(&mut agent).await;
             let result = Run {
@@ -327,8 +329,8 @@ impl Bench {
         let cpu = cpu_seconds(pid);
         // Let a second of idle pass (the forwarder keeps retrying the intake) and look at memory again.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = status_kb(pid, "VmRSS:") as f64 / 1024.0;
-        let hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+        let rss = status_field(pid, "VmRSS:") as f64 / 1024.0;
+        let hwm = status_field(pid, "VmHWM:") as f64 / 1024.0;
         let disk = disk_usage(&queue_dir);
         println!(
             "backlog: {n} events ({:.1} MB raw) queued in {queued_in:.2} s ({:.0} events/s, CPU {:.2} s, \
@@ -371,7 +373,7 @@ impl Bench {
         .await;
         let drained_in = restarted.elapsed().as_secs_f64();
         let drain_cpu = cpu_seconds(pid);
-        let drain_hwm = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+        let drain_hwm = status_field(pid, "VmHWM:") as f64 / 1024.0;
         let disk_drained = disk_usage(&queue_dir);
         terminate(&mut agent).await;
         println!(
@@ -417,13 +419,6 @@ async fn start_intake() -> IntakeStandIn {
     })
     .await
     .expect("intake stand-in")
-}
-
-/// A port that was free a moment ago, for the agent's local endpoint.
-fn free_local_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
 }
 
 /// The events the agent at `listen` has queued (0 until it answers).
@@ -473,79 +468,6 @@ async fn terminate(agent: &mut AgentProcess) {
     }
 }
 
-fn summary(what: &str, values: impl Iterator<Item = f64>) {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    let median = if values.len() % 2 == 1 {
-        values[values.len() / 2]
-    } else {
-        (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
-    };
-    println!(
-        "  {what}: {} / {} / {}",
-        round(values[0]),
-        round(median),
-        round(values[values.len() - 1])
-    );
-}
-
-fn round(value: f64) -> String {
-    if value >= 100.0 {
-        format!("{value:.0}")
-    } else {
-        format!("{value:.2}")
-    }
-}
-
-/// A `kB` field of `/proc/<pid>/status` (0 when unreadable).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with(field))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
-}
-
-fn self_cpu_seconds() -> f64 {
-    stat_cpu_seconds("/proc/self/stat")
-}
-
-fn stat_cpu_seconds(path: &str) -> f64 {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    ticks as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Bytes allocated on disk under `dir` (blocks, not apparent sizes: sled's files may be sparse).
 fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -560,15 +482,4 @@ fn disk_usage(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
 }

@@ -10,6 +10,7 @@
 mod arrival;
 mod config;
 mod in_process;
+pub mod measure;
 mod process;
 
 use std::path::Path;
