@@ -285,6 +285,15 @@ impl ApiClient {
         }
     }
 
+    /// [`ApiClient::post`], with the whole answer read (small answers: counts, histograms, errors).
+    async fn post_whole(&self, url: &str, body: Bytes) -> Result<Response, FetchError> {
+        self.post(url, body)
+            .await?
+            .read_all()
+            .await
+            .map_err(|err| self.unanswered(url, err))
+    }
+
     /// The request failed before a status or while its body was read.
     fn unanswered(&self, url: &str, err: HttpError) -> FetchError {
         match err {
@@ -423,12 +432,7 @@ impl ApiClient {
             retry_after: None,
         })?;
         let url = format!("{}/count", self.url);
-        let response = self
-            .post(&url, Bytes::from(body))
-            .await?
-            .read_all()
-            .await
-            .map_err(|err| self.unanswered(&url, err))?;
+        let response = self.post_whole(&url, Bytes::from(body)).await?;
         if !response.status.is_success() {
             let request_id = response.header("x-request-id").map(str::to_string);
             return Err(classify_failure(
@@ -627,12 +631,7 @@ impl ApiClient {
             retry_after: None,
         })?;
         let url = format!("{}{path}", self.url);
-        let response = self
-            .post(&url, Bytes::from(body))
-            .await?
-            .read_all()
-            .await
-            .map_err(|err| self.unanswered(&url, err))?;
+        let response = self.post_whole(&url, Bytes::from(body)).await?;
         let status = response.status;
         if status.is_success() {
             return Ok(response.body);
