@@ -96,12 +96,11 @@ pub struct PageReader {
     /// The answer's first bytes, kept for the dead-letter store when the answer is unusable.
     head: Head,
     head_max: usize,
-    received: u64,
 }
 
 impl PageReader {
     /// A reader for the answer with these `headers`, read at `now_ns`; it keeps (at least) the answer's
-    /// first `keep_head` bytes ([`PageReader::head`]).
+    /// first `keep_head` bytes (returned by [`PageReader::finish`]).
     pub fn new(headers: &HeaderMap, now_ns: i64, keep_head: usize) -> PageReader {
         PageReader {
             scanner: ArrayScanner::default(),
@@ -116,14 +115,12 @@ impl PageReader {
             head: Head::default(),
             // A few bytes are always kept: they say what the answer is when it is not an array.
             head_max: keep_head.max(64),
-            received: 0,
         }
     }
 
     /// Reads the next piece of the body. Once a fault is found, the rest is only counted.
     pub fn push(&mut self, piece: &Bytes) {
-        self.received += piece.len() as u64;
-        self.head.received = self.received;
+        self.head.received += piece.len() as u64;
         let room = self.head_max.saturating_sub(self.head.kept);
         if room > 0 && !piece.is_empty() {
             // The pieces themselves are kept (shared, not copied): only an unusable answer is copied.
@@ -254,7 +251,7 @@ impl PageReader {
         // When the whole answer was kept (a small one: an error page, say), serde_json says where it
         // stops being JSON, as it said before answers were read in parts.
         let head = self.head.bytes();
-        let whole = self.received == head.len() as u64;
+        let whole = self.head.received == head.len() as u64;
         let serde_said = whole
             .then(|| serde_json::from_slice::<Vec<&RawValue>>(&head).err())
             .flatten()
@@ -283,7 +280,7 @@ impl PageReader {
                 )
             })
             .unwrap_or_default();
-        format!("{what}: {fault}; {} bytes{content_type}", self.received)
+        format!("{what}: {fault}; {} bytes{content_type}", self.head.received)
     }
 }
 
