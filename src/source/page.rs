@@ -280,7 +280,10 @@ impl PageReader {
                 )
             })
             .unwrap_or_default();
-        format!("{what}: {fault}; {} bytes{content_type}", self.head.received)
+        format!(
+            "{what}: {fault}; {} bytes{content_type}",
+            self.head.received
+        )
     }
 }
 
