@@ -44,8 +44,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::{format_rfc3339_ns, now_ms, now_ns};
 use crate::config::JumpcloudConfig;
-use crate::event::Cursor;
-use crate::event::IncomingEvent;
+use crate::event::{Cursor, IncomingEvent};
 use crate::metrics::{Metrics, Outcome};
 use crate::queue::{CommitOutcome, Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
@@ -275,7 +274,8 @@ impl Poller {
             let asked = Instant::now();
             let fetched = tokio::select! {
                 page = self.api.fetch_streamed(query, now_ns, early) => page,
-                // Abandoning a request loses nothing: its page was not committed, the cursor did not move.
+                // Abandoning a request loses nothing: the cursor did not move (parts already queued are
+                // known to the dedup index when the page is read again).
                 _ = shutdown.wait() => return Err(PollError::Shutdown),
             };
             self.metrics
@@ -290,6 +290,7 @@ impl Poller {
                     reason,
                     retry_after,
                 }) => self.throttled(pacer, &reason, retry_after),
+                // A storage failure is the queue's, handled as any (StorageFailures), not the API's.
                 Err(FetchError::Queue(err)) => return Err(err.into()),
                 Err(err) => return Err(err.into()),
             }
