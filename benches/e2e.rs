@@ -25,9 +25,10 @@ use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
 use jcdi_forwarder::harness::measure::{
-    cpu_seconds, free_local_addr, load_average, self_cpu_seconds, status_field, summary,
+    allocator_environment, cpu_seconds, free_local_addr, load_average, self_cpu_seconds,
+    spawn_agent, status_field, summary,
 };
-use jcdi_forwarder::harness::{AgentProcess, Binary, ConfigBuilder};
+use jcdi_forwarder::harness::{AgentProcess, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
 
 const API_KEY: &str = "bench-api-key";
@@ -42,23 +43,8 @@ struct Args {
     binary: PathBuf,
     /// `section.key` → TOML value, replacing the bench's defaults.
     overrides: Vec<(String, toml::Value)>,
-    /// What the agent gets of the bench's environment (see [`inherited`]).
+    /// What the agent gets of the bench's environment (see `allocator_environment`).
     agent_env: Vec<(String, String)>,
-}
-
-/// Whether a variable of the bench's environment passes on to the agent: glibc's allocator settings
-/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...), for experiments (the binary sets
-/// its own unless given some: `jcdi_forwarder::allocator`). Nothing else does: by default the agent runs
-/// with a clean environment, as a user would start it.
-fn inherited(name: &str) -> bool {
-    name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
-}
-
-/// The bench's own [`inherited`] variables.
-fn inherited_environment() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(name, _)| inherited(name))
-        .collect()
 }
 
 fn usage() -> ! {
@@ -77,7 +63,7 @@ fn parse_args() -> Args {
         backlog: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
         overrides: Vec::new(),
-        agent_env: inherited_environment(),
+        agent_env: allocator_environment(),
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
     // to the quick size, so the test suite only checks that the bench works.
@@ -145,7 +131,7 @@ async fn bench(args: Args) {
         args.binary.display(),
         load_average()
     );
-    let environment: Vec<String> = inherited_environment()
+    let environment: Vec<String> = allocator_environment()
         .into_iter()
         .map(|(name, value)| format!("{name}={value:?} (inherited)"))
         .collect();
@@ -217,7 +203,8 @@ impl Bench {
             let config = self.write_config(dir.path(), &intake, free_local_addr());
             let bench_cpu = self_cpu_seconds();
             let started = Instant::now();
-            let mut agent = spawn_agent(&self.args, &config, dir.path());
+            let mut agent =
+                spawn_agent(&self.args.binary, &self.args.agent_env, &config, dir.path());
             let pid = agent.id();
             let mut first_batch = None;
             let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
@@ -304,7 +291,7 @@ impl Bench {
         // 1. Intake down: everything is polled into the queue.
         let served_before = self.api.events_served();
         let started = Instant::now();
-        let mut agent = spawn_agent(&self.args, &config, dir.path());
+        let mut agent = spawn_agent(&self.args.binary, &self.args.agent_env, &config, dir.path());
         let pid = agent.id();
         let deadline = started + Duration::from_secs(60 + n as u64 / 2_000);
         wait_for(
@@ -351,7 +338,7 @@ impl Bench {
         intake.set_outage(false);
         let received_before = intake.received_count();
         let restarted = Instant::now();
-        let mut agent = spawn_agent(&self.args, &config, dir.path());
+        let mut agent = spawn_agent(&self.args.binary, &self.args.agent_env, &config, dir.path());
         let pid = agent.id();
         let deadline = restarted + Duration::from_secs(60 + n as u64 / 2_000);
         wait_for(
@@ -433,18 +420,6 @@ async fn queued_events(listen: SocketAddr) -> u64 {
         .ok()
         .and_then(|status| status["queue"]["events"].as_u64())
         .unwrap_or(0)
-}
-
-fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> AgentProcess {
-    let mut command = Binary::new(&args.binary)
-        .agent(config, &dir.join("agent.log"))
-        .log_level("warn");
-    for (name, value) in &args.agent_env {
-        command = command.env(name, value);
-    }
-    command.spawn().unwrap_or_else(|err| {
-        panic!("{err:#} (build it with `cargo build --release`, or pass --binary)")
-    })
 }
 
 /// Checks `done` every `every` until it holds; fails the bench, with the agent's log, if the agent exits

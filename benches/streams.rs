@@ -42,9 +42,10 @@ use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
 use jcdi_forwarder::harness::measure::{
-    cpu_seconds, free_local_addr, load_average, open_files, status_field, summary,
+    allocator_environment, cpu_seconds, free_local_addr, load_average, open_files, spawn_agent,
+    status_field, summary,
 };
-use jcdi_forwarder::harness::{AgentProcess, Binary, ConfigBuilder};
+use jcdi_forwarder::harness::{AgentProcess, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
 
 const API_KEY: &str = "bench-api-key";
@@ -69,13 +70,8 @@ struct Args {
     idle: bool,
     steady: bool,
     binary: PathBuf,
-    /// What the agent gets of the bench's environment (see [`inherited`]).
+    /// What the agent gets of the bench's environment (see `allocator_environment`).
     agent_env: Vec<(String, String)>,
-}
-
-/// glibc's allocator settings pass on to the agent, for experiments; nothing else does.
-fn inherited(name: &str) -> bool {
-    name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
 }
 
 fn usage() -> ! {
@@ -105,9 +101,7 @@ fn parse_args() -> Args {
         idle: true,
         steady: true,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jcdi-forwarder")),
-        agent_env: std::env::vars()
-            .filter(|(name, _)| inherited(name))
-            .collect(),
+        agent_env: allocator_environment(),
     };
     // `cargo test --all-targets` runs this target without `--bench`, in a debug build: keep that run
     // to the quick size, so the test suite only checks that the bench works.
@@ -347,7 +341,7 @@ async fn one_run(args: &Args, rate: Option<u64>) -> Sample {
     });
 
     let started = Instant::now();
-    let mut agent = spawn_agent(args, &config, dir.path());
+    let mut agent = spawn_agent(&args.binary, &args.agent_env, &config, dir.path());
     let pid = agent.id();
     // The first polls: 500 streams start together, each paced on its own; allow a generous time.
     let deadline = started + Duration::from_secs(60 + args.streams as u64 / 5);
@@ -504,18 +498,6 @@ async fn streams_polled(listen: SocketAddr) -> usize {
                 .is_some_and(|value| value >= 1.0)
         })
         .count()
-}
-
-fn spawn_agent(args: &Args, config: &Path, dir: &Path) -> AgentProcess {
-    let mut command = Binary::new(&args.binary)
-        .agent(config, &dir.join("agent.log"))
-        .log_level("warn");
-    for (name, value) in &args.agent_env {
-        command = command.env(name, value);
-    }
-    command.spawn().unwrap_or_else(|err| {
-        panic!("{err:#} (build it with `cargo build --release`, or pass --binary)")
-    })
 }
 
 /// SIGTERM, then waits for the exit: the seconds it took and how it ended. Past [`STOP_WAIT`] the agent

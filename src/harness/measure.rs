@@ -1,9 +1,13 @@
-//! What the benches read about a process and how they print it: `/proc` fields (memory, threads, open
-//! files, CPU time), the load average, and min / median / max lines. Linux only, like the benches; a
-//! field that cannot be read is 0, so that a bench prints instead of failing.
+//! What the benches share: how they start the agent (with a clean environment), what they read about a
+//! process and how they print it (`/proc` fields: memory, threads, open files, CPU time; the load
+//! average; min / median / max lines). Linux only, like the benches; a field that cannot be read is 0, so
+//! that a bench prints instead of failing.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
+
+use super::{AgentProcess, Binary};
 
 /// Prints `what: min / median / max` of `values` (nothing when there are none).
 pub fn summary(what: &str, values: impl Iterator<Item = f64>) {
@@ -105,4 +109,33 @@ pub fn free_local_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
+}
+
+/// The variables of the bench's own environment that pass on to the agent: glibc's allocator settings
+/// (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`...), for experiments (the binary sets
+/// its own unless given some: `jcdi_forwarder::allocator`). Nothing else does: by default the agent runs
+/// with a clean environment, as a user would start it.
+pub fn allocator_environment() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_"))
+        .collect()
+}
+
+/// Starts `binary` as the agent with `config`, its log in `dir`, with `env` only (see
+/// [`allocator_environment`]).
+pub fn spawn_agent(
+    binary: &Path,
+    env: &[(String, String)],
+    config: &Path,
+    dir: &Path,
+) -> AgentProcess {
+    let mut command = Binary::new(binary)
+        .agent(config, &dir.join("agent.log"))
+        .log_level("warn");
+    for (name, value) in env {
+        command = command.env(name, value);
+    }
+    command.spawn().unwrap_or_else(|err| {
+        panic!("{err:#} (build it with `cargo build --release`, or pass --binary)")
+    })
 }
