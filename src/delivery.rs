@@ -279,21 +279,54 @@ impl Intake<'_> {
 }
 
 /// `{"intake_key": "...", "jsons": ["<raw event>", ...]}`, each raw event as one JSON string.
+///
+/// Escaping the events was the agent's largest single cost in CPU profiles (6 % of it with serde_json's
+/// byte-by-byte escaper, JumpCloud's events having a quote every few bytes): `json-escape-simd` writes the
+/// same text 16 or 32 bytes at a time.
 pub fn batch_body<E: Payload>(intake_key: &str, events: &[E]) -> Bytes {
     // Escaping adds a backslash before every quote: about a sixth more for JumpCloud's events. Reserving
-    // a quarter more avoids growing (copying) a body of megabytes half way.
+    // a quarter more, plus the scratch room the escaper asks past the end for the largest event, avoids
+    // growing (copying) a body of megabytes half way.
     let size: usize = events.iter().map(|e| e.raw().len() * 5 / 4 + 3).sum();
-    let mut body = Vec::with_capacity(size + intake_key.len() + 32);
+    let scratch = events.iter().map(|e| e.raw().len()).max().unwrap_or(0) * 6 + 35;
+    let mut body = Vec::with_capacity(size + scratch + intake_key.len() + 32);
     body.extend_from_slice(b"{\"intake_key\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut body, intake_key);
+    json_escape_simd::escape_into(intake_key, &mut body);
     body.extend_from_slice(b",\"jsons\":[");
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        let _ = serde_json::to_writer(&mut body, event.raw());
+        json_escape_simd::escape_into(event.raw(), &mut body);
     }
     body.extend_from_slice(b"]}");
     Bytes::from(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    impl Payload for String {
+        fn raw(&self) -> &str {
+            self
+        }
+    }
+
+    proptest! {
+        /// The body is what serde_json writes for the same key and events, byte for byte: control
+        /// characters, quotes, backslashes and any Unicode, at any length and alignment.
+        #[test]
+        fn the_body_is_what_serde_json_writes(
+            key in ".{0,40}",
+            events in prop::collection::vec(
+                prop_oneof![".{0,200}", "[\\x00-\\x7f]{0,100}", "[\"\\\\{}:a ]{0,300}"], 0..12),
+        ) {
+            let body = batch_body(&key, &events);
+            let expected = serde_json::to_vec(&serde_json::json!({"intake_key": key, "jsons": events}))
+                .expect("serializable");
+            prop_assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(&expected));
+        }
+    }
 }
