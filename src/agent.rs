@@ -25,7 +25,7 @@ use crate::retry::RepeatFilter;
 use crate::shutdown::Shutdown;
 use crate::sink::{Forwarder, StreamRoute};
 use crate::source::api::{ApiClient, Recorder};
-use crate::source::Poller;
+use crate::source::{poll_phase, Poller};
 
 /// The longest a clean stop may take (the packaged unit's `TimeoutStopSec` is longer).
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -126,7 +126,8 @@ pub async fn run(
     // One set of turns to read pages for all the streams: memory does not grow with their number.
     let reading = crate::source::reading_turns();
     let mut stream_apis = Vec::new();
-    for (stream, tag) in config.streams.iter().zip(tags) {
+    let count = config.streams.len();
+    for (index, (stream, tag)) in config.streams.iter().zip(tags).enumerate() {
         let api_http = HttpClient::for_transport(CONNECT_TIMEOUT, &stream.jumpcloud.transport)
             .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud)
@@ -159,6 +160,7 @@ pub async fn run(
             forwarder_wake: wake.clone(),
             late: Default::default(),
             reading: reading.clone(),
+            phase: poll_phase(stream.jumpcloud.poll_interval, index, count),
         };
         let route = StreamRoute {
             name: stream.name.clone(),

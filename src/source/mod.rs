@@ -74,6 +74,19 @@ pub struct Poller {
     pub late: LateCheck,
     /// Turns to read a page, shared by every stream of the agent ([`READS_IN_FLIGHT`]).
     pub reading: Arc<Semaphore>,
+    /// Added once to the wait after the first poll that succeeds ([`poll_phase`]).
+    pub phase: Duration,
+}
+
+/// Where in its poll interval stream `index` of `count` polls: an even share of the interval, so that the
+/// streams of one agent, which all poll at once when it starts, then poll one after another. All at once,
+/// 500 streams read, hold and commit 500 pages in the same second of every minute; spread, a few at a
+/// time. The first stream's phase is zero: an agent with one stream polls as it always did.
+pub fn poll_phase(interval: Duration, index: usize, count: usize) -> Duration {
+    if count <= 1 {
+        return Duration::ZERO;
+    }
+    interval.mul_f64((index % count) as f64 / count as f64)
 }
 
 /// How many pages the agent's streams read at once. A page being read holds up to a part of events and
@@ -111,6 +124,7 @@ impl Poller {
         let mut pacer = Pacer::new(self.config.request_ceiling());
         self.metrics.api_pace(&self.stream, pacer.rate());
         let mut storage = StorageFailures::default();
+        let mut phase = self.phase;
         while !shutdown.is_triggered() {
             if let Some(why) = self.queue.no_room(&self.stream) {
                 if !paused {
@@ -142,7 +156,7 @@ impl Poller {
                     storage.reset();
                     self.metrics.poll_succeeded(&self.stream);
                     repeats.reset();
-                    self.config.poll_interval
+                    self.config.poll_interval + std::mem::take(&mut phase)
                 }
                 Err(PollError::Shutdown) => break,
                 Err(PollError::Fetch(FetchError::Rejected(reason))) => {
@@ -421,5 +435,25 @@ fn outcome_of<T>(fetched: &Result<T, FetchError>) -> Outcome {
         Ok(_) | Err(FetchError::Queue(_)) => Outcome::Ok,
         Err(FetchError::Rejected(_)) => Outcome::Rejected,
         Err(FetchError::Transient { .. } | FetchError::Throttled { .. }) => Outcome::Retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::poll_phase;
+    use std::time::Duration;
+
+    #[test]
+    fn streams_poll_at_even_shares_of_the_interval() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(poll_phase(minute, 0, 1), Duration::ZERO);
+        let phases: Vec<Duration> = (0..4).map(|i| poll_phase(minute, i, 4)).collect();
+        assert_eq!(
+            phases,
+            [0, 15, 30, 45].map(Duration::from_secs).to_vec(),
+            "four streams a quarter of the interval apart, the first one at once"
+        );
+        let many: Vec<Duration> = (0..500).map(|i| poll_phase(minute, i, 500)).collect();
+        assert!(many.windows(2).all(|w| w[0] < w[1] && w[1] < minute));
     }
 }
