@@ -19,8 +19,10 @@
 //!   as it arrives and queued in parts ([`api::ApiClient::fetch_streamed`]), each flushed, the cursor
 //!   with the last: memory does not grow with the page size, and a page cut off or refused midway leaves
 //!   the cursor where it was (its parts are known to the dedup index when it is read again). Each commit
-//!   is flushed before the next request: a commit lost in a crash takes its cursor with it, and is
-//!   simply read again.
+//!   that queued events is flushed before the next request: a commit lost in a crash takes its cursor
+//!   with it, and is simply read again. A commit that queued nothing (an empty page, or only events
+//!   already queued) moves only the cursor and is left to sled's own flush, within 500 ms: lost in a
+//!   crash, the same window is read again and holds nothing new.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
 //!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
 //! - When the queue has no room for this stream ([`Queue::no_room`]: its size limit, the stream's share, the
@@ -323,8 +325,9 @@ impl Poller {
         );
     }
 
-    /// Commits a page's events (with the cursor, when the page moves it), flushes, counts them and wakes
-    /// the forwarder.
+    /// Commits a page's events (with the cursor, when the page moves it), flushes when it queued any,
+    /// counts them and wakes the forwarder. (An idle stream's poll moves only its cursor: flushing it
+    /// too was one fsync per stream and poll, most of an idle agent's CPU with hundreds of streams.)
     async fn commit(
         &self,
         events: Vec<IncomingEvent>,
@@ -337,7 +340,9 @@ impl Poller {
             .queue
             .run_blocking(move |queue| queue.commit_page(&stream, &events, cursor))
             .await?;
-        self.queue.flush().await?;
+        if outcome.queued > 0 {
+            self.queue.flush().await?;
+        }
         self.metrics
             .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
         if outcome.queued > 0 {
