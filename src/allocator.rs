@@ -20,8 +20,10 @@ pub const TUNABLES: &str = "glibc.malloc.mmap_threshold=262144:glibc.malloc.aren
 const MARKER: &str = "JCDI_FORWARDER_ALLOCATOR_SETTLED";
 
 /// Starts the program again with [`TUNABLES`] when glibc runs it without them; returns when it does not
-/// (already settled, the operator chose, not glibc, or the re-execution failed).
-pub fn settle() {
+/// (already settled, the operator chose, not glibc, or the re-execution failed). `before_restart` runs
+/// first, only when the program is about to start again: work that is cheaper with glibc's defaults
+/// (the queue's log replayed, `Queue::replay_log`).
+pub fn settle(before_restart: impl FnOnce()) {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os(MARKER).is_some() {
         return;
     }
@@ -34,6 +36,7 @@ pub fn settle() {
     } else {
         format!("{current}:{TUNABLES}")
     };
+    before_restart();
     reexec(&tunables);
 }
 

@@ -243,6 +243,50 @@ fn a_queue_made_with_another_segment_size_still_opens() {
 }
 
 #[test]
+fn replaying_the_log_leaves_the_queue_as_it_was_with_a_new_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    Queue::replay_log(dir.path());
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing is created where there is no queue"
+    );
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.commit_page("s", &[event("a", 1), event("b", 2)], Some(cursor(3)))
+            .unwrap();
+        q.db.flush().unwrap();
+    }
+    let snapshots = || -> HashSet<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+            .filter(|name| name.starts_with("snap."))
+            .collect()
+    };
+    let before = snapshots();
+    // sled lets go of its lock a moment after the queue is dropped; until then replay_log does nothing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while snapshots() == before && std::time::Instant::now() < deadline {
+        Queue::replay_log(dir.path());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_ne!(
+        snapshots(),
+        before,
+        "the log was replayed into a new snapshot"
+    );
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap().len(), 2);
+    assert_eq!(q.cursor("s").unwrap(), Some(cursor(3)));
+    // While the queue is open (here, or in another agent): nothing happens, at once.
+    Queue::replay_log(dir.path());
+    assert_eq!(q.read_batch(None, 10, 1 << 20).unwrap().len(), 2);
+    q.commit_page("s", &[event("c", 4)], Some(cursor(5)))
+        .unwrap();
+    assert_eq!(q.depth().events, 3);
+}
+
+#[test]
 fn byte_limit_keeps_at_least_one_event() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
