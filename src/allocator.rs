@@ -13,6 +13,9 @@
 //! - Nothing is lost if the re-execution fails (no `/proc`, a seccomp filter): the agent goes on with
 //!   glibc's defaults. Other C libraries (a static musl build) are left alone.
 //! - The process keeps its PID, arguments and environment (plus the two variables).
+//! - What the first image does before starting again (the caller's `before_restart`: for `run`, the
+//!   queue's log replayed, four times faster with glibc's defaults) is only ever a head start: the second
+//!   image needs none of it and does it again if it was not done.
 
 /// What the agent sets: two arenas, and buffers of 256 KiB or more from `mmap` (returned at `free`).
 pub const TUNABLES: &str = "glibc.malloc.mmap_threshold=262144:glibc.malloc.arena_max=2";
