@@ -118,7 +118,9 @@ pub(super) fn mark_gone(
     let Some(value) = events_tx.get(&key[..])? else {
         return Ok(Gone::default());
     };
-    let chunk = decode_chunk(first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let mut scratch = Vec::new();
+    let chunk =
+        decode_chunk(first, &value, &mut scratch).map_err(ConflictableTransactionError::Abort)?;
     let len = chunk.events.len();
     let mut bits = acked_tx
         .get(&key[..])?

@@ -150,7 +150,8 @@ impl Queue {
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or_default();
-            let chunk = decode_chunk(first, &value)?;
+            let mut scratch = Vec::new();
+            let chunk = decode_chunk(first, &value, &mut scratch)?;
             if chunk.stream != tag {
                 continue;
             }

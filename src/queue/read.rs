@@ -74,7 +74,8 @@ impl Queue {
                 examined = examined.max(Some(last));
                 continue;
             }
-            let chunk = decode_chunk(first, &value)?;
+            let mut scratch = Vec::new();
+            let chunk = decode_chunk(first, &value, &mut scratch)?;
             let acked = self.acked.get(&key)?;
             for (index, event) in chunk.events.iter().enumerate() {
                 let seq = first + index as u64;
@@ -112,7 +113,7 @@ impl Queue {
         match self.events.first()? {
             None => Ok(None),
             Some((key, value)) => Ok(Some(
-                decode_chunk(read_u64(Some(key)), &value)?.queued_at_ms,
+                decode_chunk(read_u64(Some(key)), &value, &mut Vec::new())?.queued_at_ms,
             )),
         }
     }

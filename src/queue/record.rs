@@ -1,15 +1,22 @@
 //! The record format of the `events` tree: what one stored value holds and how it is read and written.
 //!
-//! A record is stored under the sequence number of its first event (u64, big-endian). Format 2 (today's) is
-//! a [`Chunk`]: up to [`CHUNK_MAX_EVENTS`] consecutive events of one stream, raw bytes as received; event
-//! `i` of the chunk at key `k` has sequence number `k + i`. Format 1 was an [`Envelope`]: one event.
+//! A record is stored under the sequence number of its first event (u64, big-endian). Format 3 (today's) is
+//! a [`Chunk`] whose events are compressed together (lz4, [`Packed`]): up to [`CHUNK_MAX_EVENTS`]
+//! consecutive events of one stream, raw bytes as received; event `i` of the chunk at key `k` has sequence
+//! number `k + i`. Format 2 was the same chunk uncompressed, format 1 an [`Envelope`]: one event.
 //!
 //! Why chunks: sled 0.34 copies and merges a tree node on every insert and remove, so its cost is per
 //! operation, not per byte; one record per event made those copies most of the agent's CPU (BENCHMARKS.md).
+//! Why compressed: sled then copies every stored byte about four times (into its log, then with the leaf
+//! on each split and consolidation of an append-only tree), into fresh log buffers that are page-faulted
+//! in: the copies and the faults were most of what was left of its cost, and JumpCloud's events, JSON
+//! with the same keys over and over, shrink several times.
 //!
 //! Invariants:
 //! - Every record starts with its version byte; a record of an unknown version is refused, never misread.
-//!   Format 1 records are read (and acknowledged) as chunks of one, so old queues need no migration.
+//!   Records of formats 1 and 2 are read (and acknowledged) as they are, so old queues need no migration.
+//! - Decompressing never allocates more than lz4 can expand the stored bytes to: a damaged length is
+//!   refused as damage, not an allocation of gigabytes.
 //! - A chunk holds one stream's events (its tag is in the header), so a reader of one stream skips the
 //!   others' chunks whole from [`chunk_header`], without decoding their events.
 //! - A chunk is written once, whole, and never rewritten: its key and event count never change (what is
@@ -20,21 +27,26 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::QueueError;
 
-/// The version of the on-disk record layout; records of an unknown version are refused, not misread.
-pub(super) const FORMAT_VERSION: u8 = 2;
+/// The version of the on-disk record layout written today; records of an unknown version are refused, not
+/// misread.
+pub(super) const FORMAT_VERSION: u8 = 3;
+/// Chunks written before compression: read as they are.
+pub(super) const UNPACKED_VERSION: u8 = 2;
 /// Records written before chunks: one [`Envelope`] per event. Read (and acknowledged) as chunks of one.
 pub(super) const SINGLE_EVENT_VERSION: u8 = 1;
 
-/// At most this many events in one chunk, and about this many raw bytes. sled keeps up to 16 entries in a
-/// leaf node and holds a whole node in memory while it is cached, so the chunk size sets the size of the
-/// nodes that memory is made of. sled's cache has 256 shards that each keep their latest node whatever the
-/// capacity, and evict only after 64 accesses of their own: what stays resident is a few hundred recent
-/// leaves. Chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS with a backlog of a million events; 8 KiB
-/// chunks keep leaves near 100 KiB and that RSS under 64 MB, for about one CPU second per million events
-/// more than 16 KiB chunks (BENCHMARKS.md, "Memory" and "Dedup records").
+/// At most this many events in one chunk, and about this many raw bytes (before compression). sled keeps
+/// up to 16 entries in a leaf node and holds a whole node in memory while it is cached, so the stored
+/// chunk size sets the size of the nodes that memory is made of. sled's cache has 256 shards that each
+/// keep their latest node whatever the capacity, and evict only after 64 accesses of their own: what
+/// stays resident is a few hundred recent leaves. Chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS
+/// with a backlog of a million events; stored chunks near 8 KiB keep leaves near 100 KiB (BENCHMARKS.md,
+/// "Memory" and "Dedup records"). Compressed, 32 KiB of events are stored in about that.
 /// Chunks written with other limits are read all the same: only new chunks are cut to this size.
-pub(super) const CHUNK_MAX_EVENTS: usize = 8;
-const CHUNK_MAX_BYTES: usize = 8 * 1024;
+pub(super) const CHUNK_MAX_EVENTS: usize = 32;
+const CHUNK_MAX_BYTES: usize = 32 * 1024;
+/// lz4 expands a block at most about 255 times: a stored length beyond that is damage.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// The record of format 1: one event.
 #[derive(Serialize, Deserialize)]
@@ -65,11 +77,81 @@ pub(super) struct ChunkEvent<'a> {
     pub(super) raw: &'a [u8],
 }
 
-/// Reads a stored record as a chunk, borrowing the raw bytes; a format 1 record is a chunk of one.
-pub(super) fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueError> {
+/// The record of format 3: a chunk's header as in format 2, then its events (the bincode of
+/// `Vec<ChunkEvent>`) compressed as one lz4 block.
+#[derive(Serialize, Deserialize)]
+struct Packed<'a> {
+    version: u8,
+    stream: u32,
+    queued_at_ms: u64,
+    /// How many events the block holds: where format 2 has the length of its list, so that
+    /// [`chunk_header`] reads both alike.
+    count: u64,
+    /// The length of the block once decompressed.
+    unpacked_len: u64,
+    #[serde(borrow, with = "serde_bytes")]
+    events: &'a [u8],
+}
+
+/// A chunk as stored today: format 3, its events compressed.
+pub(super) fn encode_chunk(chunk: &Chunk) -> Result<Vec<u8>, bincode::Error> {
+    let events = bincode::serialize(&chunk.events)?;
+    bincode::serialize(&Packed {
+        version: FORMAT_VERSION,
+        stream: chunk.stream,
+        queued_at_ms: chunk.queued_at_ms,
+        count: chunk.events.len() as u64,
+        unpacked_len: events.len() as u64,
+        events: &lz4_flex::block::compress(&events),
+    })
+}
+
+/// Reads a stored record as a chunk; a format 1 record is a chunk of one. The raw bytes are borrowed from
+/// `value`, or from `scratch` where the events were compressed.
+pub(super) fn decode_chunk<'a>(
+    first: u64,
+    value: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<Chunk<'a>, QueueError> {
     let damaged = |err: bincode::Error| QueueError::Damaged(format!("record #{first}: {err}"));
     match value.first() {
-        Some(&FORMAT_VERSION) => bincode::deserialize(value).map_err(damaged),
+        Some(&FORMAT_VERSION) => {
+            let packed: Packed = bincode::deserialize(value).map_err(damaged)?;
+            let len = usize::try_from(packed.unpacked_len).unwrap_or(usize::MAX);
+            if len > packed.events.len().saturating_mul(LZ4_MAX_RATIO) + 16 {
+                return Err(QueueError::Damaged(format!(
+                    "record #{first} says its events take {len} bytes, more than its {} can hold",
+                    packed.events.len()
+                )));
+            }
+            scratch.clear();
+            scratch.resize(len, 0);
+            match lz4_flex::block::decompress_into(packed.events, scratch) {
+                Ok(written) if written == len => {}
+                Ok(written) => {
+                    return Err(QueueError::Damaged(format!(
+                        "record #{first}: its events take {written} bytes, not {len}"
+                    )))
+                }
+                Err(err) => return Err(QueueError::Damaged(format!("record #{first}: {err}"))),
+            }
+            let scratch: &'a Vec<u8> = scratch;
+            let events: Vec<ChunkEvent> = bincode::deserialize(scratch).map_err(damaged)?;
+            if events.len() as u64 != packed.count {
+                return Err(QueueError::Damaged(format!(
+                    "record #{first} holds {} events, its header says {}",
+                    events.len(),
+                    packed.count
+                )));
+            }
+            Ok(Chunk {
+                version: FORMAT_VERSION,
+                stream: packed.stream,
+                queued_at_ms: packed.queued_at_ms,
+                events,
+            })
+        }
+        Some(&UNPACKED_VERSION) => bincode::deserialize(value).map_err(damaged),
         Some(&SINGLE_EVENT_VERSION) => {
             let envelope: Envelope = bincode::deserialize(value).map_err(damaged)?;
             Ok(Chunk {
@@ -83,7 +165,7 @@ pub(super) fn decode_chunk(first: u64, value: &[u8]) -> Result<Chunk<'_>, QueueE
             })
         }
         Some(version) => Err(QueueError::Damaged(format!(
-            "record #{first} has format {version}, this version reads {SINGLE_EVENT_VERSION} and {FORMAT_VERSION}"
+            "record #{first} has format {version}, this version reads {SINGLE_EVENT_VERSION} to {FORMAT_VERSION}"
         ))),
         None => Err(QueueError::Damaged(format!("record #{first} is empty"))),
     }
@@ -96,8 +178,9 @@ pub(super) struct ChunkHeader {
     pub(super) count: u64,
 }
 
-/// Reads a record's stream and event count (bincode writes a chunk's version, stream, queued_at_ms, then
-/// the length of its events as a u64, before any event; trailing bytes are allowed).
+/// Reads a record's stream and event count without decoding its events (formats 2 and 3 start with the
+/// version, stream and queued_at_ms, then the number of events as a u64: format 2's list length, format
+/// 3's `count`; trailing bytes are allowed).
 pub(super) fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, QueueError> {
     #[derive(Deserialize)]
     struct Header {
@@ -107,17 +190,18 @@ pub(super) fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, Queu
         count: u64,
     }
     match value.first() {
-        Some(&FORMAT_VERSION) => {
+        Some(&(FORMAT_VERSION | UNPACKED_VERSION)) => {
             let header: Header = bincode::deserialize(value)
                 .map_err(|err| QueueError::Damaged(format!("record #{first}: {err}")))?;
-            debug_assert_eq!(header.version, FORMAT_VERSION);
+            debug_assert!(matches!(header.version, FORMAT_VERSION | UNPACKED_VERSION));
             Ok(ChunkHeader {
                 stream: header.stream,
                 count: header.count,
             })
         }
         _ => {
-            let chunk = decode_chunk(first, value)?;
+            let mut scratch = Vec::new();
+            let chunk = decode_chunk(first, value, &mut scratch)?;
             Ok(ChunkHeader {
                 stream: chunk.stream,
                 count: chunk.events.len() as u64,
@@ -184,7 +268,7 @@ impl<'a> ChunkWriter<'a> {
         &mut self,
         events_tx: &TransactionalTree,
     ) -> Result<(), ConflictableTransactionError<QueueError>> {
-        let record = bincode::serialize(&self.chunk).map_err(|err| {
+        let record = encode_chunk(&self.chunk).map_err(|err| {
             ConflictableTransactionError::Abort(QueueError::Damaged(format!(
                 "cannot encode events: {err}"
             )))
@@ -200,9 +284,10 @@ impl<'a> ChunkWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    fn chunk_bytes(stream: u32, raws: &[&str]) -> Vec<u8> {
-        bincode::serialize(&Chunk {
+    fn chunk(stream: u32, raws: &[&'static str]) -> Chunk<'static> {
+        Chunk {
             version: FORMAT_VERSION,
             stream,
             queued_at_ms: 42,
@@ -214,23 +299,48 @@ mod tests {
                     raw: raw.as_bytes(),
                 })
                 .collect(),
-        })
-        .unwrap()
+        }
+    }
+
+    /// A record as format 2 (before compression) wrote it.
+    fn unpacked_bytes(stream: u32, raws: &[&'static str]) -> Vec<u8> {
+        let mut chunk = chunk(stream, raws);
+        chunk.version = UNPACKED_VERSION;
+        bincode::serialize(&chunk).unwrap()
     }
 
     #[test]
-    fn the_header_agrees_with_the_whole_record() {
+    fn the_header_agrees_with_the_whole_record_in_both_chunk_formats() {
         for raws in [&[][..], &["a"][..], &["{}", "xyz", "", "é"][..]] {
-            let value = chunk_bytes(7, raws);
-            let header = chunk_header(3, &value).unwrap();
-            let chunk = decode_chunk(3, &value).unwrap();
-            assert_eq!((header.stream, header.count), (7, raws.len() as u64));
-            assert_eq!(chunk.events.len(), raws.len());
-            assert_eq!(chunk.queued_at_ms, 42);
-            let read: Vec<&[u8]> = chunk.events.iter().map(|e| e.raw).collect();
-            let written: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
-            assert_eq!(read, written);
+            for value in [
+                unpacked_bytes(7, raws),
+                encode_chunk(&chunk(7, raws)).unwrap(),
+            ] {
+                let header = chunk_header(3, &value).unwrap();
+                let mut scratch = Vec::new();
+                let chunk = decode_chunk(3, &value, &mut scratch).unwrap();
+                assert_eq!((header.stream, header.count), (7, raws.len() as u64));
+                assert_eq!(chunk.events.len(), raws.len());
+                assert_eq!(chunk.queued_at_ms, 42);
+                let read: Vec<&[u8]> = chunk.events.iter().map(|e| e.raw).collect();
+                let written: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
+                assert_eq!(read, written);
+            }
         }
+    }
+
+    #[test]
+    fn events_are_stored_compressed() {
+        let event = r#"{"id":"5f1b2c3d4e5f6a7b8c9d0e1f","event_type":"user_login_attempt","service":"directory","success":true}"#;
+        let raws = [event; CHUNK_MAX_EVENTS];
+        let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
+        let stored = encode_chunk(&chunk(1, &raws)).unwrap();
+        assert_eq!(stored[0], FORMAT_VERSION);
+        assert!(
+            stored.len() * 4 < raw_bytes,
+            "{} bytes stored for {raw_bytes} bytes of events",
+            stored.len()
+        );
     }
 
     #[test]
@@ -245,7 +355,8 @@ mod tests {
         .unwrap();
         let header = chunk_header(0, &value).unwrap();
         assert_eq!((header.stream, header.count), (9, 1));
-        let chunk = decode_chunk(0, &value).unwrap();
+        let mut scratch = Vec::new();
+        let chunk = decode_chunk(0, &value, &mut scratch).unwrap();
         assert_eq!(chunk.queued_at_ms, 5);
         assert_eq!(chunk.events[0].timestamp_ns, -4);
         assert_eq!(chunk.events[0].raw, b"{\"id\":1}");
@@ -253,13 +364,66 @@ mod tests {
 
     #[test]
     fn unknown_and_empty_records_are_refused_not_misread() {
-        let mut value = chunk_bytes(1, &["a"]);
-        value[0] = 3;
-        let err = decode_chunk(11, &value).err().unwrap().to_string();
-        assert!(err.contains("record #11 has format 3"), "{err}");
+        let mut value = encode_chunk(&chunk(1, &["a"])).unwrap();
+        value[0] = FORMAT_VERSION + 1;
+        let err = decode_chunk(11, &value, &mut Vec::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("record #11 has format 4"), "{err}");
         assert!(chunk_header(11, &value).is_err());
-        assert!(decode_chunk(12, &[]).is_err());
-        let truncated = &chunk_bytes(1, &["abcdef"])[..20];
-        assert!(decode_chunk(13, truncated).is_err());
+        assert!(decode_chunk(12, &[], &mut Vec::new()).is_err());
+        for value in [
+            unpacked_bytes(1, &["abcdef"]),
+            encode_chunk(&chunk(1, &["abcdef"])).unwrap(),
+        ] {
+            assert!(decode_chunk(13, &value[..20], &mut Vec::new()).is_err());
+        }
+    }
+
+    #[test]
+    fn a_damaged_length_is_refused_before_anything_is_allocated() {
+        let events = bincode::serialize(&chunk(1, &["{}"]).events).unwrap();
+        let value = bincode::serialize(&Packed {
+            version: FORMAT_VERSION,
+            stream: 1,
+            queued_at_ms: 0,
+            count: 1,
+            unpacked_len: u64::MAX / 2,
+            events: &lz4_flex::block::compress(&events),
+        })
+        .unwrap();
+        let mut scratch = Vec::new();
+        let err = decode_chunk(5, &value, &mut scratch).err().unwrap();
+        assert!(err.is_damage(), "{err}");
+        assert!(err.to_string().contains("record #5"), "{err}");
+        assert_eq!(scratch.capacity(), 0);
+    }
+
+    proptest! {
+        /// Whatever damage does to a stored chunk, reading it never panics nor allocates without bound,
+        /// and what is read agrees with the header. (Bytes changed in place are sled's to detect: its log
+        /// entries carry a CRC; like format 2, a record holds no checksum of its own.)
+        #[test]
+        fn damaged_chunks_never_panic_and_agree_with_their_header(
+            raws in prop::collection::vec("[ -~]{0,40}", 1..12),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let raws: Vec<&'static str> = raws.into_iter().map(|r| &*Box::leak(r.into_boxed_str())).collect();
+            let mut value = encode_chunk(&chunk(3, &raws)).unwrap();
+            for (at, mask) in flips {
+                let at = at.index(value.len());
+                value[at] ^= mask;
+            }
+            for value in [&value[..], &value[..cut.index(value.len())]] {
+                let mut scratch = Vec::new();
+                if let Ok(read) = decode_chunk(9, value, &mut scratch) {
+                    let header = chunk_header(9, value).unwrap();
+                    prop_assert_eq!(header.count, read.events.len() as u64);
+                    prop_assert!(scratch.len() <= value.len() * LZ4_MAX_RATIO + 16);
+                }
+            }
+        }
     }
 }
