@@ -327,8 +327,8 @@ impl Queue {
                     .map_err(|source| self.checkpoint_error(source))?;
             }
         }
-        // Written as ordinary chunks of format 2 under new sequence numbers at the tail: consecutive letters
-        // of one stream share a chunk (a chunk never mixes streams, so a stream's forwarder can skip the
+        // Written as ordinary chunks under new sequence numbers at the tail: consecutive letters of one
+        // stream share a chunk (a chunk never mixes streams, so a stream's forwarder can skip the
         // others' chunks whole), in the order they were dead-lettered.
         let (moved, totals, dead, streams, keys) = (&self.events, &self.dead, &self.meta)
             .transaction(|(events_tx, dead_tx, meta_tx)| {
