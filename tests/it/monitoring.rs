@@ -223,6 +223,33 @@ fn free_local_addr() -> SocketAddr {
         .expect("a free port")
 }
 
+/// Runs every query of the dashboard (its variables set to match all) against the Prometheus at `listen`:
+/// each must be valid PromQL for it. Returns those that have no data.
+fn empty_dashboard_queries(listen: SocketAddr) -> Vec<String> {
+    let mut empty = Vec::new();
+    for query in dashboard_queries() {
+        let promql = query
+            .replace("$__rate_interval", "20s")
+            .replace("$instance", ".*")
+            .replace("$stream", ".*");
+        let (status, body) = http_get(
+            listen,
+            &format!("/api/v1/query?query={}", percent_encode(&promql)),
+        )
+        .expect("Prometheus answers");
+        assert_eq!(status, 200, "{promql}: {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["status"], "success", "{promql}: {body}");
+        if answer["data"]["result"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            empty.push(promql);
+        }
+    }
+    empty
+}
+
 /// Calls `probe` every 100 ms until it returns something or `patience` runs out (then fails, naming `what`).
 fn wait_for<T>(patience: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + patience;
@@ -661,37 +688,31 @@ fn prometheus_fires_the_forwarding_alert_during_an_intake_outage_and_clears_it()
             .then_some(())
     });
 
-    // Every dashboard query is valid PromQL for this Prometheus, and those about the run have data.
-    let mut empty = Vec::new();
-    for query in dashboard_queries() {
-        let promql = query
-            .replace("$__rate_interval", "20s")
-            .replace("$instance", ".*")
-            .replace("$stream", ".*");
-        let (status, body) = http_get(
-            listen,
-            &format!("/api/v1/query?query={}", percent_encode(&promql)),
-        )
-        .expect("Prometheus answers");
-        assert_eq!(status, 200, "{promql}: {body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(answer["status"], "success", "{promql}: {body}");
-        if answer["data"]["result"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
-            empty.push(promql);
-        }
-    }
-    for expected in [
+    // Every dashboard query is valid PromQL for this Prometheus, and those about the run have data. The
+    // forwarding counters exist from the first event forwarded, after the outage: a rate needs two of
+    // Prometheus's scrapes of them, which may come after the alert cleared, so the data is waited for.
+    let expected = [
         "jcdi_forwarder_events_forwarded_total",
         "jcdi_forwarder_intake_requests_total",
-    ] {
-        assert!(
-            !empty.iter().any(|q| q.contains(expected)),
-            "no data for {expected}: {empty:?}"
-        );
+    ];
+    let lacking = |empty: &[String]| -> Vec<&str> {
+        expected
+            .into_iter()
+            .filter(|name| empty.iter().any(|q| q.contains(name)))
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let mut empty = empty_dashboard_queries(listen);
+    while !lacking(&empty).is_empty() && Instant::now() < deadline {
+        prometheus.assert_running();
+        std::thread::sleep(Duration::from_millis(500));
+        empty = empty_dashboard_queries(listen);
     }
+    assert!(
+        lacking(&empty).is_empty(),
+        "no data for {:?}: {empty:?}",
+        lacking(&empty)
+    );
     agent.stop();
     drop(prometheus);
 }
