@@ -25,8 +25,8 @@ use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
 use jcdi_forwarder::harness::measure::{
-    allocator_environment, cpu_seconds, free_local_addr, load_average, self_cpu_seconds,
-    spawn_agent, status_field, summary,
+    allocator_environment, cpu_seconds, free_local_addr, load_average, minor_faults,
+    self_cpu_seconds, spawn_agent, status_field, summary,
 };
 use jcdi_forwarder::harness::{AgentProcess, ConfigBuilder};
 use jcdi_forwarder::standin::{ApiOptions, ApiStandIn, EventFactory, IntakeOptions, IntakeStandIn};
@@ -187,6 +187,7 @@ struct Run {
     seconds: f64,
     events_per_second: f64,
     cpu_per_million: f64,
+    faults_per_event: f64,
     peak_rss_mb: f64,
     first_batch: f64,
     duplicates: i64,
@@ -223,6 +224,7 @@ impl Bench {
             .await;
             let seconds = started.elapsed().as_secs_f64();
             let cpu = cpu_seconds(pid);
+            let faults = minor_faults(pid);
             let peak = status_field(pid, "VmHWM:") as f64 / 1024.0;
             let disk = disk_usage(&dir.path().join("queue"));
             terminate(&mut agent).await;
@@ -230,6 +232,7 @@ impl Bench {
                 seconds,
                 events_per_second: n as f64 / seconds,
                 cpu_per_million: cpu * 1e6 / n as f64,
+                faults_per_event: faults as f64 / n as f64,
                 peak_rss_mb: peak,
                 first_batch: first_batch.map_or(seconds, |d| d.as_secs_f64()),
                 duplicates: intake.received_count() as i64 - n as i64,
@@ -237,12 +240,13 @@ impl Bench {
             };
             println!(
                 "run {run}: {:.2} s, {:.0} events/s, agent CPU {:.2} s ({:.2} s per million events), \
-                 peak RSS {:.1} MB, first batch after {:.2} s, {} duplicates, queue on disk {:.1} MB \
+                 {:.3} page faults per event, peak RSS {:.1} MB, first batch after {:.2} s, {} duplicates, queue on disk {:.1} MB \
                  (stand-ins used {:.2} CPU s), load {}",
                 result.seconds,
                 result.events_per_second,
                 cpu,
                 result.cpu_per_million,
+                result.faults_per_event,
                 result.peak_rss_mb,
                 result.first_batch,
                 result.duplicates,
@@ -263,6 +267,10 @@ impl Bench {
         summary(
             "agent CPU s per million events",
             runs.iter().map(|r| r.cpu_per_million),
+        );
+        summary(
+            "agent page faults per event (minor)",
+            runs.iter().map(|r| r.faults_per_event),
         );
         summary(
             "agent peak RSS (VmHWM), MB",

@@ -65,21 +65,32 @@ pub fn self_cpu_seconds() -> f64 {
     stat_cpu_seconds("/proc/self/stat")
 }
 
+/// The minor page faults of a process so far (pages the kernel had to map and zero for it: each fresh
+/// `mmap`ed buffer costs one per 4 KiB it touches); 0 when unreadable.
+pub fn minor_faults(pid: u32) -> u64 {
+    // minflt is field 10 of the whole line, 8 after the name.
+    stat_fields(&format!("/proc/{pid}/stat"), 7..8)
+}
+
 fn stat_cpu_seconds(path: &str) -> f64 {
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    stat_fields(path, 11..13) as f64 / clock_ticks()
+}
+
+/// The sum of the numeric fields `range` of a `/proc/.../stat` line, counted after the command name.
+fn stat_fields(path: &str, range: std::ops::Range<usize>) -> u64 {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return 0.0;
+        return 0;
     };
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
-        return 0.0;
+        return 0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
+    fields
+        .get(range)
         .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    ticks as f64 / clock_ticks()
+        .unwrap_or(0)
 }
 
 fn clock_ticks() -> f64 {

@@ -6,7 +6,8 @@
 //! - Each element is handed out once, as the exact bytes received (a slice sharing the pieces' buffer,
 //!   never copied again), in the order of the array.
 //! - The scanner holds at most the bytes of the element being read and of the piece that completed it:
-//!   bytes before an element that was handed out are let go.
+//!   bytes before an element that was handed out are let go. Besides, it keeps up to [`SPARE_BLOCKS`] of
+//!   the buffers it filled, to write in again once every element cut from them is dropped.
 //! - A body that is not one JSON array (and whitespace) is an error naming the first wrong byte's offset;
 //!   the scanner never panics, whatever the bytes.
 
@@ -27,6 +28,13 @@ enum State {
     Done,
 }
 
+/// The size of the buffers the pieces of a large answer are copied into (a larger piece gets a buffer of
+/// its own size; the first buffers of an answer are no larger than what came so far).
+const BLOCK_BYTES: usize = 1024 * 1024;
+/// How many filled buffers are kept for reuse: the elements of a part being queued hold two or three,
+/// the part being read one or two.
+const SPARE_BLOCKS: usize = 3;
+
 /// Why a body is not a JSON array.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ScanError {
@@ -40,6 +48,8 @@ pub struct ScanError {
 pub struct ArrayScanner {
     /// Bytes received and not handed out; when an element is being read, it starts at offset 0.
     buffer: BytesMut,
+    /// Buffers filled before `buffer`, still shared with the elements cut from them, or free again.
+    spare: Vec<BytesMut>,
     /// How far into `buffer` the current state has looked.
     pos: usize,
     /// The body offset of `buffer[0]`.
@@ -59,6 +69,7 @@ impl Default for ArrayScanner {
     fn default() -> Self {
         ArrayScanner {
             buffer: BytesMut::new(),
+            spare: Vec::new(),
             pos: 0,
             base: 0,
             state: State::Start,
@@ -74,7 +85,37 @@ impl Default for ArrayScanner {
 impl ArrayScanner {
     /// Adds the next piece of the body.
     pub fn push(&mut self, piece: &[u8]) {
+        if self.buffer.capacity() - self.buffer.len() < piece.len() {
+            self.next_block(piece.len());
+        }
         self.buffer.extend_from_slice(piece);
+    }
+
+    /// Moves the bytes not handed out to a buffer with room for `additional` more: a spare one whose
+    /// elements were all dropped, else a new one.
+    ///
+    /// Why not let `BytesMut` grow: the buffer is still shared with the elements of the part being
+    /// queued, so it would allocate anew each time, in sizes the allocator serves with a fresh `mmap`
+    /// (over 256 KiB, see `crate::allocator`) that the kernel maps and zeroes page by page. Reusing a few
+    /// buffers of a fixed size saves that for most of a page.
+    fn next_block(&mut self, additional: usize) {
+        let need = self.buffer.len() + additional;
+        let reusable = self
+            .spare
+            .iter_mut()
+            .position(|block| block.try_reclaim(need));
+        let mut block = match reusable {
+            Some(at) => self.spare.swap_remove(at),
+            // A small answer gets a small buffer: as much as came so far, up to a block.
+            None => BytesMut::with_capacity(need.max((self.base as usize + need).min(BLOCK_BYTES))),
+        };
+        block.extend_from_slice(&self.buffer);
+        let mut filled = std::mem::replace(&mut self.buffer, block);
+        filled.clear();
+        if self.spare.len() >= SPARE_BLOCKS {
+            self.spare.remove(0);
+        }
+        self.spare.push(filled);
     }
 
     /// The next complete element, if the bytes received hold one.
@@ -293,6 +334,53 @@ mod tests {
                 err.what
             );
         }
+    }
+
+    #[test]
+    fn buffers_are_written_again_once_their_elements_are_dropped() {
+        let element = format!("{{\"s\":\"{}\"}}", "x".repeat(1000));
+        // As many elements as fit in one buffer.
+        let fit = BLOCK_BYTES / (element.len() + 1);
+        let piece = format!("{element},").repeat(fit);
+        let mut scanner = ArrayScanner::default();
+        scanner.push(b"[");
+        assert_eq!(scanner.next_element().expect("fine"), None);
+        let read = |scanner: &mut ArrayScanner| {
+            scanner.push(piece.as_bytes());
+            let mut elements = Vec::new();
+            while let Some(element) = scanner.next_element().expect("fine") {
+                elements.push(element);
+            }
+            assert_eq!(elements.len(), fit);
+            elements
+        };
+        let within = |elements: &[Bytes], start: usize| {
+            elements.iter().all(|e| {
+                let at = e.as_ptr() as usize;
+                at >= start && at < start + piece.len()
+            })
+        };
+        let first = read(&mut scanner);
+        let first_buffer = first[0].as_ptr() as usize;
+        assert!(within(&first, first_buffer));
+        // The first buffer is full and its elements are held: the next ones go to a new buffer.
+        let second = read(&mut scanner);
+        assert!(!within(&second, first_buffer));
+        // Once they are dropped, the first buffer is written again, not a new one.
+        drop(first);
+        let third = read(&mut scanner);
+        assert!(within(&third, first_buffer), "the first buffer is reused");
+        assert!(third
+            .iter()
+            .chain(&second)
+            .all(|e| e[..] == *element.as_bytes()));
+        scanner.push(b"{}]");
+        assert_eq!(
+            scanner.next_element().expect("fine").as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(scanner.next_element().expect("fine"), None);
+        scanner.finish().expect("complete");
     }
 
     #[test]
