@@ -340,9 +340,11 @@ impl SpareBodies {
 
     /// Keeps the buffer of `body` once sent, if nothing else holds it and there is room.
     fn give(&self, body: Bytes) {
-        let Ok(buffer) = body.try_into_mut() else {
+        let Ok(mut buffer) = body.try_into_mut() else {
             return;
         };
+        // Emptied first: turned into a `Vec`, a shared buffer's bytes are moved to its front.
+        buffer.clear();
         let buffer = Vec::from(buffer);
         let mut kept = self.kept();
         if buffer.capacity() <= Self::MAX_BYTES && kept.len() < Self::MAX_KEPT {
