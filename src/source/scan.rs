@@ -50,6 +50,8 @@ pub struct ArrayScanner {
     buffer: BytesMut,
     /// Buffers filled before `buffer`, still shared with the elements cut from them, or free again.
     spare: Vec<BytesMut>,
+    /// `buffer` was grown past a block for a large element: it is let go, not kept in `spare`.
+    oversized: bool,
     /// How far into `buffer` the current state has looked.
     pos: usize,
     /// The body offset of `buffer[0]`.
@@ -70,6 +72,7 @@ impl Default for ArrayScanner {
         ArrayScanner {
             buffer: BytesMut::new(),
             spare: Vec::new(),
+            oversized: false,
             pos: 0,
             base: 0,
             state: State::Start,
@@ -86,7 +89,13 @@ impl ArrayScanner {
     /// Adds the next piece of the body.
     pub fn push(&mut self, piece: &[u8]) {
         if self.buffer.capacity() - self.buffer.len() < piece.len() {
-            self.next_block(piece.len());
+            if self.buffer.len() + piece.len() <= BLOCK_BYTES {
+                self.next_block(piece.len());
+            } else {
+                // An element larger than a block: `BytesMut` grows its buffer (doubling, in place once
+                // nothing else holds it), and that buffer is not kept for reuse.
+                self.oversized = true;
+            }
         }
         self.buffer.extend_from_slice(piece);
     }
@@ -111,6 +120,9 @@ impl ArrayScanner {
         };
         block.extend_from_slice(&self.buffer);
         let mut filled = std::mem::replace(&mut self.buffer, block);
+        if std::mem::take(&mut self.oversized) {
+            return;
+        }
         filled.clear();
         if self.spare.len() >= SPARE_BLOCKS {
             self.spare.remove(0);
@@ -334,6 +346,27 @@ mod tests {
                 err.what
             );
         }
+    }
+
+    #[test]
+    fn an_element_larger_than_a_block_comes_out_whole_and_its_buffer_is_not_kept() {
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(3 * BLOCK_BYTES));
+        let body = format!("[{{}},{huge},{{}}]");
+        let mut scanner = ArrayScanner::default();
+        let mut elements = Vec::new();
+        for piece in body.as_bytes().chunks(64 * 1024) {
+            scanner.push(piece);
+            while let Some(element) = scanner.next_element().expect("fine") {
+                elements.push(element);
+            }
+        }
+        scanner.finish().expect("complete");
+        assert_eq!(elements.len(), 3);
+        assert_eq!(elements[1], huge.as_bytes());
+        assert!(
+            scanner.spare.iter().all(|b| b.capacity() <= BLOCK_BYTES),
+            "no buffer grown for the large element is kept"
+        );
     }
 
     #[test]
