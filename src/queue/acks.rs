@@ -13,7 +13,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional, Transaction
 use super::ledger::{
     add_stream_bytes, pair_bytes, read_pair, read_u64, Flow, KEY_LAST_ACK, KEY_OUT,
 };
-use super::record::{chunk_header, decode_chunk};
+use super::record::{chunk_header, decode_chunk, packed_raw_bytes};
 use super::{Queue, QueueError};
 use crate::clock::now_ms;
 
@@ -118,33 +118,47 @@ pub(super) fn mark_gone(
     let Some(value) = events_tx.get(&key[..])? else {
         return Ok(Gone::default());
     };
-    let mut scratch = Vec::new();
-    let chunk =
-        decode_chunk(first, &value, &mut scratch).map_err(ConflictableTransactionError::Abort)?;
-    let len = chunk.events.len();
-    let mut bits = acked_tx
-        .get(&key[..])?
-        .map(|bits| bits.to_vec())
-        .unwrap_or_default();
+    let header = chunk_header(first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let len = usize::try_from(header.count).unwrap_or(usize::MAX);
+    let stored_bits = acked_tx.get(&key[..])?;
+    let none_gone_before = stored_bits.is_none();
+    let mut bits = stored_bits.map(|bits| bits.to_vec()).unwrap_or_default();
     bits.resize(len.div_ceil(8), 0);
-    let (mut events, mut bytes) = (0, 0);
+    let mut marked = Vec::with_capacity(indexes.len());
     for &index in indexes {
         if index < len && !bit(&bits, index) {
             bits[index / 8] |= 1 << (index % 8);
-            events += 1;
-            bytes += chunk.events[index].raw.len() as u64;
+            marked.push(index);
         }
     }
     let gone: u32 = bits.iter().map(|byte| byte.count_ones()).sum();
-    if gone as usize >= len {
+    let all_gone = gone as usize >= len;
+    // The whole chunk goes at once (the usual case: batches hold whole chunks): a compressed chunk's
+    // header says how many raw bytes it holds, and its events need not be decompressed.
+    let whole = none_gone_before && all_gone;
+    let bytes = match whole.then(|| packed_raw_bytes(&value)).flatten() {
+        Some(bytes) => bytes,
+        None if marked.is_empty() => 0,
+        None => {
+            let mut scratch = Vec::new();
+            let chunk = decode_chunk(first, &value, &mut scratch)
+                .map_err(ConflictableTransactionError::Abort)?;
+            marked
+                .iter()
+                .filter_map(|&index| chunk.events.get(index))
+                .map(|event| event.raw.len() as u64)
+                .sum()
+        }
+    };
+    if all_gone {
         events_tx.remove(&key[..])?;
         acked_tx.remove(&key[..])?;
-    } else if events > 0 {
+    } else if !marked.is_empty() {
         acked_tx.insert(&key[..], bits)?;
     }
     Ok(Gone {
-        stream: chunk.stream,
-        events,
+        stream: header.stream,
+        events: marked.len() as u64,
         bytes,
     })
 }

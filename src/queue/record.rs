@@ -171,6 +171,31 @@ pub(super) fn decode_chunk<'a>(
     }
 }
 
+/// The raw bytes of all the events of a format 3 record, read from its header without decompressing its
+/// events. They are the bincode of `Vec<ChunkEvent>`: the list's length (a u64), then for each event its
+/// timestamp (an i64), its length (a u64) and its raw bytes; so the raw bytes are `unpacked_len` less
+/// those fixed parts. `None` for the other formats, or a header that does not add up (the caller then
+/// decodes the record, which reports the damage).
+pub(super) fn packed_raw_bytes(value: &[u8]) -> Option<u64> {
+    const LIST_LENGTH: u64 = 8;
+    const PER_EVENT: u64 = 16;
+    #[derive(Deserialize)]
+    struct Head {
+        version: u8,
+        _stream: u32,
+        _queued_at_ms: u64,
+        count: u64,
+        unpacked_len: u64,
+    }
+    let head: Head = bincode::deserialize(value).ok()?;
+    if head.version != FORMAT_VERSION {
+        return None;
+    }
+    head.unpacked_len
+        .checked_sub(LIST_LENGTH)?
+        .checked_sub(head.count.checked_mul(PER_EVENT)?)
+}
+
 /// The fixed start of a stored record: enough to skip another stream's chunk without decoding its events.
 pub(super) struct ChunkHeader {
     pub(super) stream: u32,
@@ -401,6 +426,16 @@ mod tests {
     }
 
     proptest! {
+        /// The raw bytes of a compressed chunk's events are known from its header.
+        #[test]
+        fn the_header_of_a_compressed_chunk_tells_its_raw_bytes(raws in prop::collection::vec(".{0,300}", 1..40)) {
+            let raws: Vec<&'static str> = raws.into_iter().map(|r| &*Box::leak(r.into_boxed_str())).collect();
+            let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
+            let value = encode_chunk(&chunk(3, &raws)).unwrap();
+            prop_assert_eq!(packed_raw_bytes(&value), Some(raw_bytes as u64));
+            prop_assert_eq!(packed_raw_bytes(&unpacked_bytes(3, &raws)), None, "only format 3 says it");
+        }
+
         /// Whatever damage does to a stored chunk, reading it never panics nor allocates without bound,
         /// and what is read agrees with the header. (Bytes changed in place are sled's to detect: its log
         /// entries carry a CRC; like format 2, a record holds no checksum of its own.)
@@ -421,6 +456,8 @@ mod tests {
                 if let Ok(read) = decode_chunk(9, value, &mut scratch) {
                     let header = chunk_header(9, value).unwrap();
                     prop_assert_eq!(header.count, read.events.len() as u64);
+                    let raw_bytes: usize = read.events.iter().map(|e| e.raw.len()).sum();
+                    prop_assert_eq!(packed_raw_bytes(value), Some(raw_bytes as u64));
                     prop_assert!(scratch.len() <= value.len() * LZ4_MAX_RATIO + 16);
                 }
             }
