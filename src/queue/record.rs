@@ -77,6 +77,11 @@ pub(super) struct ChunkEvent<'a> {
     pub(super) raw: &'a [u8],
 }
 
+/// In the bincode of `Vec<ChunkEvent>`: the list's length (a u64)...
+const EVENTS_LIST_LENGTH: usize = 8;
+/// ...then for each event its timestamp (an i64) and its length (a u64) before its raw bytes.
+const EVENT_FIXED_BYTES: usize = 16;
+
 /// The record of format 3: a chunk's header as in format 2, then its events (the bincode of
 /// `Vec<ChunkEvent>`) compressed as one lz4 block.
 #[derive(Serialize, Deserialize)]
@@ -144,6 +149,17 @@ pub(super) fn decode_chunk<'a>(
                     packed.count
                 )));
             }
+            // Nothing may follow the events: their size is what `packed_raw_bytes` counts on.
+            let encoded: usize = EVENTS_LIST_LENGTH
+                + events
+                    .iter()
+                    .map(|e| EVENT_FIXED_BYTES + e.raw.len())
+                    .sum::<usize>();
+            if encoded != len {
+                return Err(QueueError::Damaged(format!(
+                    "record #{first}: its events take {encoded} bytes of the {len} it holds"
+                )));
+            }
             Ok(Chunk {
                 version: FORMAT_VERSION,
                 stream: packed.stream,
@@ -177,8 +193,6 @@ pub(super) fn decode_chunk<'a>(
 /// those fixed parts. `None` for the other formats, or a header that does not add up (the caller then
 /// decodes the record, which reports the damage).
 pub(super) fn packed_raw_bytes(value: &[u8]) -> Option<u64> {
-    const LIST_LENGTH: u64 = 8;
-    const PER_EVENT: u64 = 16;
     #[derive(Deserialize)]
     struct Head {
         version: u8,
@@ -192,8 +206,8 @@ pub(super) fn packed_raw_bytes(value: &[u8]) -> Option<u64> {
         return None;
     }
     head.unpacked_len
-        .checked_sub(LIST_LENGTH)?
-        .checked_sub(head.count.checked_mul(PER_EVENT)?)
+        .checked_sub(EVENTS_LIST_LENGTH as u64)?
+        .checked_sub(head.count.checked_mul(EVENT_FIXED_BYTES as u64)?)
 }
 
 /// The fixed start of a stored record: enough to skip another stream's chunk without decoding its events.
@@ -407,6 +421,28 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_a_compressed_chunks_events_are_damage() {
+        let raws = ["{}", "abc"];
+        let mut events = bincode::serialize(&chunk(3, &raws).events).unwrap();
+        events.extend_from_slice(b"xyz");
+        let value = bincode::serialize(&Packed {
+            version: FORMAT_VERSION,
+            stream: 3,
+            queued_at_ms: 42,
+            count: raws.len() as u64,
+            unpacked_len: events.len() as u64,
+            events: &lz4_flex::block::compress(&events),
+        })
+        .unwrap();
+        let mut scratch = Vec::new();
+        let err = decode_chunk(5, &value, &mut scratch)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, QueueError::Damaged(_)), "{err}");
+        assert!(err.to_string().contains("record #5"), "{err}");
+    }
+
+    #[test]
     fn a_damaged_length_is_refused_before_anything_is_allocated() {
         let events = bincode::serialize(&chunk(1, &["{}"]).events).unwrap();
         let value = bincode::serialize(&Packed {
@@ -456,8 +492,10 @@ mod tests {
                 if let Ok(read) = decode_chunk(9, value, &mut scratch) {
                     let header = chunk_header(9, value).unwrap();
                     prop_assert_eq!(header.count, read.events.len() as u64);
-                    let raw_bytes: usize = read.events.iter().map(|e| e.raw.len()).sum();
-                    prop_assert_eq!(packed_raw_bytes(value), Some(raw_bytes as u64));
+                    if value[0] == FORMAT_VERSION {
+                        let raw_bytes: usize = read.events.iter().map(|e| e.raw.len()).sum();
+                        prop_assert_eq!(packed_raw_bytes(value), Some(raw_bytes as u64));
+                    }
                     prop_assert!(scratch.len() <= value.len() * LZ4_MAX_RATIO + 16);
                 }
             }
