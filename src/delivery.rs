@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -323,9 +323,27 @@ fn batch_body_in<E: Payload>(mut body: Vec<u8>, intake_key: &str, events: &[E]) 
 ///
 /// One set for the whole process, not one per stream: with hundreds of streams, what it keeps stays
 /// [`SpareBodies::MAX_KEPT`] buffers of at most [`SpareBodies::MAX_BYTES`].
-struct SpareBodies(Mutex<Vec<Vec<u8>>>);
+struct SpareBodies(Mutex<Spare>);
 
-static SPARE_BODIES: SpareBodies = SpareBodies(Mutex::new(Vec::new()));
+struct Spare {
+    buffers: Vec<Vec<u8>>,
+    /// When a body was last given back: buffers kept long after it are let go.
+    last_given: Option<Instant>,
+}
+
+static SPARE_BODIES: SpareBodies = SpareBodies(Mutex::new(Spare {
+    buffers: Vec::new(),
+    last_given: None,
+}));
+
+/// How long the buffers of sent bodies are kept once no body is sent any more.
+const SPARE_BODIES_KEPT_IDLE: Duration = Duration::from_secs(10);
+
+/// Called by a forwarder with nothing to send: once no body has been sent for a while, the buffers kept
+/// for the next bodies are let go, so that an agent at rest does not hold the memory of its last batches.
+pub fn forwarding_idle() {
+    SPARE_BODIES.let_go_when_unused(SPARE_BODIES_KEPT_IDLE);
+}
 
 impl SpareBodies {
     /// As many as the forwarder sends at once by default (`sekoia.max_in_flight`).
@@ -335,7 +353,7 @@ impl SpareBodies {
 
     /// A buffer to write a body in: a kept one, or a new (empty) one.
     fn take(&self) -> Vec<u8> {
-        self.kept().pop().unwrap_or_default()
+        self.spare().buffers.pop().unwrap_or_default()
     }
 
     /// Keeps the buffer of `body` once sent, if nothing else holds it and there is room.
@@ -346,13 +364,22 @@ impl SpareBodies {
         // Emptied first: turned into a `Vec`, a shared buffer's bytes are moved to its front.
         buffer.clear();
         let buffer = Vec::from(buffer);
-        let mut kept = self.kept();
-        if buffer.capacity() <= Self::MAX_BYTES && kept.len() < Self::MAX_KEPT {
-            kept.push(buffer);
+        let mut spare = self.spare();
+        spare.last_given = Some(Instant::now());
+        if buffer.capacity() <= Self::MAX_BYTES && spare.buffers.len() < Self::MAX_KEPT {
+            spare.buffers.push(buffer);
         }
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    /// Lets the kept buffers go when no body was given back for `idle`.
+    fn let_go_when_unused(&self, idle: Duration) {
+        let mut spare = self.spare();
+        if spare.last_given.is_none_or(|at| at.elapsed() >= idle) {
+            spare.buffers = Vec::new();
+        }
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Spare> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -392,7 +419,10 @@ mod tests {
 
     #[test]
     fn a_sent_body_lends_its_buffer_to_the_next_unless_something_still_holds_it() {
-        let spare = SpareBodies(Mutex::new(Vec::new()));
+        let spare = SpareBodies(Mutex::new(Spare {
+            buffers: Vec::new(),
+            last_given: None,
+        }));
         let events = vec!["{\"id\":\"a\"}".to_string(); 100];
         let body = batch_body_in(spare.take(), "key", &events);
         let held = body.clone();
@@ -417,13 +447,25 @@ mod tests {
             spare.give(batch_body_in(Vec::new(), "key", &events));
         }
         assert_eq!(
-            spare.kept().len(),
+            spare.spare().buffers.len(),
             SpareBodies::MAX_KEPT,
             "only so many are kept"
         );
+        spare.let_go_when_unused(Duration::from_secs(3600));
+        assert_eq!(
+            spare.spare().buffers.len(),
+            SpareBodies::MAX_KEPT,
+            "kept while bodies are being sent"
+        );
+        spare.let_go_when_unused(Duration::ZERO);
+        assert!(
+            spare.spare().buffers.is_empty(),
+            "let go once none was sent for the time given"
+        );
         spare.give(Bytes::from(vec![0u8; SpareBodies::MAX_BYTES + 1]));
-        spare.kept().clear();
-        spare.give(Bytes::from(vec![0u8; SpareBodies::MAX_BYTES + 1]));
-        assert!(spare.kept().is_empty(), "a very large buffer is let go");
+        assert!(
+            spare.spare().buffers.is_empty(),
+            "a very large buffer is let go"
+        );
     }
 }

@@ -163,6 +163,7 @@ impl Forwarder {
                         break;
                     }
                 } else if queue_empty {
+                    crate::delivery::forwarding_idle();
                     tokio::select! {
                         _ = this.wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
