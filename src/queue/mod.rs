@@ -2,7 +2,8 @@
 //!
 //! Trees of the one sled database, and the file that owns each:
 //! - `events`: sequence number of a chunk's first event (u64, big-endian) → chunk: up to a few dozen
-//!   consecutive events of one page, raw bytes as received, compressed together ([`record`]). Dead letters retried are written as chunks too.
+//!   consecutive events of one page, raw bytes as received, compressed together ([`record`]). Dead
+//!   letters retried are written as chunks too.
 //! - `acked`: chunk key → bitmap of the chunk's events already acknowledged or dead-lettered ([`acks`]); the
 //!   chunk and its bitmap are removed together when the last event goes.
 //! - `dedup`: records of the timestamps and identity hashes of the events each stream queued, sorted by

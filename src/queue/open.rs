@@ -91,8 +91,9 @@ impl Queue {
     /// replays all the log written since the last snapshot, in buffers of a segment each. Once the agent
     /// has settled its allocator ([`crate::allocator`]), buffers of that size are fresh `mmap`s, page
     /// faults and all: replaying the log of 1,000,000 queued events (before chunks were compressed) took
-    /// 1.07 s there against 0.27 s with glibc's defaults (BENCHMARKS.md). So the first image of the process calls this just before it
-    /// starts itself again, and the agent then opens the queue from a fresh snapshot.
+    /// 1.07 s there against 0.27 s with glibc's defaults (BENCHMARKS.md). So the first image of the
+    /// process calls this just before it starts itself again, and the agent then opens the queue from a
+    /// fresh snapshot.
     ///
     /// Nothing is created where there is no database. Whatever goes wrong (another process holds the
     /// queue, damage, a panic in sled) is left for [`Queue::open`] to find and report.

@@ -62,6 +62,8 @@ impl Queue {
         let mut examined = after;
         // `max_scan` counts records (chunks): a chunk holds one stream's events, so another stream's chunk
         // is skipped whole from its header, without decoding its events.
+        // One buffer for the chunks' decompressed events, written again for each chunk.
+        let mut scratch = Vec::new();
         'chunks: for (scanned, entry) in self.events.range(from.to_be_bytes()..).enumerate() {
             if scanned >= max_scan {
                 break;
@@ -74,7 +76,6 @@ impl Queue {
                 examined = examined.max(Some(last));
                 continue;
             }
-            let mut scratch = Vec::new();
             let chunk = decode_chunk(first, &value, &mut scratch)?;
             let acked = self.acked.get(&key)?;
             for (index, event) in chunk.events.iter().enumerate() {
