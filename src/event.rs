@@ -60,9 +60,47 @@ impl IncomingEvent {
         (event, valid)
     }
 
+    /// Reads the JSON object at the very start of `bytes` (other text may follow it) as
+    /// [`IncomingEvent::read`] reads a whole one: what it found, and how many bytes the object takes.
+    /// `None` when `bytes` does not start with a JSON object that reads whole (cut short, not JSON, an
+    /// `id` that is not a string...): the caller then finds its end otherwise and uses `read`.
+    ///
+    /// The bytes are not checked as UTF-8 beyond the two fields read: the caller checks the object's.
+    pub fn read_at_start(bytes: &[u8], now_ns: i64) -> Option<(usize, ReadAhead)> {
+        let mut reader = serde_json::Deserializer::from_slice(bytes).into_iter::<Probe>();
+        let probe = reader.next()?.ok()?;
+        let len = reader.byte_offset();
+        let timestamp_ns = probe
+            .timestamp
+            .as_deref()
+            .and_then(parse_rfc3339_ns)
+            .unwrap_or(now_ns);
+        let id = probe.id.as_deref().filter(|id| !id.is_empty());
+        let key = event_key_of_bytes(id, bytes.get(..len)?);
+        Some((len, ReadAhead { timestamp_ns, key }))
+    }
+
     /// [`IncomingEvent::from_shared`] for text not held in a shared buffer (it is copied once).
     pub fn from_text(raw: &str, now_ns: i64) -> IncomingEvent {
         IncomingEvent::from_shared(raw, Bytes::copy_from_slice(raw.as_bytes()), now_ns)
+    }
+}
+
+/// What [`IncomingEvent::read_at_start`] read of an event, before its bytes were cut out.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAhead {
+    timestamp_ns: i64,
+    key: [u8; 16],
+}
+
+impl ReadAhead {
+    /// The event, once its bytes are cut out: `raw` must be the bytes that were read.
+    pub fn into_event(self, raw: Bytes) -> IncomingEvent {
+        IncomingEvent {
+            raw,
+            timestamp_ns: self.timestamp_ns,
+            key: self.key,
+        }
     }
 }
 
@@ -101,9 +139,13 @@ pub fn stream_tag(stream: &str) -> u32 {
 
 /// The identity hash of an event: its `id` when it has one, else its raw bytes.
 pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
+    event_key_of_bytes(id, raw.as_bytes())
+}
+
+fn event_key_of_bytes(id: Option<&str>, raw: &[u8]) -> [u8; 16] {
     let hash = match id {
         Some(id) => xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), 1),
-        None => xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), 2),
+        None => xxhash_rust::xxh3::xxh3_128_with_seed(raw, 2),
     };
     hash.to_be_bytes()
 }
@@ -111,6 +153,7 @@ pub fn event_key(id: Option<&str>, raw: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn identity_uses_id_then_bytes() {
@@ -157,5 +200,89 @@ mod tests {
             hex(event_key(None, "{}")),
             "9f3c8ef3065eebc4ba53e4e0784fa7ae"
         );
+    }
+
+    /// `read_at_start` on an object followed by other text, as the page reader gives it, against `read`
+    /// on the object alone: `None` only where `read` does not read it whole, else the same event.
+    fn agrees_with_read(object: &str, tail: &str) -> Result<(), TestCaseError> {
+        let text = format!("{object}{tail}");
+        if serde_json::from_str::<serde::de::IgnoredAny>(object).is_err() {
+            // Not one JSON value: whatever is read at the start must be one object, and no more.
+            if let Some((len, _)) = IncomingEvent::read_at_start(text.as_bytes(), 7) {
+                let read = text.get(..len).unwrap_or_default();
+                prop_assert!(read.ends_with('}'), "{}", read);
+                prop_assert!(
+                    serde_json::from_str::<serde::de::IgnoredAny>(read).is_ok(),
+                    "{}",
+                    read
+                );
+            }
+            return Ok(());
+        }
+        let (alone, whole) = IncomingEvent::read(object, Bytes::from(object.to_string()), 7);
+        match IncomingEvent::read_at_start(text.as_bytes(), 7) {
+            Some((len, ahead)) => {
+                prop_assert!(whole, "read whole at the start, not alone: {}", object);
+                prop_assert_eq!(len, object.len());
+                let event = ahead.into_event(Bytes::from(text[..len].to_string()));
+                prop_assert_eq!(event.key, alone.key);
+                prop_assert_eq!(event.timestamp_ns, alone.timestamp_ns);
+                prop_assert_eq!(event.raw, alone.raw);
+            }
+            None => prop_assert!(!whole, "read whole alone, not at the start: {}", object),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn read_at_start_reads_one_object_and_no_more() {
+        let object = r#"{"id":"a\"b","timestamp":"1970-01-01T00:00:02Z","x":[1,{"y":"}"}]}"#;
+        let (len, ahead) =
+            IncomingEvent::read_at_start(format!("{object},{{\"id\":\"next\"}}]").as_bytes(), 7)
+                .expect("read");
+        assert_eq!(len, object.len());
+        let event = ahead.into_event(Bytes::from(object));
+        assert_eq!(event.key, event_key(Some("a\"b"), object));
+        assert_eq!(event.timestamp_ns, 2_000_000_000);
+        // Cut short, not an object, or an id that is not a string: left to the caller.
+        for text in [&object[..20], "[1,2]", r#"{"id":5},"#, r#"{"a":tru}"#] {
+            assert!(
+                IncomingEvent::read_at_start(text.as_bytes(), 7).is_none(),
+                "{text}"
+            );
+        }
+        agrees_with_read(object, "]").expect("agrees");
+    }
+
+    proptest! {
+        #[test]
+        fn read_at_start_agrees_with_read(
+            id in proptest::option::of(prop_oneof![
+                "[a-z0-9\"\\\\é]{0,6}".prop_map(|t| serde_json::to_string(&t).expect("json")),
+                any::<i32>().prop_map(|n| n.to_string()),
+                Just("null".to_string()),
+            ]),
+            seconds in proptest::option::of(0i64..4_000_000_000),
+            other in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[a-z}{\\]\"]{0,6}".prop_map(|t| serde_json::to_string(&t).expect("json")),
+                Just(r#"[1,{"id":"inner","t":"}"},[]]"#.to_string()),
+                // Often not JSON at all: then neither reads it whole.
+                "[a-z ,:\"{}\\[\\]0-9]{0,12}",
+            ],
+            tail in "[ ,\\]{}\"a-z]{0,4}",
+        ) {
+            let mut fields = Vec::new();
+            if let Some(id) = id {
+                fields.push(format!("\"id\":{id}"));
+            }
+            if let Some(seconds) = seconds {
+                let at = chrono::DateTime::from_timestamp(seconds, 0).expect("in range");
+                fields.push(format!("\"timestamp\":\"{}\"", at.format("%Y-%m-%dT%H:%M:%SZ")));
+            }
+            fields.push(format!("\"other\":{other}"));
+            let object = format!("{{{}}}", fields.join(","));
+            agrees_with_read(&object, &tail)?;
+        }
     }
 }

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use super::scan::{ArrayScanner, ScanError};
 use crate::clock::parse_rfc3339_ns;
-use crate::event::IncomingEvent;
+use crate::event::{IncomingEvent, ReadAhead};
 
 /// A part is handed out once it holds this many events (a sled transaction's worth, see
 /// `queue::COMMIT_MAX_EVENTS`)...
@@ -131,10 +131,15 @@ impl PageReader {
             return;
         }
         self.scanner.push(piece);
+        let now_ns = self.now_ns;
         loop {
-            match self.scanner.next_element() {
-                Ok(Some(element)) => {
-                    if let Err(fault) = self.element(element) {
+            // Most events are read once: their end is found while their `id` and `timestamp` are read.
+            let found = self
+                .scanner
+                .next_element_with(|bytes| IncomingEvent::read_at_start(bytes, now_ns));
+            match found {
+                Ok(Some((element, read_ahead))) => {
+                    if let Err(fault) = self.element(element, read_ahead) {
                         self.fault = Some(fault);
                         return;
                     }
@@ -219,7 +224,8 @@ impl PageReader {
     }
 
     /// One element of the array: an event, or a value set aside; a fault when it is not valid JSON.
-    fn element(&mut self, element: Bytes) -> Result<(), String> {
+    /// `read_ahead` is what was read of it while its end was found, if it was read whole then.
+    fn element(&mut self, element: Bytes, read_ahead: Option<ReadAhead>) -> Result<(), String> {
         self.elements += 1;
         let Ok(text) = std::str::from_utf8(&element) else {
             return Err("an element is not UTF-8 text".to_string());
@@ -229,10 +235,16 @@ impl PageReader {
             self.not_events.push(element);
             return Ok(());
         }
-        let (event, read_whole) = IncomingEvent::read(text, element.clone(), self.now_ns);
-        if !read_whole {
-            check_json(text)?;
-        }
+        let event = match read_ahead {
+            Some(read_ahead) => read_ahead.into_event(element.clone()),
+            None => {
+                let (event, read_whole) = IncomingEvent::read(text, element.clone(), self.now_ns);
+                if !read_whole {
+                    check_json(text)?;
+                }
+                event
+            }
+        };
         // An event is filed under `now_ns` when its timestamp cannot be read; one whose timestamp is
         // exactly `now_ns` is told apart by reading it again (rare: only then is it read twice).
         if event.timestamp_ns == self.now_ns && !has_timestamp(text) {

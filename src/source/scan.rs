@@ -65,6 +65,9 @@ pub struct ArrayScanner {
     escaped: bool,
     /// The current element is a bare value (number, `true`...), which ends where a separator starts.
     bare: bool,
+    /// The caller's reader was given its chance at the current element (see
+    /// [`ArrayScanner::next_element_with`]).
+    tried: bool,
 }
 
 impl Default for ArrayScanner {
@@ -81,6 +84,7 @@ impl Default for ArrayScanner {
             in_string: false,
             escaped: false,
             bare: false,
+            tried: false,
         }
     }
 }
@@ -131,7 +135,24 @@ impl ArrayScanner {
     }
 
     /// The next complete element, if the bytes received hold one.
+    #[cfg(test)]
     pub fn next_element(&mut self) -> Result<Option<Bytes>, ScanError> {
+        let found = self.next_element_with(|_| None::<(usize, ())>)?;
+        Ok(found.map(|(element, _)| element))
+    }
+
+    /// [`ArrayScanner::next_element`], letting the caller read an object element itself: `read` is given
+    /// the bytes received from the element's `{` on, once per element, and returns how many bytes the
+    /// object takes and what it made of them, or `None` when it cannot read it whole (cut short, not
+    /// JSON...). The element is then found byte by byte, as always, and comes out with `None`.
+    ///
+    /// Why: a reader that parses the object (serde_json) finds its end on the way, so most elements are
+    /// read once instead of twice. An element cut by the end of a piece is given to `read` before it is
+    /// complete and found byte by byte afterwards; that is one element a piece, and never quadratic.
+    pub fn next_element_with<T>(
+        &mut self,
+        mut read: impl FnMut(&[u8]) -> Option<(usize, T)>,
+    ) -> Result<Option<(Bytes, Option<T>)>, ScanError> {
         loop {
             match self.state {
                 State::Start | State::BeforeElement | State::AfterElement | State::Done => {
@@ -140,9 +161,30 @@ impl ArrayScanner {
                     };
                     self.between(byte)?;
                 }
-                State::InElement => return self.in_element(),
+                State::InElement => {
+                    if !std::mem::replace(&mut self.tried, true) && self.pos == 0 {
+                        if let Some((len, value)) = self.read_whole(&mut read) {
+                            return Ok(Some((self.hand_out(len), Some(value))));
+                        }
+                    }
+                    return Ok(self.in_element()?.map(|element| (element, None)));
+                }
             }
         }
+    }
+
+    /// The caller's reading of the object at the head of the buffer, if it read one whole: its length
+    /// must end on the object's `}` within the bytes received.
+    fn read_whole<T>(
+        &self,
+        read: &mut impl FnMut(&[u8]) -> Option<(usize, T)>,
+    ) -> Option<(usize, T)> {
+        if self.buffer.first() != Some(&b'{') {
+            return None;
+        }
+        let (len, value) = read(&self.buffer)?;
+        (len > 0 && len <= self.buffer.len() && self.buffer[len - 1] == b'}')
+            .then_some((len, value))
     }
 
     /// Checks that the body ended where an array may end.
@@ -188,6 +230,7 @@ impl ArrayScanner {
                 self.depth = 0;
                 self.in_string = false;
                 self.escaped = false;
+                self.tried = false;
                 self.bare = !matches!(first, b'{' | b'[' | b'"');
                 // The element starts here: `in_element` reads from offset 0.
                 return Ok(());
@@ -265,10 +308,15 @@ impl ArrayScanner {
             }
             i += 1;
         };
+        Ok(Some(self.hand_out(end)))
+    }
+
+    /// Hands out the element that takes the first `len` bytes of the buffer.
+    fn hand_out(&mut self, len: usize) -> Bytes {
         self.state = State::AfterElement;
-        self.base += end as u64;
+        self.base += len as u64;
         self.pos = 0;
-        Ok(Some(self.buffer.split_to(end).freeze()))
+        self.buffer.split_to(len).freeze()
     }
 
     fn error(&self, at: usize, what: &'static str) -> ScanError {
@@ -446,11 +494,91 @@ mod tests {
             prop_assert_eq!(found, expected);
         }
 
+        /// With a reader that parses objects (as the page reader's does), the same elements come out,
+        /// and every object wholly received before its turn comes out with what the reader made of it.
+        #[test]
+        fn a_reader_changes_nothing_found(values in prop::collection::vec(any_json(), 0..8), piece in 1usize..40) {
+            let body = serde_json::to_string(&values).expect("json");
+            let (found, read) = scan_reading(body.as_bytes(), piece).expect("an array");
+            let expected: Vec<String> = values.iter().map(|v| serde_json::to_string(v).expect("json")).collect();
+            prop_assert_eq!(&found, &expected);
+            for (element, value) in found.iter().zip(&read) {
+                if let Some(value) = value {
+                    prop_assert_eq!(value, element, "the reader's value is of the element it came with");
+                }
+            }
+            // In one piece, every object is read by the reader, nothing byte by byte.
+            let (_, read) = scan_reading(body.as_bytes(), body.len()).expect("an array");
+            for (value, read) in values.iter().zip(&read) {
+                prop_assert_eq!(value.is_object(), read.is_some());
+            }
+        }
+
         /// Whatever the bytes, scanning never panics.
         #[test]
         fn never_panics(body in prop::collection::vec(any::<u8>(), 0..200), piece in 1usize..20) {
             let _ = scan(&body, piece);
+            let _ = scan_reading(&body, piece);
         }
+    }
+
+    /// [`scan`] with a reader that parses objects with serde_json: the elements, and for each what the
+    /// reader read (the object's text again) or `None` when it was found byte by byte.
+    #[allow(clippy::type_complexity)]
+    fn scan_reading(
+        body: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<String>, Vec<Option<String>>), ScanError> {
+        let read = |bytes: &[u8]| {
+            let mut stream =
+                serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
+            let value = stream.next()?.ok()?;
+            Some((
+                stream.byte_offset(),
+                serde_json::to_string(&value).expect("json"),
+            ))
+        };
+        let mut scanner = ArrayScanner::default();
+        let (mut found, mut values) = (Vec::new(), Vec::new());
+        for chunk in body.chunks(piece.max(1)) {
+            scanner.push(chunk);
+            while let Some((element, value)) = scanner.next_element_with(read)? {
+                found.push(String::from_utf8_lossy(&element).into_owned());
+                values.push(value);
+            }
+        }
+        scanner.finish()?;
+        Ok((found, values))
+    }
+
+    #[test]
+    fn an_object_the_reader_cannot_read_is_found_byte_by_byte() {
+        let mut scanner = ArrayScanner::default();
+        let mut asked = Vec::new();
+        scanner.push(br#"[{"a":1},{"b":"#);
+        let mut refuse = |bytes: &[u8]| {
+            asked.push(String::from_utf8_lossy(bytes).into_owned());
+            None::<(usize, ())>
+        };
+        let first = scanner.next_element_with(&mut refuse).expect("fine");
+        assert_eq!(first, Some((Bytes::from_static(br#"{"a":1}"#), None)));
+        // The second is cut short: the reader has its one chance, then it is found byte by byte.
+        assert_eq!(scanner.next_element_with(&mut refuse).expect("fine"), None);
+        scanner.push(br#"2}]"#);
+        let second = scanner.next_element_with(&mut refuse).expect("fine");
+        assert_eq!(
+            second.map(|(e, _)| e),
+            Some(Bytes::from_static(br#"{"b":2}"#))
+        );
+        assert_eq!(
+            asked,
+            vec![r#"{"a":1},{"b":"#.to_string(), r#"{"b":"#.to_string()]
+        );
+        // A reader that claims a length that does not end on the object's `}` is not believed.
+        let mut scanner = ArrayScanner::default();
+        scanner.push(br#"[{"a":[1,2]}]"#);
+        let lying = scanner.next_element_with(|_| Some((5, ()))).expect("fine");
+        assert_eq!(lying, Some((Bytes::from_static(br#"{"a":[1,2]}"#), None)));
     }
 
     fn any_json() -> impl Strategy<Value = serde_json::Value> {
