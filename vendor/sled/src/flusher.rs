@@ -98,6 +98,9 @@ fn run(
             }
         }
         drop(cc);
+        // jcdi-forwarder: spare log buffers go once no segment took one
+        // since the last round (see `AlignedBuf`).
+        crate::pagecache::release_unused_spare_bufs();
 
         // so we can spend a little effort
         // cleaning up the segments. try not to
