@@ -40,12 +40,6 @@ pub use tls::describe_tls_error;
 /// Answers larger than this are refused, unless the caller sets its own limit ([`HttpClient::post_capped`]).
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Each connection reads into a buffer of this size, always the same. hyper's adaptive buffer grows to
-/// about 400 KiB while a large page arrives, and a buffer that large is a fresh `mmap` under the agent's
-/// allocator setting (`allocator`): every piece of a page was read into pages the kernel had to fault
-/// in and zero. A buffer below that threshold is reused from the heap; reads are only more numerous.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-
 /// What the agent says it is; never carries a secret.
 pub const AGENT_USER_AGENT: &str = concat!("jcdi-forwarder/", env!("CARGO_PKG_VERSION"));
 
@@ -193,7 +187,6 @@ impl HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .http1_read_buf_exact_size(READ_BUFFER_BYTES)
             .build(https);
         Ok(HttpClient {
             client,
