@@ -45,19 +45,8 @@ impl IncomingEvent {
     pub fn read(raw: &str, shared: Bytes, now_ns: i64) -> (IncomingEvent, bool) {
         let probed: Result<Probe, _> = serde_json::from_str(raw);
         let valid = probed.is_ok();
-        let probe = probed.unwrap_or_default();
-        let timestamp_ns = probe
-            .timestamp
-            .as_deref()
-            .and_then(parse_rfc3339_ns)
-            .unwrap_or(now_ns);
-        let id = probe.id.as_deref().filter(|id| !id.is_empty());
-        let event = IncomingEvent {
-            key: event_key(id, raw),
-            raw: shared,
-            timestamp_ns,
-        };
-        (event, valid)
+        let read = probed.unwrap_or_default().read(raw.as_bytes(), now_ns);
+        (read.into_event(shared), valid)
     }
 
     /// Reads the JSON object at the very start of `bytes` (other text may follow it) as
@@ -67,17 +56,14 @@ impl IncomingEvent {
     ///
     /// The bytes are not checked as UTF-8 beyond the two fields read: the caller checks the object's.
     pub fn read_at_start(bytes: &[u8], now_ns: i64) -> Option<(usize, ReadAhead)> {
+        // serde reads a struct from an array too: only an object is an event read here.
+        if bytes.first() != Some(&b'{') {
+            return None;
+        }
         let mut reader = serde_json::Deserializer::from_slice(bytes).into_iter::<Probe>();
         let probe = reader.next()?.ok()?;
         let len = reader.byte_offset();
-        let timestamp_ns = probe
-            .timestamp
-            .as_deref()
-            .and_then(parse_rfc3339_ns)
-            .unwrap_or(now_ns);
-        let id = probe.id.as_deref().filter(|id| !id.is_empty());
-        let key = event_key_of_bytes(id, bytes.get(..len)?);
-        Some((len, ReadAhead { timestamp_ns, key }))
+        Some((len, probe.read(bytes.get(..len)?, now_ns)))
     }
 
     /// [`IncomingEvent::from_shared`] for text not held in a shared buffer (it is copied once).
@@ -86,7 +72,7 @@ impl IncomingEvent {
     }
 }
 
-/// What [`IncomingEvent::read_at_start`] read of an event, before its bytes were cut out.
+/// What was read of an event ([`IncomingEvent::read_at_start`]), before its bytes were cut out.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadAhead {
     timestamp_ns: i64,
@@ -111,6 +97,22 @@ struct Probe<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
+}
+
+impl Probe<'_> {
+    /// The event's timestamp (else `now_ns`) and key (from its `id`, else its bytes `raw`).
+    fn read(&self, raw: &[u8], now_ns: i64) -> ReadAhead {
+        let timestamp_ns = self
+            .timestamp
+            .as_deref()
+            .and_then(parse_rfc3339_ns)
+            .unwrap_or(now_ns);
+        let id = self.id.as_deref().filter(|id| !id.is_empty());
+        ReadAhead {
+            timestamp_ns,
+            key: event_key_of_bytes(id, raw),
+        }
+    }
 }
 
 /// An event read from the head of the queue.
@@ -245,7 +247,13 @@ mod tests {
         assert_eq!(event.key, event_key(Some("a\"b"), object));
         assert_eq!(event.timestamp_ns, 2_000_000_000);
         // Cut short, not an object, or an id that is not a string: left to the caller.
-        for text in [&object[..20], "[1,2]", r#"{"id":5},"#, r#"{"a":tru}"#] {
+        for text in [
+            &object[..20],
+            "[1,2]",
+            r#"["a","1970-01-01T00:00:02Z"]"#,
+            r#"{"id":5},"#,
+            r#"{"a":tru}"#,
+        ] {
             assert!(
                 IncomingEvent::read_at_start(text.as_bytes(), 7).is_none(),
                 "{text}"
