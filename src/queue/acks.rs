@@ -13,7 +13,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional, Transaction
 use super::ledger::{
     add_stream_bytes, pair_bytes, read_pair, read_u64, Flow, KEY_LAST_ACK, KEY_OUT,
 };
-use super::record::{chunk_header, decode_chunk, packed_raw_bytes};
+use super::record::{chunk_header, decode_chunk};
 use super::{Queue, QueueError};
 use crate::clock::now_ms;
 
@@ -136,7 +136,7 @@ pub(super) fn mark_gone(
     // The whole chunk goes at once (the usual case: batches hold whole chunks): a compressed chunk's
     // header says how many raw bytes it holds, and its events need not be decompressed.
     let whole = none_gone_before && all_gone;
-    let bytes = match whole.then(|| packed_raw_bytes(&value)).flatten() {
+    let bytes = match whole.then_some(header.raw_bytes).flatten() {
         Some(bytes) => bytes,
         None if marked.is_empty() => 0,
         None => {

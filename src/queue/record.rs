@@ -149,7 +149,7 @@ pub(super) fn decode_chunk<'a>(
                     packed.count
                 )));
             }
-            // Nothing may follow the events: their size is what `packed_raw_bytes` counts on.
+            // Nothing may follow the events: their size is what `ChunkHeader::raw_bytes` counts on.
             let encoded: usize = EVENTS_LIST_LENGTH
                 + events
                     .iter()
@@ -187,40 +187,23 @@ pub(super) fn decode_chunk<'a>(
     }
 }
 
-/// The raw bytes of all the events of a format 3 record, read from its header without decompressing its
-/// events. They are the bincode of `Vec<ChunkEvent>`: the list's length (a u64), then for each event its
-/// timestamp (an i64), its length (a u64) and its raw bytes; so the raw bytes are `unpacked_len` less
-/// those fixed parts. `None` for the other formats, or a header that does not add up (the caller then
-/// decodes the record, which reports the damage).
-pub(super) fn packed_raw_bytes(value: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Head {
-        version: u8,
-        _stream: u32,
-        _queued_at_ms: u64,
-        count: u64,
-        unpacked_len: u64,
-    }
-    let head: Head = bincode::deserialize(value).ok()?;
-    if head.version != FORMAT_VERSION {
-        return None;
-    }
-    head.unpacked_len
-        .checked_sub(EVENTS_LIST_LENGTH as u64)?
-        .checked_sub(head.count.checked_mul(EVENT_FIXED_BYTES as u64)?)
-}
-
 /// The fixed start of a stored record: enough to skip another stream's chunk without decoding its events.
 pub(super) struct ChunkHeader {
     pub(super) stream: u32,
     /// How many events the record holds (acknowledged ones included).
     pub(super) count: u64,
+    /// The raw bytes of all its events, when the header tells them without decompressing (format 3):
+    /// they are the bincode of `Vec<ChunkEvent>`, so `unpacked_len` less the list's length and each
+    /// event's timestamp and length. `None` for the other formats, or a header that does not add up
+    /// (decoding the record then reports the damage).
+    pub(super) raw_bytes: Option<u64>,
 }
 
 /// Reads a record's stream and event count without decoding its events (formats 2 and 3 start with the
 /// version, stream and queued_at_ms, then the number of events as a u64: format 2's list length, format
 /// 3's `count`; trailing bytes are allowed).
 pub(super) fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, QueueError> {
+    /// The fixed start of formats 2 and 3 (`unpacked_len` is format 3's only).
     #[derive(Deserialize)]
     struct Header {
         version: u8,
@@ -228,14 +211,30 @@ pub(super) fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, Queu
         _queued_at_ms: u64,
         count: u64,
     }
+    #[derive(Deserialize)]
+    struct PackedHeader {
+        header: Header,
+        unpacked_len: u64,
+    }
+    let damaged = |err: bincode::Error| QueueError::Damaged(format!("record #{first}: {err}"));
     match value.first() {
         Some(&(FORMAT_VERSION | UNPACKED_VERSION)) => {
-            let header: Header = bincode::deserialize(value)
-                .map_err(|err| QueueError::Damaged(format!("record #{first}: {err}")))?;
+            let header: Header = bincode::deserialize(value).map_err(damaged)?;
             debug_assert!(matches!(header.version, FORMAT_VERSION | UNPACKED_VERSION));
+            // A format 3 record cut within `unpacked_len` still has a header; decoding it says the rest.
+            let raw_bytes = (header.version == FORMAT_VERSION)
+                .then(|| bincode::deserialize::<PackedHeader>(value).ok())
+                .flatten()
+                .and_then(|packed| {
+                    packed
+                        .unpacked_len
+                        .checked_sub(EVENTS_LIST_LENGTH as u64)?
+                        .checked_sub(packed.header.count.checked_mul(EVENT_FIXED_BYTES as u64)?)
+                });
             Ok(ChunkHeader {
                 stream: header.stream,
                 count: header.count,
+                raw_bytes,
             })
         }
         _ => {
@@ -244,6 +243,7 @@ pub(super) fn chunk_header(first: u64, value: &[u8]) -> Result<ChunkHeader, Queu
             Ok(ChunkHeader {
                 stream: chunk.stream,
                 count: chunk.events.len() as u64,
+                raw_bytes: None,
             })
         }
     }
@@ -468,8 +468,8 @@ mod tests {
             let raws: Vec<&'static str> = raws.into_iter().map(|r| &*Box::leak(r.into_boxed_str())).collect();
             let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
             let value = encode_chunk(&chunk(3, &raws)).unwrap();
-            prop_assert_eq!(packed_raw_bytes(&value), Some(raw_bytes as u64));
-            prop_assert_eq!(packed_raw_bytes(&unpacked_bytes(3, &raws)), None, "only format 3 says it");
+            prop_assert_eq!(chunk_header(3, &value).unwrap().raw_bytes, Some(raw_bytes as u64));
+            prop_assert_eq!(chunk_header(3, &unpacked_bytes(3, &raws)).unwrap().raw_bytes, None, "only format 3 says it");
         }
 
         /// Whatever damage does to a stored chunk, reading it never panics nor allocates without bound,
@@ -494,7 +494,7 @@ mod tests {
                     prop_assert_eq!(header.count, read.events.len() as u64);
                     if value[0] == FORMAT_VERSION {
                         let raw_bytes: usize = read.events.iter().map(|e| e.raw.len()).sum();
-                        prop_assert_eq!(packed_raw_bytes(value), Some(raw_bytes as u64));
+                        prop_assert_eq!(header.raw_bytes, Some(raw_bytes as u64));
                     }
                     prop_assert!(scratch.len() <= value.len() * LZ4_MAX_RATIO + 16);
                 }
