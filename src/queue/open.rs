@@ -22,8 +22,9 @@ use super::ledger::{bytes_by_stream, read_u64, Ledger, KEY_SEQ};
 use super::record::decode_chunk;
 use super::{Queue, QueueError};
 
-/// sled's page cache; its 1 GiB default would make RSS grow with the database. sled splits it in 256 shards
-/// that each keep their most recent node whatever its size, so the real floor is higher than this.
+/// sled's page cache; its 1 GiB default would make RSS grow with the database. sled splits it among shards
+/// that each keep their most recent node whatever its size; our sled has 16 shards instead of 256, so that
+/// this capacity is what bounds the cache (vendor/sled/JCDI-FORWARDER.md, item 3).
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// How long opening waits for a queue's lock before saying another process holds it.

@@ -22,8 +22,9 @@ const MAX_QUEUE_ITEMS: usize = 64;
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
 
+// jcdi-forwarder: 16 instead of 256 (see JCDI-FORWARDER.md, item 3).
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const N_SHARDS: usize = 256;
+const N_SHARDS: usize = 16;
 
 struct AccessBlock {
     len: AtomicUsize,
