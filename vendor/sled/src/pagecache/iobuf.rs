@@ -1215,13 +1215,20 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
     let old_arc = unsafe { Arc::from_raw(old_ptr) };
 
-    pin().defer(move || drop(old_arc));
+    let guard = pin();
+    guard.defer(move || drop(old_arc));
 
     // having held the mutex makes this linearized
     // with the notify below.
     drop(intervals);
 
     let _notified = iobufs.interval_updated.notify_all();
+
+    // jcdi-forwarder: flushed (after the mutex is released: it may run other deferred drops), so that the
+    // sealed buffer is freed, or kept for the next segment, once its write is done, not whenever this
+    // thread's deferred garbage fills a bag (JCDI-FORWARDER.md, item 2).
+    guard.flush();
+    drop(guard);
 
     drop(measure_assign_offset);
 
