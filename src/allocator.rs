@@ -1,9 +1,11 @@
 //! The memory allocator's settings are the program's choice, not its service manager's: run by systemd,
 //! by hand or in a container, the agent holds the same memory.
 //!
-//! With glibc's defaults, sled's 1 MiB log buffers are served from the heap arenas, which keep what they
-//! freed: the agent held 90–100 MB with a backlog of a million events, against about 60 MB with two
-//! arenas and an mmap threshold of 256 KiB (BENCHMARKS.md, "Memory"). glibc reads those settings only
+//! With glibc's defaults, large transient buffers (pages being read, batch bodies, sled's log buffers) are
+//! served from the heap arenas, which keep what they freed, and a host with more cores gets more arenas.
+//! Two arenas and an mmap threshold of 256 KiB hold the agent near 30 MB while it catches up, against
+//! about 39 MB with glibc's defaults, for 5–10 % more CPU (BENCHMARKS.md, "sled's cache bounded"; before
+//! sled's cache was bounded, 60 against 90–100 MB with a backlog, "Memory"). glibc reads those settings only
 //! from `GLIBC_TUNABLES` when a process starts, and setting them from inside (`mallopt`) takes `unsafe`
 //! FFI, which this project does not write: so the binary starts itself again, once, with them set.
 //!
