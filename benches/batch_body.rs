@@ -28,7 +28,7 @@ fn events() -> Vec<QueuedEvent> {
             stream: 0,
             timestamp_ns: from,
             queued_at_ms: 0,
-            raw: event.raw,
+            raw: event.raw.into(),
         })
         .collect()
 }
@@ -44,7 +44,7 @@ fn serde_body(intake_key: &str, events: &[QueuedEvent]) -> Vec<u8> {
         if i > 0 {
             body.push(b',');
         }
-        serde_json::to_writer(&mut body, &event.raw).expect("a Vec takes any write");
+        serde_json::to_writer(&mut body, &*event.raw).expect("a Vec takes any write");
     }
     body.extend_from_slice(b"]}");
     body

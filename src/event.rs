@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::parse_rfc3339_ns;
@@ -122,7 +123,9 @@ pub struct QueuedEvent {
     pub stream: u32,
     pub timestamp_ns: i64,
     pub queued_at_ms: u64,
-    pub raw: String,
+    /// Its text, sharing one buffer with the other events of its chunk in the same batch (`.into()` makes
+    /// one from a `String` or a `&str`).
+    pub raw: ByteString,
 }
 
 /// One stream's collection progress, committed with the events it covers.

@@ -131,7 +131,7 @@ impl Builder {
     /// Appends one event (its raw bytes, then `\n`).
     pub fn push(&mut self, event: &QueuedEvent) -> std::io::Result<()> {
         use std::io::Write;
-        let raw = event.raw.as_bytes();
+        let raw: &[u8] = event.raw.as_ref();
         let breaks = raw.iter().filter(|b| **b == b'\n').count() as u64;
         if breaks > 0 {
             self.multiline.push((self.events, breaks + 1));
@@ -604,7 +604,7 @@ mod tests {
             stream: 0,
             timestamp_ns: 1_700_000_000_000_000_000 + seq as i64,
             queued_at_ms: 5,
-            raw: raw.to_string(),
+            raw: raw.into(),
         }
     }
 

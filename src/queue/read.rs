@@ -12,6 +12,8 @@ use super::acks::bit;
 use super::ledger::read_u64;
 use super::record::{chunk_header, decode_chunk};
 use super::{Queue, QueueError};
+use bytestring::ByteString;
+
 use crate::event::QueuedEvent;
 
 impl Queue {
@@ -64,7 +66,7 @@ impl Queue {
         // is skipped whole from its header, without decoding its events.
         // One buffer for the chunks' decompressed events, written again for each chunk.
         let mut scratch = Vec::new();
-        'chunks: for (scanned, entry) in self.events.range(from.to_be_bytes()..).enumerate() {
+        for (scanned, entry) in self.events.range(from.to_be_bytes()..).enumerate() {
             if scanned >= max_scan {
                 break;
             }
@@ -78,6 +80,11 @@ impl Queue {
             }
             let chunk = decode_chunk(first, &value, &mut scratch)?;
             let acked = self.acked.get(&key)?;
+            // The events taken from this chunk share one buffer: one allocation per chunk rather than per
+            // event (a batch of a thousand events spans about thirty chunks).
+            let mut text = Vec::new();
+            let mut taken = Vec::new();
+            let mut full = false;
             for (index, event) in chunk.events.iter().enumerate() {
                 let seq = first + index as u64;
                 if seq < start {
@@ -87,23 +94,40 @@ impl Queue {
                     examined = Some(seq);
                     continue;
                 }
-                if !batch.is_empty() && bytes + event.raw.len() > max_bytes {
-                    break 'chunks;
+                if (!batch.is_empty() || !taken.is_empty()) && bytes + event.raw.len() > max_bytes {
+                    full = true;
+                    break;
                 }
-                let raw = String::from_utf8(event.raw.to_vec())
+                if taken.is_empty() {
+                    text.reserve(chunk.events[index..].iter().map(|e| e.raw.len()).sum());
+                }
+                bytes += event.raw.len();
+                taken.push((
+                    seq,
+                    event.timestamp_ns,
+                    text.len()..text.len() + event.raw.len(),
+                ));
+                text.extend_from_slice(event.raw);
+                examined = Some(seq);
+                if batch.len() + taken.len() >= max_events {
+                    full = true;
+                    break;
+                }
+            }
+            let shared = bytes::Bytes::from(text);
+            for (seq, timestamp_ns, range) in taken {
+                let raw = ByteString::try_from(shared.slice(range))
                     .map_err(|_| QueueError::Damaged(format!("event #{seq} is not UTF-8")))?;
-                bytes += raw.len();
                 batch.push(QueuedEvent {
                     seq,
                     stream: chunk.stream,
-                    timestamp_ns: event.timestamp_ns,
+                    timestamp_ns,
                     queued_at_ms: chunk.queued_at_ms,
                     raw,
                 });
-                examined = Some(seq);
-                if batch.len() >= max_events {
-                    break 'chunks;
-                }
+            }
+            if full {
+                break;
             }
         }
         Ok((batch, examined))

@@ -70,7 +70,7 @@ fn read_ack_and_reopen() {
         q.commit_page("s", &page, Some(cursor(10))).unwrap();
         let batch = q.read_batch(None, 4, 1 << 20).unwrap();
         assert_eq!(batch.len(), 4);
-        assert_eq!(batch[0].raw, page[0].raw);
+        assert_eq!(batch[0].raw.as_bytes(), &page[0].raw);
         let next = q.read_batch(Some(batch[3].seq), 100, 1 << 20).unwrap();
         assert_eq!(next.len(), 6);
         let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
@@ -91,7 +91,7 @@ fn read_ack_and_reopen() {
     assert_eq!(q.dead_letter_count(), 0);
     assert_eq!(q.depth().events, 6);
     let all = q.read_batch(None, 100, 1 << 20).unwrap();
-    assert_eq!(all.last().unwrap().raw, event("e4", 4).raw);
+    assert_eq!(all.last().unwrap().raw.as_bytes(), &event("e4", 4).raw);
     q.dead_letter(&all[0], "again").unwrap();
     assert_eq!(q.purge_dead_letters().unwrap(), 1);
     assert_eq!(q.dead_letter_count(), 0);
@@ -160,7 +160,7 @@ fn records_of_format_1_are_still_read_and_acknowledged() {
     q.commit_page("s", &[event("new", 6)], Some(cursor(7)))
         .unwrap();
     let batch = q.read_batch(None, 10, 1 << 20).unwrap();
-    assert_eq!((batch[0].seq, batch[0].raw.as_str()), (7, raw));
+    assert_eq!((batch[0].seq, &*batch[0].raw), (7, raw));
     assert_eq!(batch[0].queued_at_ms, 9);
     assert_eq!(batch[1].seq, 8);
     assert_eq!(q.oldest_queued_at_ms().unwrap(), Some(9));
@@ -406,7 +406,7 @@ fn a_page_larger_than_one_transaction_is_committed_whole_with_its_cursor_last() 
     assert_eq!(q.cursor("s").unwrap(), Some(cursor(77)));
     assert_eq!(q.depth().events, n as u64);
     let batch = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
-    let ids: Vec<&[u8]> = batch.iter().map(|e| e.raw.as_bytes()).collect();
+    let ids: Vec<&[u8]> = batch.iter().map(|e| &e.raw.as_bytes()[..]).collect();
     let expected: Vec<&[u8]> = page[..n].iter().map(|e| &e.raw[..]).collect();
     assert_eq!(ids, expected, "every event once, in page order");
     // What a crash between two parts would leave (the first part, the old cursor) is read again
@@ -567,8 +567,8 @@ fn chunks_are_per_stream_and_stream_counters_follow_acks_dead_letters_and_retrie
         .read_stream_batch(tb, None, usize::MAX, usize::MAX, usize::MAX)
         .unwrap();
     assert_eq!((all_a.len(), all_b.len()), (n, n - 10));
-    assert_eq!(all_a.last().unwrap().raw, page_a[0].raw);
-    assert_eq!(all_b.last().unwrap().raw, page_b[10].raw);
+    assert_eq!(all_a.last().unwrap().raw.as_bytes(), &page_a[0].raw);
+    assert_eq!(all_b.last().unwrap().raw.as_bytes(), &page_b[10].raw);
     assert_eq!(
         q.read_batch(None, usize::MAX, usize::MAX).unwrap().len() as u64,
         q.depth().events
@@ -579,4 +579,68 @@ fn chunks_are_per_stream_and_stream_counters_follow_acks_dead_letters_and_retrie
     assert!(q.bytes_by_stream().unwrap().is_empty());
     assert!(q.events.is_empty() && q.acked.is_empty());
     assert_eq!(q.oldest_queued_at_ms().unwrap(), None);
+}
+
+mod reading_batches {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Reading batch after batch from the head gives every event not acknowledged, once, in order and
+        /// with its text as queued, whatever the limits and wherever a batch ends within a chunk.
+        #[test]
+        fn batches_give_every_unacknowledged_event_once_in_order(
+            sizes in prop::collection::vec(0usize..600, 1..150),
+            acked in prop::collection::vec(any::<bool>(), 150),
+            max_events in 1usize..80,
+            max_bytes in 1usize..6000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let q = Queue::open(dir.path()).unwrap();
+            let page: Vec<IncomingEvent> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| {
+                    let mut e = event(&format!("e{i}"), i as i64);
+                    let raw = format!("{{\"id\":\"e{i}\",\"pad\":\"{}é\"}}", "x".repeat(*size));
+                    e.key = event_key(Some(&format!("e{i}")), &raw);
+                    e.raw = raw.into();
+                    e
+                })
+                .collect();
+            q.commit_page("s", &page, Some(cursor(1_000))).unwrap();
+            let all = q.read_batch(None, usize::MAX, usize::MAX).unwrap();
+            prop_assert_eq!(all.len(), page.len());
+            let gone: Vec<u64> = all
+                .iter()
+                .zip(&acked)
+                .filter(|(_, a)| **a)
+                .map(|(e, _)| e.seq)
+                .collect();
+            q.ack(&gone).unwrap();
+            let expected: Vec<(u64, &[u8])> = all
+                .iter()
+                .zip(&page)
+                .filter(|(e, _)| !gone.contains(&e.seq))
+                .map(|(e, p)| (e.seq, &p.raw[..]))
+                .collect();
+
+            let mut read: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut after = None;
+            loop {
+                let batch = q.read_batch(after, max_events, max_bytes).unwrap();
+                let Some(last) = batch.last() else { break };
+                prop_assert!(batch.len() <= max_events);
+                let bytes: usize = batch.iter().map(|e| e.raw.len()).sum();
+                prop_assert!(batch.len() == 1 || bytes <= max_bytes, "{} bytes in {} events", bytes, batch.len());
+                after = Some(last.seq);
+                read.extend(batch.iter().map(|e| (e.seq, e.raw.as_bytes().to_vec())));
+            }
+            let read: Vec<(u64, &[u8])> = read.iter().map(|(s, r)| (*s, &r[..])).collect();
+            prop_assert_eq!(read, expected);
+        }
+    }
 }

@@ -405,7 +405,7 @@ fn seal(dir: &Path, stream: &str, first_seq: u64, raws: &[String], key: Option<&
                 stream: 0,
                 timestamp_ns: now_ns(),
                 queued_at_ms: 0,
-                raw: raw.clone(),
+                raw: raw.clone().into(),
             })
             .expect("pushed");
     }
