@@ -8,12 +8,12 @@
 //! - [`Queue::read_stream_batch`] reports how far it looked: every event of its stream up to that sequence
 //!   number is in the batch (or already gone), so the next read may start after it once the batch is done.
 
+use bytestring::ByteString;
+
 use super::acks::bit;
 use super::ledger::read_u64;
 use super::record::{chunk_header, decode_chunk};
 use super::{Queue, QueueError};
-use bytestring::ByteString;
-
 use crate::event::QueuedEvent;
 
 impl Queue {
