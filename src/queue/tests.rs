@@ -604,11 +604,13 @@ mod reading_batches {
                 .iter()
                 .enumerate()
                 .map(|(i, size)| {
-                    let mut e = event(&format!("e{i}"), i as i64);
-                    let raw = format!("{{\"id\":\"e{i}\",\"pad\":\"{}é\"}}", "x".repeat(*size));
-                    e.key = event_key(Some(&format!("e{i}")), &raw);
-                    e.raw = raw.into();
-                    e
+                    let id = format!("e{i}");
+                    let raw = format!("{{\"id\":\"{id}\",\"pad\":\"{}é\"}}", "x".repeat(*size));
+                    IncomingEvent {
+                        key: event_key(Some(&id), &raw),
+                        raw: raw.into(),
+                        timestamp_ns: i as i64,
+                    }
                 })
                 .collect();
             q.commit_page("s", &page, Some(cursor(1_000))).unwrap();
