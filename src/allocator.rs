@@ -14,7 +14,7 @@
 //! - An operator's own `glibc.malloc.*` tunables win: they are left as they are.
 //! - Nothing is lost if the re-execution fails (no `/proc`, a seccomp filter): the agent goes on with
 //!   glibc's defaults. Other C libraries (a static musl build) are left alone.
-//! - The process keeps its PID, arguments and environment (plus the two variables).
+//! - The process keeps its PID, name, arguments and environment (plus the two variables).
 //! - What the first image does before starting again (the caller's `before_restart`: for `run`, the
 //!   queue's log replayed, four times faster with glibc's defaults) is only ever a head start: the second
 //!   image needs none of it and does it again if it was not done.
@@ -48,17 +48,25 @@ pub fn settle(before_restart: impl FnOnce()) {
 #[cfg(unix)]
 fn reexec(tunables: &str) {
     use std::os::unix::process::CommandExt;
-    let mut args = std::env::args_os();
-    let Some(argv0) = args.next() else {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    if args.is_empty() {
         return;
-    };
-    // exec only returns on failure.
-    let _failed = std::process::Command::new("/proc/self/exe")
-        .arg0(argv0)
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .env(MARKER, "1")
-        .exec();
+    }
+    let argv0 = args.remove(0);
+    // The file is started by its path rather than as `/proc/self/exe`: the kernel names a process after
+    // the file it runs, and `ps`, `top`, `pgrep jcdi-forwarder` or `killall` would see "exe". The link is
+    // the fallback, for a file no longer at its path (replaced by an upgrade: the path then names another
+    // file, and the kernel's link says "(deleted)").
+    let by_path = std::env::current_exe().ok().filter(|path| path.is_file());
+    for program in by_path.into_iter().chain(Some("/proc/self/exe".into())) {
+        // exec only returns on failure.
+        let _failed = std::process::Command::new(program)
+            .arg0(&argv0)
+            .args(&args)
+            .env("GLIBC_TUNABLES", tunables)
+            .env(MARKER, "1")
+            .exec();
+    }
 }
 
 #[cfg(not(unix))]

@@ -336,7 +336,13 @@ async fn the_binary_settles_its_allocator_whoever_starts_it() {
         .await;
         assert!(up, "{}", agent.log_tail(20));
         let environ = environ_of(&agent);
+        // Started again or not, the process has the binary's name (what `ps`, `pgrep` and `top` show).
+        let name =
+            std::fs::read_to_string(format!("/proc/{}/comm", agent.id())).unwrap_or_default();
         agent.stop(Duration::from_secs(30)).await.expect("stops");
+        if cfg!(target_os = "linux") {
+            assert_eq!(name.trim_end(), "jcdi-forwarder");
+        }
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
             let shown = String::from_utf8_lossy(&environ).into_owned();
             assert!(has(&environ, &expected), "{expected} in {shown:?}");
