@@ -37,14 +37,16 @@ pub(super) const SINGLE_EVENT_VERSION: u8 = 1;
 
 /// At most this many events in one chunk, and about this many raw bytes (before compression). sled keeps
 /// up to 16 entries in a leaf node and holds a whole node in memory while it is cached, so the stored
-/// chunk size sets the size of the nodes that memory is made of. sled's cache has 256 shards that each
-/// keep their latest node whatever the capacity, and evict only after 64 accesses of their own: what
-/// stays resident is a few hundred recent leaves. Chunks of 64 KiB made 1 MiB leaves and 175 MB of RSS
-/// with a backlog of a million events; stored chunks near 8 KiB keep leaves near 100 KiB (BENCHMARKS.md,
-/// "Memory" and "Dedup records"). Compressed, 32 KiB of events are stored in about that.
+/// chunk size sets the size of the nodes that memory is made of; and every sled operation (insert,
+/// acknowledgement, removal, the node splits and merges they cause) is paid per chunk, not per byte.
+/// Uncompressed chunks of 64 KiB once made 1 MiB leaves and 175 MB of RSS with a backlog of a million
+/// events, under a cache that did not hold to its capacity (BENCHMARKS.md, "Memory"). Compressed (to about
+/// a sixth) and with the cache bounded (`vendor/sled`, JCDI-FORWARDER.md item 3), 64 events or 64 KiB make
+/// leaves near 170 KiB; against 32, they cost less CPU per event queued and forwarded for the same RSS
+/// (BENCHMARKS.md, "Chunks of 64 events"). 128 saved nothing more.
 /// Chunks written with other limits are read all the same: only new chunks are cut to this size.
-pub(super) const CHUNK_MAX_EVENTS: usize = 32;
-const CHUNK_MAX_BYTES: usize = 32 * 1024;
+pub(super) const CHUNK_MAX_EVENTS: usize = 64;
+const CHUNK_MAX_BYTES: usize = 64 * 1024;
 /// lz4 expands a block at most about 255 times: a stored length beyond that is damage.
 const LZ4_MAX_RATIO: usize = 255;
 
