@@ -5,7 +5,8 @@
 //! (`/proc/<pid>/status` VmHWM, VmRSS) are its own; the stand-ins' work is reported apart.
 //!
 //! Two scenarios:
-//! - throughput: N events from the API stand-in to the intake stand-in: events/s, CPU s per million, peak RSS;
+//! - throughput: N events from the API stand-in to the intake stand-in: events/s, CPU s per million, peak RSS,
+//!   and how many events requests it took (their pace bounds the events/s: see `pace_bound`);
 //! - backlog: the intake is down while N events are polled into the queue: RSS and disk with the backlog, the
 //!   on-disk size against the raw bytes; then `kill -9`, intake back, restart: time to the first forwarded
 //!   batch and the drain rate.
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use jcdi_forwarder::admin::ask_agent;
 use jcdi_forwarder::clock::now_ns;
+use jcdi_forwarder::config::Config;
 use jcdi_forwarder::harness::measure::{
     allocator_environment, cpu_seconds, free_local_addr, load_average, minor_faults,
     self_cpu_seconds, spawn_agent, status_field, summary,
@@ -203,6 +205,7 @@ impl Bench {
             let dir = tempfile::tempdir().expect("temp dir");
             let config = self.write_config(dir.path(), &intake, free_local_addr());
             let bench_cpu = self_cpu_seconds();
+            let requests_before = self.api.requests();
             let started = Instant::now();
             let mut agent =
                 spawn_agent(&self.args.binary, &self.args.agent_env, &config, dir.path());
@@ -228,6 +231,7 @@ impl Bench {
             let peak = status_field(pid, "VmHWM:") as f64 / 1024.0;
             let disk = disk_usage(&dir.path().join("queue"));
             terminate(&mut agent).await;
+            let requests = self.api.requests() - requests_before;
             let result = Run {
                 seconds,
                 events_per_second: n as f64 / seconds,
@@ -241,7 +245,7 @@ impl Bench {
             println!(
                 "run {run}: {:.2} s, {:.0} events/s, agent CPU {:.2} s ({:.2} s per million events), \
                  {:.3} page faults per event, peak RSS {:.1} MB, first batch after {:.2} s, {} duplicates, queue on disk {:.1} MB \
-                 (stand-ins used {:.2} CPU s), load {}",
+                 (stand-ins used {:.2} CPU s), load {}\n  {}",
                 result.seconds,
                 result.events_per_second,
                 cpu,
@@ -252,7 +256,8 @@ impl Bench {
                 result.duplicates,
                 result.disk_mb,
                 self_cpu_seconds() - bench_cpu,
-                load_average()
+                load_average(),
+                pace_bound(n, requests, &config)
             );
             runs.push(result);
         }
@@ -403,6 +408,29 @@ impl Bench {
         let path = dir.join("config.toml");
         config.write(&path).expect("config written");
         path
+    }
+}
+
+/// What the API's pace allows: `requests` events requests at the configured ceiling take at least
+/// `(requests - 1) / ceiling` seconds from the first to the last.
+fn pace_bound(events: usize, requests: u64, config: &Path) -> String {
+    let ceiling = Config::load(config).ok().and_then(|loaded| {
+        loaded
+            .config
+            .streams
+            .first()
+            .map(|s| s.jumpcloud.request_ceiling())
+    });
+    match ceiling {
+        Some(ceiling) if requests > 1 => {
+            let floor = (requests - 1) as f64 / ceiling;
+            format!(
+                "{requests} events requests at most {ceiling} a second: the last leaves {floor:.2} s after the first, \
+                 so the pace allows at most {:.0} events/s end to end",
+                events as f64 / floor
+            )
+        }
+        _ => format!("{requests} events requests"),
     }
 }
 
