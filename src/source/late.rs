@@ -599,7 +599,7 @@ impl Poller {
             {
                 return Ok(true);
             }
-            limit = self.catch_up_limit(read.events, read.bytes);
+            limit = self.catch_up_limit(read.average_bytes());
             if self.queue.no_room(&self.stream).is_some() {
                 return Ok(false);
             }

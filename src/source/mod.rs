@@ -123,10 +123,17 @@ impl Poller {
         let mut backoffs = Backoffs::new(self.config.retry);
         let mut paused = false;
         let mut repeats = RepeatFilter::default();
-        let mut pacer = Pacer::new(self.config.request_ceiling());
+        let ceiling = self.config.request_ceiling();
+        // `min_request_interval` promises a least time between two requests, not a count per second.
+        let mut pacer = if self.config.min_request_interval.is_zero() {
+            Pacer::new(ceiling)
+        } else {
+            Pacer::spaced(ceiling)
+        };
         self.metrics.api_pace(&self.stream, pacer.rate());
         let mut storage = StorageFailures::default();
         let mut phase = self.phase;
+        let mut event_bytes = EventBytes::default();
         while !shutdown.is_triggered() {
             if let Some(why) = self.queue.no_room(&self.stream) {
                 if !paused {
@@ -152,7 +159,10 @@ impl Poller {
                 tracing::info!(stream = %self.stream, "room in the queue again: polling resumes");
                 paused = false;
             }
-            let wait = match self.poll_once(&shutdown, &mut pacer).await {
+            let wait = match self
+                .poll_once(&shutdown, &mut pacer, &mut event_bytes)
+                .await
+            {
                 Ok(()) => {
                     backoffs.reset();
                     storage.reset();
@@ -200,7 +210,12 @@ impl Poller {
 
     /// One poll: the late check, then from the watermark (or `watermark - overlap` when the late check
     /// could not run) to the end, page by page, committing each page.
-    async fn poll_once(&self, shutdown: &Shutdown, pacer: &mut Pacer) -> Result<(), PollError> {
+    async fn poll_once(
+        &self,
+        shutdown: &Shutdown,
+        pacer: &mut Pacer,
+        event_bytes: &mut EventBytes,
+    ) -> Result<(), PollError> {
         let poll_started_ns = now_ns();
         let stored = self.queue.cursor(&self.stream)?;
         let start_ns = match stored {
@@ -212,13 +227,27 @@ impl Poller {
                 LateStart::At(start_ns) => start_ns,
                 LateStart::Paused => return Ok(()),
             },
-            None => poll_started_ns - self.config.initial_lookback.as_nanos() as i64,
+            None => {
+                // A first start: the window begins `initial_lookback` before now, a point that moves with
+                // the clock. It is committed before the first page, whose parts are queued before its
+                // cursor: a crash between them would otherwise restart from a later window's start,
+                // past events that were never queued.
+                let start_ns = poll_started_ns - self.config.initial_lookback.as_nanos() as i64;
+                self.commit_start(start_ns).await?;
+                start_ns
+            }
         };
         let mut watermark = stored.map_or(start_ns, |c| c.watermark_ns);
         let start_time = format_rfc3339_ns(start_ns);
         let mut paging = Paging::default();
         // After a full page more is waiting: ask for bigger pages for the rest of this poll (`catch_up_limit`).
-        let mut limit = self.config.page_size;
+        // A poll that starts far behind asks for them from its first request.
+        let behind = Duration::from_nanos(poll_started_ns.saturating_sub(watermark).max(0) as u64);
+        let mut limit = if behind > self.far_behind() {
+            self.catch_up_limit(event_bytes.average())
+        } else {
+            self.config.page_size
+        };
         loop {
             let query = EventsQuery {
                 service: &self.config.services,
@@ -233,6 +262,7 @@ impl Poller {
                 .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
             let read = early.read.add(&page.events);
+            event_bytes.read(read);
             watermark = next_watermark(watermark, page.full, read.last_event_ns, poll_started_ns);
             let cursor = Cursor {
                 watermark_ns: watermark,
@@ -247,7 +277,7 @@ impl Poller {
             {
                 break;
             }
-            limit = self.catch_up_limit(read.events, read.bytes);
+            limit = self.catch_up_limit(read.average_bytes());
             if self.queue.no_room(&self.stream).is_some() || shutdown.is_triggered() {
                 // The committed cursor lets the next poll resume here.
                 return Ok(());
@@ -359,14 +389,35 @@ impl Poller {
         Ok(outcome)
     }
 
+    /// How far behind the present a poll must start (from its watermark, or from `initial_lookback` on a
+    /// first start) to ask for catch-up pages from its first request: twice the poll interval, and at
+    /// least [`FAR_BEHIND_MIN`]. A stream that keeps up starts each poll about one interval behind.
+    fn far_behind(&self) -> Duration {
+        (self.config.poll_interval * 2).max(FAR_BEHIND_MIN)
+    }
+
+    /// Commits (and flushes) a first start's cursor at `start_ns`, before anything is read.
+    async fn commit_start(&self, start_ns: i64) -> Result<(), QueueError> {
+        let stream = self.stream.clone();
+        let cursor = Cursor {
+            watermark_ns: start_ns,
+            updated_at_ms: now_ms(),
+        };
+        self.queue
+            .run_blocking(move |queue| queue.commit_page(&stream, &[], Some(cursor)))
+            .await?;
+        self.queue.flush().await
+    }
+
     /// The page size after a full page: `catch_up_page_size`, but no more events than the room the queue
     /// has left for this stream ([`Queue::room_bytes`]) is likely to hold (judged by the size of the page
-    /// just read), and never less than `page_size`. So a stream overshoots its share by at most one
-    /// ordinary page, as with `page_size` alone, and one stream's catch-up cannot fill the others' room.
-    fn catch_up_limit(&self, polled: u64, polled_bytes: u64) -> u32 {
+    /// just read, `event_bytes` on average), and never less than `page_size`. So a stream overshoots its
+    /// share by at most one ordinary page, as with `page_size` alone, and one stream's catch-up cannot
+    /// fill the others' room.
+    fn catch_up_limit(&self, event_bytes: u64) -> u32 {
         let catch_up = self.config.catch_up_page_size.max(self.config.page_size);
         let room = self.queue.room_bytes(&self.stream);
-        let average = (polled_bytes / polled.max(1)).max(1);
+        let average = event_bytes.max(1);
         let fits = u32::try_from(room / average).unwrap_or(u32::MAX);
         fits.clamp(self.config.page_size, catch_up)
     }
@@ -414,6 +465,40 @@ impl PartSink for EarlyParts<'_> {
     }
 }
 
+/// A poll that starts less than this behind asks for `page_size` events first (see `Poller::far_behind`).
+const FAR_BEHIND_MIN: Duration = Duration::from_secs(60);
+
+/// Until a page has been read, a catch-up page is sized as if each event took this many bytes. JumpCloud's
+/// events take about 0.5 to 3 KB: assuming more errs towards smaller pages when the queue has little room.
+const ASSUMED_EVENT_BYTES: u64 = 4096;
+
+/// The average size of the events the stream read last, for sizing the first page of a poll far behind.
+#[derive(Clone, Copy, Debug)]
+struct EventBytes {
+    average: u64,
+}
+
+impl Default for EventBytes {
+    fn default() -> EventBytes {
+        EventBytes {
+            average: ASSUMED_EVENT_BYTES,
+        }
+    }
+}
+
+impl EventBytes {
+    /// The stream read `page`.
+    fn read(&mut self, page: PageRead) {
+        if page.events > 0 {
+            self.average = page.average_bytes();
+        }
+    }
+
+    fn average(self) -> u64 {
+        self.average
+    }
+}
+
 /// What a page held, over its parts.
 #[derive(Clone, Copy, Debug, Default)]
 struct PageRead {
@@ -430,6 +515,11 @@ impl PageRead {
         let last = events.iter().map(|e| e.timestamp_ns).max();
         self.last_event_ns = self.last_event_ns.max(last);
         *self
+    }
+
+    /// The raw bytes of its events, on average (1 when it held none).
+    fn average_bytes(&self) -> u64 {
+        (self.bytes / self.events.max(1)).max(1)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use jcdi_forwarder::standin::{EventFactory, IntakeFault};
+use jcdi_forwarder::standin::{ApiFault, ApiOptions, ApiStandIn, EventFactory, IntakeFault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_batches_in_flight_deliver_everything_once_through_faults() {
@@ -107,18 +107,90 @@ async fn nothing_is_acknowledged_while_the_intake_refuses() {
 async fn a_full_page_switches_to_catch_up_pages() {
     let h = Harness::new().await;
     let now = now_ns();
-    let events = EventFactory::new(24).mix(5000, now - 2 * 3600 * SECOND, now - 120 * SECOND);
+    // A poll that starts less than a minute behind (here a first start looking back 50 s) asks for
+    // `page_size` first: it cannot know that more than a page is waiting.
+    let events = EventFactory::new(24).mix(5000, now - 40 * SECOND, now - 10 * SECOND);
     h.api.add_events(events.clone());
     // 100 events first; once that page is full, 1000 a page: 1 + 5 requests instead of 50.
+    let config = h.config_with(|b| {
+        b.set("jumpcloud.catch_up_page_size", 1000)
+            .initial_lookback(Duration::from_secs(50))
+    });
+    let queue = h.open_queue(&config).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    wait_all_arrived(&h.intake, &events, LONG)
+        .await
+        .expect("every event arrives");
+    let limits = h.api.limits_asked();
+    agent.stop().await.expect("the agent stops cleanly");
+    assert_eq!(limits[..6], [100, 1000, 1000, 1000, 1000, 1000]);
+    // Later polls (one a second) start about a second behind: `page_size` again.
+    assert!(limits[6..].iter().all(|limit| *limit == 100), "{limits:?}");
+    assert_eq!(duplicates(&h.intake), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_far_behind_asks_for_catch_up_pages_at_once() {
+    let h = Harness::new().await;
+    let now = now_ns();
+    // A first start looking back 3 hours: far behind, so catch-up pages from the first request.
+    let events = EventFactory::new(25).mix(2500, now - 2 * 3600 * SECOND, now - 120 * SECOND);
+    h.api.add_events(events.clone());
     let config = h.config_with(|b| b.set("jumpcloud.catch_up_page_size", 1000));
     let queue = h.open_queue(&config).await;
     let agent = InProcessAgent::start(&config, &queue);
     wait_all_arrived(&h.intake, &events, LONG)
         .await
         .expect("every event arrives");
-    let requests = h.api.requests();
+    let limits = h.api.limits_asked();
     agent.stop().await.expect("the agent stops cleanly");
-    // Later polls (one a second) add a request each; 50 would mean pages of 100 all along.
-    assert!(requests < 20, "{requests} API requests for 5000 events");
+    assert_eq!(limits[..3], [1000, 1000, 1000], "{limits:?}");
+    assert!(limits[3..].iter().all(|limit| *limit == 100), "{limits:?}");
     assert_eq!(duplicates(&h.intake), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_cut_short_keeps_its_window() {
+    // A first start reads a big first page, whose first part is queued before the page's cursor is
+    // committed. Every answer is cut in half here, so the page never completes: the agent stops with part
+    // of the page queued. Started again with a much shorter lookback, it must still collect the rest:
+    // the first start's window was committed before anything was read.
+    let h = Harness::new().await;
+    let now = now_ns();
+    let events = EventFactory::new(26).mix(2500, now - 2 * 3600 * SECOND, now - 3600 * SECOND);
+    h.api.add_events(events.clone());
+    for _ in 0..1000 {
+        h.api.push_fault(ApiFault::TornBody);
+    }
+    h.intake.set_outage(true);
+    let config = h.config();
+    let queue = h.open_queue(&config).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    assert!(
+        wait_until(LONG, || queue.depth().events >= 1000).await,
+        "a part of the torn page is queued"
+    );
+    agent.stop().await.expect("the agent stops cleanly");
+    assert!(queue.depth().events < events.len() as u64);
+    drop(queue);
+
+    // The same events at an API that answers well; a lookback of 10 minutes finds none of them.
+    let api = ApiStandIn::start(ApiOptions {
+        api_key: API_KEY.into(),
+        ..ApiOptions::default()
+    })
+    .await
+    .expect("API stand-in");
+    api.add_events(events.clone());
+    h.intake.set_outage(false);
+    let config = h.config_with(|b| {
+        b.set("jumpcloud.base_url", api.base_url())
+            .initial_lookback(Duration::from_secs(600))
+    });
+    let queue = h.open_queue(&config).await;
+    let agent = InProcessAgent::start(&config, &queue);
+    let arrived = wait_all_arrived(&h.intake, &events, LONG).await;
+    agent.stop().await.expect("the agent stops cleanly");
+    arrived.expect("every event arrives");
+    api.shutdown();
 }

@@ -197,7 +197,11 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
 
     let answer = match endpoint {
         Endpoint::Events => {
-            let page = select_page(shared.lock().events_of(per_org, org_id), &query, now);
+            let page = {
+                let mut state = shared.lock();
+                state.limits.push(query.limit);
+                select_page(state.events_of(per_org, org_id), &query, now)
+            };
             shared
                 .served
                 .fetch_add(page.raws.len() as u64, Ordering::Relaxed);

@@ -120,6 +120,8 @@ struct State {
     rng: fastrand::Rng,
     /// Present when `ApiOptions::rate_limit` is set.
     bucket: Option<TokenBucket>,
+    /// The `limit` of each events request answered with a page, in order.
+    limits: Vec<usize>,
 }
 
 /// What an organization given no events sees.
@@ -156,6 +158,7 @@ impl ApiStandIn {
                 events: BTreeMap::new(),
                 orgs: HashMap::new(),
                 faults: VecDeque::new(),
+                limits: Vec::new(),
                 rng: fastrand::Rng::new(),
                 bucket: options
                     .rate_limit
@@ -232,6 +235,11 @@ impl ApiStandIn {
     /// `POST .../events/interval` requests received, whatever their answer.
     pub fn interval_requests(&self) -> u64 {
         self.inner.shared.interval_requests.load(Ordering::Relaxed)
+    }
+
+    /// The `limit` (page size) each events request answered with a page asked for, in order.
+    pub fn limits_asked(&self) -> Vec<usize> {
+        self.inner.shared.lock().limits.clone()
     }
 
     /// Requests answered 429 because they came faster than `ApiOptions::rate_limit` allows.
