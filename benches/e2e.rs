@@ -411,22 +411,28 @@ impl Bench {
     }
 }
 
-/// What the API's pace allows: `requests` events requests at the configured ceiling take at least
-/// `(requests - 1) / ceiling` seconds from the first to the last.
+/// What the API's pace allows. At a ceiling of `c` requests a second, at most `k = floor(c)` leave in any
+/// `k / c` seconds (`source::pacing`; one at a time, `1 / c` apart, when `min_request_interval` is set),
+/// so the last of `requests` leaves at least `floor((requests - 1) / k) * k / c` seconds after the first.
 fn pace_bound(events: usize, requests: u64, config: &Path) -> String {
-    let ceiling = Config::load(config).ok().and_then(|loaded| {
-        loaded
-            .config
-            .streams
-            .first()
-            .map(|s| s.jumpcloud.request_ceiling())
+    let pace = Config::load(config).ok().and_then(|loaded| {
+        loaded.config.streams.first().map(|s| {
+            let ceiling = s.jumpcloud.request_ceiling();
+            let window = if s.jumpcloud.min_request_interval.is_zero() {
+                ceiling.floor().max(1.0) as u64
+            } else {
+                1
+            };
+            (ceiling, window)
+        })
     });
-    match ceiling {
-        Some(ceiling) if requests > 1 => {
-            let floor = (requests - 1) as f64 / ceiling;
+    match pace {
+        Some((ceiling, window)) if requests > 1 => {
+            let floor = ((requests - 1) / window * window) as f64 / ceiling;
             format!(
-                "{requests} events requests at most {ceiling} a second: the last leaves {floor:.2} s after the first, \
-                 so the pace allows at most {:.0} events/s end to end",
+                "{requests} events requests at most {window} in any {:.2} s: the last leaves at least {floor:.2} s \
+                 after the first, so the pace allows at most {:.0} events/s end to end",
+                window as f64 / ceiling,
                 events as f64 / floor
             )
         }

@@ -49,9 +49,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::api::{AggregateError, Bucket, EventsQuery, FetchError, IntervalQuery};
+use super::commit::EarlyParts;
 use super::pacing::Pacer;
 use super::paging::Paging;
-use super::{EarlyParts, PollError, Poller};
+use super::{PollError, Poller};
 use crate::clock::format_rfc3339_ns;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
@@ -573,12 +574,12 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
-            let mut early = EarlyParts::new(self);
+            let mut early = EarlyParts::new(self.committer());
             let (page, turn) = self
                 .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
+            let early_queued = early.settle().await?;
             let read = early.read.add(&page.events);
-            let early_queued = early.queued;
             let committed = self
                 .commit(page.events, None, page.request_id.as_deref())
                 .await?;

@@ -30,6 +30,7 @@
 
 pub mod api;
 pub mod backfill;
+mod commit;
 mod error;
 mod late;
 pub mod oauth;
@@ -52,6 +53,7 @@ use crate::queue::{CommitOutcome, Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError, PartSink};
+use commit::{Committer, EarlyParts, PageRead};
 pub use late::LateCheck;
 use late::LateStart;
 use pacing::Pacer;
@@ -91,8 +93,8 @@ pub fn poll_phase(interval: Duration, index: usize, count: usize) -> Duration {
     interval.mul_f64((index % count) as f64 / count as f64)
 }
 
-/// How many pages the agent's streams read at once. A page being read holds up to a part of events and
-/// its transaction (a few MiB); without a limit, hundreds of streams polling at the same moment (every
+/// How many pages the agent's streams read at once. A page being read holds up to two parts of events
+/// (one being read, one committed) and a transaction (a few MiB); without a limit, hundreds of streams polling at the same moment (every
 /// one catching up after a start) held them all at once: 963 MB for 500 streams with 2,000 events each
 /// waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a turn is
 /// only held while a request is answered and its page queued; 16 keeps 500 streams of steady polling
@@ -257,10 +259,11 @@ impl Poller {
                 sort: "ASC",
                 search_after: paging.search_after(),
             };
-            let mut early = EarlyParts::new(self);
+            let mut early = EarlyParts::new(self.committer());
             let (page, _turn) = self
                 .fetch_paced(shutdown, pacer, &query, poll_started_ns, &mut early)
                 .await?;
+            early.settle().await?;
             let read = early.read.add(&page.events);
             event_bytes.read(read);
             watermark = next_watermark(watermark, page.full, read.last_event_ns, poll_started_ns);
@@ -355,38 +358,24 @@ impl Poller {
         );
     }
 
-    /// Commits a page's events (with the cursor, when the page moves it), flushes when it queued any,
-    /// counts them and wakes the forwarder. (An idle stream's poll moves only its cursor: one fsync less
-    /// per stream and poll; sled writes the cursor within 500 ms anyway.)
+    /// Commits a page's last events, with the cursor when the page moves it ([`Committer::commit`]).
     async fn commit(
         &self,
         events: Vec<IncomingEvent>,
         cursor: Option<Cursor>,
         request_id: Option<&str>,
     ) -> Result<CommitOutcome, QueueError> {
-        let polled = events.len() as u64;
-        let stream = self.stream.clone();
-        let outcome = self
-            .queue
-            .run_blocking(move |queue| queue.commit_page(&stream, &events, cursor))
-            .await?;
-        if outcome.queued > 0 {
-            self.queue.flush().await?;
+        self.committer().commit(events, cursor, request_id).await
+    }
+
+    /// What this stream's commits need, cloned.
+    fn committer(&self) -> Committer {
+        Committer {
+            stream: self.stream.clone(),
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+            forwarder_wake: self.forwarder_wake.clone(),
         }
-        self.metrics
-            .page_committed(&self.stream, polled, outcome.queued, outcome.duplicates);
-        if outcome.queued > 0 {
-            self.forwarder_wake.notify_one();
-        }
-        tracing::debug!(
-            stream = %self.stream,
-            polled,
-            queued = outcome.queued,
-            duplicates = outcome.duplicates,
-            request_id = request_id.unwrap_or("-"),
-            "page committed"
-        );
-        Ok(outcome)
     }
 
     /// How far behind the present a poll must start (from its watermark, or from `initial_lookback` on a
@@ -437,34 +426,6 @@ impl Poller {
     }
 }
 
-/// Queues the parts of a page handed out before its end ([`ApiClient::fetch_streamed`]), without moving
-/// the cursor, and adds up what the page held.
-struct EarlyParts<'a> {
-    poller: &'a Poller,
-    read: PageRead,
-    /// Events the parts added to the queue.
-    queued: u64,
-}
-
-impl<'a> EarlyParts<'a> {
-    fn new(poller: &'a Poller) -> EarlyParts<'a> {
-        EarlyParts {
-            poller,
-            read: PageRead::default(),
-            queued: 0,
-        }
-    }
-}
-
-impl PartSink for EarlyParts<'_> {
-    async fn part(&mut self, events: Vec<IncomingEvent>) -> Result<(), QueueError> {
-        self.read.add(&events);
-        let outcome = self.poller.commit(events, None, None).await?;
-        self.queued += outcome.queued;
-        Ok(())
-    }
-}
-
 /// A poll that starts less than this behind asks for `page_size` events first (see `Poller::far_behind`).
 const FAR_BEHIND_MIN: Duration = Duration::from_secs(60);
 
@@ -496,30 +457,6 @@ impl EventBytes {
 
     fn average(self) -> u64 {
         self.average
-    }
-}
-
-/// What a page held, over its parts.
-#[derive(Clone, Copy, Debug, Default)]
-struct PageRead {
-    events: u64,
-    bytes: u64,
-    last_event_ns: Option<i64>,
-}
-
-impl PageRead {
-    /// Adds `events`; returns the total so far.
-    fn add(&mut self, events: &[IncomingEvent]) -> PageRead {
-        self.events += events.len() as u64;
-        self.bytes += events.iter().map(|e| e.raw.len() as u64).sum::<u64>();
-        let last = events.iter().map(|e| e.timestamp_ns).max();
-        self.last_event_ns = self.last_event_ns.max(last);
-        *self
-    }
-
-    /// The raw bytes of its events, on average (1 when it held none).
-    fn average_bytes(&self) -> u64 {
-        (self.bytes / self.events.max(1)).max(1)
     }
 }
 

@@ -24,11 +24,11 @@ use super::scan::{ArrayScanner, ScanError};
 use crate::clock::parse_rfc3339_ns;
 use crate::event::{IncomingEvent, ReadAhead};
 
-/// A part is handed out once it holds this many events (a sled transaction's worth, see
-/// `queue::COMMIT_MAX_EVENTS`)...
-pub const PART_EVENTS: usize = crate::queue::COMMIT_MAX_EVENTS;
+/// A part is handed out once it holds this many events (half a sled transaction's worth, see
+/// `queue::COMMIT_MAX_EVENTS`: a part is committed while the next is read, so two are held at once)...
+pub const PART_EVENTS: usize = crate::queue::COMMIT_MAX_EVENTS / 2;
 /// ...or this many bytes of events, whichever comes first.
-pub const PART_BYTES: usize = 2 * 1024 * 1024;
+pub const PART_BYTES: usize = 1024 * 1024;
 
 /// A usable answer: what is left of it after the parts handed out.
 #[derive(Debug)]
