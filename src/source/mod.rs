@@ -94,9 +94,9 @@ pub fn poll_phase(interval: Duration, index: usize, count: usize) -> Duration {
 }
 
 /// How many pages the agent's streams read at once. A page being read holds up to two parts of events
-/// (one being read, one committed) and a transaction (a few MiB); without a limit, hundreds of streams polling at the same moment (every
-/// one catching up after a start) held them all at once: 963 MB for 500 streams with 2,000 events each
-/// waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a turn is
+/// (one being read, one committed) and a transaction (a few MiB); without a limit, hundreds of streams
+/// polling at the same moment (every one catching up after a start) held them all at once: 963 MB for
+/// 500 streams with 2,000 events each waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a turn is
 /// only held while a request is answered and its page queued; 16 keeps 500 streams of steady polling
 /// (about 8 requests/s in all with the defaults) far from waiting on each other.
 pub const READS_IN_FLIGHT: usize = 16;

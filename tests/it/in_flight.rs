@@ -1,10 +1,13 @@
-//! Catching up: several batches in flight (`sekoia.max_in_flight`) and large pages after a full one
-//! (`jumpcloud.catch_up_page_size`), in-process against the stand-ins.
+//! Catching up: several batches in flight (`sekoia.max_in_flight`), large pages after a full one or from
+//! the first request of a poll far behind (`jumpcloud.catch_up_page_size`), and a first start cut short in
+//! the middle of its first page, in-process against the stand-ins.
 
 use std::time::Duration;
 
 use crate::support::*;
-use jcdi_forwarder::standin::{ApiFault, ApiOptions, ApiStandIn, EventFactory, IntakeFault};
+use jcdi_forwarder::standin::{
+    ApiEvent, ApiFault, ApiOptions, ApiStandIn, EventFactory, IntakeFault,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_batches_in_flight_deliver_everything_once_through_faults() {
@@ -103,18 +106,14 @@ async fn nothing_is_acknowledged_while_the_intake_refuses() {
     assert_eq!(duplicates(&h.intake), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_page_switches_to_catch_up_pages() {
+/// Collects `events` with `page_size` 100, `catch_up_page_size` 1000 and `lookback`, until every one has
+/// arrived (once); the page size each events request asked for.
+async fn page_sizes_asked(events: Vec<ApiEvent>, lookback: Duration) -> Vec<usize> {
     let h = Harness::new().await;
-    let now = now_ns();
-    // A poll that starts less than a minute behind (here a first start looking back 50 s) asks for
-    // `page_size` first: it cannot know that more than a page is waiting.
-    let events = EventFactory::new(24).mix(5000, now - 40 * SECOND, now - 10 * SECOND);
     h.api.add_events(events.clone());
-    // 100 events first; once that page is full, 1000 a page: 1 + 5 requests instead of 50.
     let config = h.config_with(|b| {
         b.set("jumpcloud.catch_up_page_size", 1000)
-            .initial_lookback(Duration::from_secs(50))
+            .initial_lookback(lookback)
     });
     let queue = h.open_queue(&config).await;
     let agent = InProcessAgent::start(&config, &queue);
@@ -123,30 +122,31 @@ async fn a_full_page_switches_to_catch_up_pages() {
         .expect("every event arrives");
     let limits = h.api.limits_asked();
     agent.stop().await.expect("the agent stops cleanly");
+    assert_eq!(duplicates(&h.intake), 0);
+    limits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_switches_to_catch_up_pages() {
+    let now = now_ns();
+    // A poll that starts less than a minute behind (here a first start looking back 50 s) asks for
+    // `page_size` first: it cannot know that more than a page is waiting.
+    let events = EventFactory::new(24).mix(5000, now - 40 * SECOND, now - 10 * SECOND);
+    let limits = page_sizes_asked(events, Duration::from_secs(50)).await;
+    // 100 events first; once that page is full, 1000 a page: 1 + 5 requests instead of 50.
     assert_eq!(limits[..6], [100, 1000, 1000, 1000, 1000, 1000]);
     // Later polls (one a second) start about a second behind: `page_size` again.
     assert!(limits[6..].iter().all(|limit| *limit == 100), "{limits:?}");
-    assert_eq!(duplicates(&h.intake), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_far_behind_asks_for_catch_up_pages_at_once() {
-    let h = Harness::new().await;
     let now = now_ns();
     // A first start looking back 3 hours: far behind, so catch-up pages from the first request.
     let events = EventFactory::new(25).mix(2500, now - 2 * 3600 * SECOND, now - 120 * SECOND);
-    h.api.add_events(events.clone());
-    let config = h.config_with(|b| b.set("jumpcloud.catch_up_page_size", 1000));
-    let queue = h.open_queue(&config).await;
-    let agent = InProcessAgent::start(&config, &queue);
-    wait_all_arrived(&h.intake, &events, LONG)
-        .await
-        .expect("every event arrives");
-    let limits = h.api.limits_asked();
-    agent.stop().await.expect("the agent stops cleanly");
+    let limits = page_sizes_asked(events, Duration::from_secs(3 * 3600)).await;
     assert_eq!(limits[..3], [1000, 1000, 1000], "{limits:?}");
     assert!(limits[3..].iter().all(|limit| *limit == 100), "{limits:?}");
-    assert_eq!(duplicates(&h.intake), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
