@@ -53,7 +53,7 @@ use crate::queue::{CommitOutcome, Queue, QueueError};
 use crate::retry::{Backoffs, RepeatFilter, StorageFailures, STORAGE_GIVE_UP};
 use crate::shutdown::Shutdown;
 use api::{ApiClient, EventsQuery, FetchError, PartSink};
-use commit::{Committer, EarlyParts, PageRead};
+use commit::{Committer, EarlyParts};
 pub use late::LateCheck;
 use late::LateStart;
 use pacing::Pacer;
@@ -135,7 +135,8 @@ impl Poller {
         self.metrics.api_pace(&self.stream, pacer.rate());
         let mut storage = StorageFailures::default();
         let mut phase = self.phase;
-        let mut event_bytes = EventBytes::default();
+        // The average size of the events the stream read last (for the first page of a poll far behind).
+        let mut event_bytes = ASSUMED_EVENT_BYTES;
         while !shutdown.is_triggered() {
             if let Some(why) = self.queue.no_room(&self.stream) {
                 if !paused {
@@ -216,7 +217,7 @@ impl Poller {
         &self,
         shutdown: &Shutdown,
         pacer: &mut Pacer,
-        event_bytes: &mut EventBytes,
+        event_bytes: &mut u64,
     ) -> Result<(), PollError> {
         let poll_started_ns = now_ns();
         let stored = self.queue.cursor(&self.stream)?;
@@ -246,7 +247,7 @@ impl Poller {
         // A poll that starts far behind asks for them from its first request.
         let behind = Duration::from_nanos(poll_started_ns.saturating_sub(watermark).max(0) as u64);
         let mut limit = if behind > self.far_behind() {
-            self.catch_up_limit(event_bytes.average())
+            self.catch_up_limit(*event_bytes)
         } else {
             self.config.page_size
         };
@@ -265,7 +266,9 @@ impl Poller {
                 .await?;
             early.settle().await?;
             let read = early.read.add(&page.events);
-            event_bytes.read(read);
+            if read.events > 0 {
+                *event_bytes = read.average_bytes();
+            }
             watermark = next_watermark(watermark, page.full, read.last_event_ns, poll_started_ns);
             let cursor = Cursor {
                 watermark_ns: watermark,
@@ -432,33 +435,6 @@ const FAR_BEHIND_MIN: Duration = Duration::from_secs(60);
 /// Until a page has been read, a catch-up page is sized as if each event took this many bytes. JumpCloud's
 /// events take about 0.5 to 3 KB: assuming more errs towards smaller pages when the queue has little room.
 const ASSUMED_EVENT_BYTES: u64 = 4096;
-
-/// The average size of the events the stream read last, for sizing the first page of a poll far behind.
-#[derive(Clone, Copy, Debug)]
-struct EventBytes {
-    average: u64,
-}
-
-impl Default for EventBytes {
-    fn default() -> EventBytes {
-        EventBytes {
-            average: ASSUMED_EVENT_BYTES,
-        }
-    }
-}
-
-impl EventBytes {
-    /// The stream read `page`.
-    fn read(&mut self, page: PageRead) {
-        if page.events > 0 {
-            self.average = page.average_bytes();
-        }
-    }
-
-    fn average(self) -> u64 {
-        self.average
-    }
-}
 
 /// How a request ended, for the request counter.
 fn outcome_of<T>(fetched: &Result<T, FetchError>) -> Outcome {
