@@ -7,8 +7,8 @@
 //! ([`late`]) compares JumpCloud's counts of the window behind it, from `watermark - overlap` on, with the
 //! queue's dedup index and reads again only the slices that differ. When it cannot (the API refuses or
 //! fails the histogram), the poll starts at `watermark - overlap` and reads the whole window again, as
-//! before; the queue's dedup drops what was read before. The first poll (no cursor yet) reads forward from
-//! `initial_lookback`.
+//! before; the queue's dedup drops what was read before. The first poll (no cursor yet) commits
+//! `now - initial_lookback` as its cursor, then reads forward from there.
 //!
 //! Invariants:
 //! - The watermark never passes the time the poll started (device clocks ahead produce future timestamps:
@@ -16,15 +16,17 @@
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
 //! - Nothing moves unless the page it covers is queued with it (one transaction). A large page is read
-//!   as it arrives and queued in parts ([`api::ApiClient::fetch_streamed`]), each flushed, the cursor
-//!   with the last: memory does not grow with the page size, and a page cut off or refused midway leaves
+//!   as it arrives and queued in parts ([`api::ApiClient::fetch_streamed`], [`commit`]), each flushed,
+//!   the cursor with the last once every part before it is queued: memory does not grow with the page size, and a page cut off or refused midway leaves
 //!   the cursor where it was (its parts are known to the dedup index when it is read again). Each commit
 //!   that queued events is flushed before the next request: a commit lost in a crash takes its cursor
 //!   with it, and is simply read again. A commit that queued nothing (an empty page, or only events
 //!   already queued) moves only the cursor and is left to sled's own flush, within 500 ms: lost in a
 //!   crash, the same window is read again and holds nothing new.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
-//!   `search_after` cursor does not depend on the page size); each stream uses its own setting.
+//!   `search_after` cursor does not depend on the page size); so does a poll that starts far behind
+//!   (`Poller::far_behind`), from its first request. Each stream uses its own settings.
+//! - Requests are paced ([`pacing`]): at most `max_requests_per_second` in any second.
 //! - When the queue has no room for this stream ([`Queue::no_room`]: its size limit, the stream's share, the
 //!   disk reserve), polling pauses; nothing is dropped.
 
