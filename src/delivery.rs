@@ -242,25 +242,29 @@ impl Intake<'_> {
             }
         };
         let status = response.status;
-        let said = response.body_excerpt();
+        // Only a refusal's body is quoted: a success's (an id per event) is not read.
+        let said = || response.body_excerpt();
         let outcome = match status {
             s if s.is_success() => SendOutcome::Accepted,
             StatusCode::PAYLOAD_TOO_LARGE => SendOutcome::TooLarge,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the intake key ({status}): check {}; the intake said: {said}",
-                self.key_setting()
+                "Sekoia.io refused the intake key ({status}): check {}; the intake said: {}",
+                self.key_setting(),
+                said()
             )),
             StatusCode::NOT_FOUND => SendOutcome::Rejected(format!(
-                "Sekoia.io answered 404 for {url}: check {}.intake_url (or region; for example \"https://intake.sekoia.io\"); the intake said: {said}",
-                self.config.section
+                "Sekoia.io answered 404 for {url}: check {}.intake_url (or region; for example \"https://intake.sekoia.io\"); the intake said: {}",
+                self.config.section,
+                said()
             )),
             StatusCode::BAD_REQUEST => SendOutcome::Rejected(format!(
-                "Sekoia.io refused the batch (400 Bad Request): check {} and {}.intake_url; the intake said: {said}",
+                "Sekoia.io refused the batch (400 Bad Request): check {} and {}.intake_url; the intake said: {}",
                 self.key_setting(),
-                self.config.section
+                self.config.section,
+                said()
             )),
             _ => SendOutcome::Transient {
-                reason: format!("Sekoia.io intake answered {status}: {said}"),
+                reason: format!("Sekoia.io intake answered {status}: {}", said()),
                 retry_after: response.retry_after(),
             },
         };

@@ -101,16 +101,44 @@ struct Packed<'a> {
 }
 
 /// A chunk as stored today: format 3, its events compressed.
+#[cfg(test)]
 pub(super) fn encode_chunk(chunk: &Chunk) -> Result<Vec<u8>, bincode::Error> {
-    let events = bincode::serialize(&chunk.events)?;
-    bincode::serialize(&Packed {
-        version: FORMAT_VERSION,
-        stream: chunk.stream,
-        queued_at_ms: chunk.queued_at_ms,
-        count: chunk.events.len() as u64,
-        unpacked_len: events.len() as u64,
-        events: &lz4_flex::block::compress(&events),
-    })
+    let mut buffers = EncodeBuffers::default();
+    encode_chunk_into(chunk, &mut buffers)?;
+    Ok(buffers.record)
+}
+
+/// The buffers a chunk is encoded in, kept from one chunk to the next: a commit writes several chunks, and
+/// fresh buffers of their size cost an allocation each, and lz4's output a zeroing.
+#[derive(Default)]
+pub(super) struct EncodeBuffers {
+    events: Vec<u8>,
+    compressed: Vec<u8>,
+    record: Vec<u8>,
+}
+
+/// [`encode_chunk`] into `buffers`: the record is `buffers.record`.
+fn encode_chunk_into(chunk: &Chunk, buffers: &mut EncodeBuffers) -> Result<(), bincode::Error> {
+    buffers.events.clear();
+    bincode::serialize_into(&mut buffers.events, &chunk.events)?;
+    let room = lz4_flex::block::get_maximum_output_size(buffers.events.len());
+    if buffers.compressed.len() < room {
+        buffers.compressed.resize(room, 0);
+    }
+    let compressed = lz4_flex::block::compress_into(&buffers.events, &mut buffers.compressed)
+        .map_err(|err| bincode::ErrorKind::Custom(format!("lz4: {err}")))?;
+    buffers.record.clear();
+    bincode::serialize_into(
+        &mut buffers.record,
+        &Packed {
+            version: FORMAT_VERSION,
+            stream: chunk.stream,
+            queued_at_ms: chunk.queued_at_ms,
+            count: chunk.events.len() as u64,
+            unpacked_len: buffers.events.len() as u64,
+            events: &buffers.compressed[..compressed],
+        },
+    )
 }
 
 /// Reads a stored record as a chunk; a format 1 record is a chunk of one. The raw bytes are borrowed from
@@ -131,8 +159,11 @@ pub(super) fn decode_chunk<'a>(
                     packed.events.len()
                 )));
             }
-            scratch.clear();
-            scratch.resize(len, 0);
+            // Only grown when too small: what it held is written over, and `written` must be `len`.
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
+            scratch.truncate(len);
             match lz4_flex::block::decompress_into(packed.events, scratch) {
                 Ok(written) if written == len => {}
                 Ok(written) => {
@@ -257,6 +288,7 @@ pub(super) struct ChunkWriter<'a> {
     chunk: Chunk<'a>,
     bytes: usize,
     next_seq: u64,
+    buffers: EncodeBuffers,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -271,6 +303,7 @@ impl<'a> ChunkWriter<'a> {
             },
             bytes: 0,
             next_seq,
+            buffers: EncodeBuffers::default(),
         }
     }
 
@@ -309,12 +342,12 @@ impl<'a> ChunkWriter<'a> {
         &mut self,
         events_tx: &TransactionalTree,
     ) -> Result<(), ConflictableTransactionError<QueueError>> {
-        let record = encode_chunk(&self.chunk).map_err(|err| {
+        encode_chunk_into(&self.chunk, &mut self.buffers).map_err(|err| {
             ConflictableTransactionError::Abort(QueueError::Damaged(format!(
                 "cannot encode events: {err}"
             )))
         })?;
-        events_tx.insert(&self.next_seq.to_be_bytes()[..], record)?;
+        events_tx.insert(&self.next_seq.to_be_bytes()[..], &self.buffers.record[..])?;
         self.next_seq += self.chunk.events.len() as u64;
         self.chunk.events.clear();
         self.bytes = 0;
@@ -367,6 +400,48 @@ mod tests {
                 let written: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
                 assert_eq!(read, written);
             }
+        }
+    }
+
+    #[test]
+    fn buffers_reused_from_chunk_to_chunk_keep_nothing_of_the_last() {
+        // Encoded one after the other in the same buffers, then decoded one after the other in the same
+        // scratch: the larger first, so that stale bytes would show in the smaller.
+        let large: Vec<String> = (0..40)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 7)))
+            .collect();
+        let small = ["{\"a\":1}", "{}"];
+        let large: Vec<&str> = large.iter().map(String::as_str).collect();
+        let mut buffers = EncodeBuffers::default();
+        let mut records = Vec::new();
+        for raws in [&large[..], &small[..], &large[..5]] {
+            let events = raws
+                .iter()
+                .map(|raw| ChunkEvent {
+                    timestamp_ns: 9,
+                    raw: raw.as_bytes(),
+                })
+                .collect();
+            let chunk = Chunk {
+                version: FORMAT_VERSION,
+                stream: 3,
+                queued_at_ms: 1,
+                events,
+            };
+            encode_chunk_into(&chunk, &mut buffers).unwrap();
+            assert_eq!(
+                buffers.record,
+                encode_chunk(&chunk).unwrap(),
+                "as fresh buffers encode it"
+            );
+            records.push((raws, buffers.record.clone()));
+        }
+        let mut scratch = Vec::new();
+        for (raws, record) in &records {
+            let chunk = decode_chunk(0, record, &mut scratch).unwrap();
+            let read: Vec<&[u8]> = chunk.events.iter().map(|e| e.raw).collect();
+            let written: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
+            assert_eq!(read, written);
         }
     }
 
