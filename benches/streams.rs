@@ -193,7 +193,10 @@ async fn bench(args: Args) {
         );
         summary(
             "agent CPU s per million events",
-            runs.iter().map(|r| r.cpu_per_million),
+            // Runs in which no event arrived have no figure (see `runs`).
+            runs.iter()
+                .map(|r| r.cpu_per_million)
+                .filter(|cpu| !cpu.is_nan()),
         );
         println!();
     }
@@ -219,7 +222,15 @@ async fn runs(args: &Args, rate: Option<u64>) -> Vec<Sample> {
             sample.open_files,
             sample.max_files,
             sample.cpu_per_minute,
-            if rate.is_some() {
+            if rate.is_some() && sample.cpu_per_million.is_nan() {
+                // The quick size's span is shorter than the default poll interval (60 s): no stream
+                // polls twice within it.
+                format!(
+                    ", no event reached the intake ({} produced in the span, which is shorter than a \
+                     poll interval): no CPU figure per event",
+                    sample.produced
+                )
+            } else if rate.is_some() {
                 format!(
                     ", {:.0} events/s reached the intake ({} produced in the span), {:.2} CPU s per \
                      million events",
