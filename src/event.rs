@@ -399,7 +399,7 @@ mod tests {
             agrees_with_read(&object, ",{}]").unwrap_or_else(|err| panic!("{object}: {err}"));
         }
         // A key with an escape is still read whole at the start.
-        let escaped = r#"{"id":"y","timestamp":"1970-01-01T00:00:02Z"}"#;
+        let escaped = r#"{"\u0069d":"y","timestamp":"1970-01-01T00:00:02Z"}"#;
         let (len, ahead) = IncomingEvent::read_at_start(escaped.as_bytes(), 7).expect("read");
         assert_eq!(len, escaped.len());
         let event = ahead.into_event(Bytes::from(escaped));
