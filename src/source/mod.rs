@@ -15,14 +15,14 @@
 //!   those events are delivered, but they do not move the cursor into the future).
 //! - Within a poll, after a full page the watermark moves only to the page's last millisecond (events of the
 //!   same instant may continue on the next page); after the last page it moves to the poll's start time.
-//! - Nothing moves unless the page it covers is queued with it (one transaction). A large page is read
-//!   as it arrives and queued in parts ([`api::ApiClient::fetch_streamed`], [`commit`]), each flushed,
-//!   the cursor with the last once every part before it is queued: memory does not grow with the page size, and a page cut off or refused midway leaves
-//!   the cursor where it was (its parts are known to the dedup index when it is read again). Each commit
-//!   that queued events is flushed before the next request: a commit lost in a crash takes its cursor
-//!   with it, and is simply read again. A commit that queued nothing (an empty page, or only events
-//!   already queued) moves only the cursor and is left to sled's own flush, within 500 ms: lost in a
-//!   crash, the same window is read again and holds nothing new.
+//! - Nothing moves unless the page it covers is queued with it (one transaction). A large page is read as it
+//!   arrives and queued in parts ([`api::ApiClient::fetch_streamed`], [`commit`]), each flushed, the cursor
+//!   with the last once every part before it is queued: memory does not grow with the page size, and a page
+//!   cut off or refused midway leaves the cursor where it was (its parts are known to the dedup index when it
+//!   is read again). Each commit that queued events is flushed before the next request: a commit lost in a
+//!   crash takes its cursor with it, and is simply read again. A commit that queued nothing (an empty page,
+//!   or only events already queued) moves only the cursor and is left to sled's own flush, within 500 ms:
+//!   lost in a crash, the same window is read again and holds nothing new.
 //! - After a full page the rest of the poll asks for `catch_up_page_size` events per request (the
 //!   `search_after` cursor does not depend on the page size); so does a poll that starts far behind
 //!   (`Poller::far_behind`), from its first request. Each stream uses its own settings.
@@ -95,11 +95,11 @@ pub fn poll_phase(interval: Duration, index: usize, count: usize) -> Duration {
     interval.mul_f64((index % count) as f64 / count as f64)
 }
 
-/// How many pages the agent's streams read at once. A page being read holds up to two parts of events
-/// (one being read, one committed) and a transaction (a few MiB); without a limit, hundreds of streams
-/// polling at the same moment (every one catching up after a start) held them all at once: 963 MB for
-/// 500 streams with 2,000 events each waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a turn is
-/// only held while a request is answered and its page queued; 16 keeps 500 streams of steady polling
+/// How many pages the agent's streams read at once. A page being read holds up to two parts of events (one
+/// being read, one committed) and a transaction (a few MiB); without a limit, hundreds of streams polling at
+/// the same moment (every one catching up after a start) held them all at once: 963 MB for 500 streams with
+/// 2,000 events each waiting (BENCHMARKS.md, "Many streams"). Waiting for the pace does not hold a turn, so a
+/// turn is only held while a request is answered and its page queued; 16 keeps 500 streams of steady polling
 /// (about 8 requests/s in all with the defaults) far from waiting on each other.
 pub const READS_IN_FLIGHT: usize = 16;
 
