@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod escape;
 pub mod event;
 pub mod harness;
 pub mod http;
