@@ -2,7 +2,8 @@
 //! back from the queue ([`QueuedEvent`]), a stream's collection progress ([`Cursor`]), and the two hashes
 //! that name things on disk ([`event_key`], [`stream_tag`]).
 //!
-//! A leaf: it imports nothing of the crate (the clock aside), and everyone may import it.
+//! A leaf: it imports nothing of the crate (the clock and the fast reader, [`crate::probe`], aside), and
+//! everyone may import it.
 //!
 //! Invariants:
 //! - An event's bytes are kept exactly as JumpCloud sent them; nothing here re-serializes them.
@@ -13,7 +14,6 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::parse_rfc3339_ns;
@@ -62,17 +62,18 @@ impl IncomingEvent {
         if bytes.first() != Some(&b'{') {
             return None;
         }
-        let mut reader = serde_json::Deserializer::from_slice(bytes).into_iter::<KeysAsBytes>();
-        let (probe, len) = match reader.next() {
-            Some(Ok(KeysAsBytes(probe))) => (probe, reader.byte_offset()),
-            // Cut short, not JSON, or a key that holds an escape: read as `read` reads, to be sure to
-            // agree with it.
-            _ => {
-                let mut reader = serde_json::Deserializer::from_slice(bytes).into_iter::<Probe>();
-                let probe = reader.next()?.ok()?;
-                (probe, reader.byte_offset())
-            }
-        };
+        if let Some(found) = crate::probe::read_object(bytes) {
+            let probe = Probe {
+                id: found.id.map(Cow::Borrowed),
+                timestamp: found.timestamp.map(Cow::Borrowed),
+            };
+            return Some((found.len, probe.read(bytes.get(..found.len)?, now_ns)));
+        }
+        // What the fast reader leaves (an escape in a key or in either field, not JSON, cut short...):
+        // read as `read` reads, to be sure to agree with it.
+        let mut reader = serde_json::Deserializer::from_slice(bytes).into_iter::<Probe>();
+        let probe = reader.next()?.ok()?;
+        let len = reader.byte_offset();
         Some((len, probe.read(bytes.get(..len)?, now_ns)))
     }
 
@@ -107,113 +108,6 @@ struct Probe<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
-}
-
-/// A [`Probe`] read from an object whose keys are taken as bytes rather than `str`: serde_json checks the
-/// UTF-8 of every `str` key, a call per key and an event has a score of them, which was most of what
-/// reading an event cost beyond skipping its values. What that leaves unchecked is checked all the same:
-/// the page reader checks each event's UTF-8 whole, and a key holding a control character is refused here
-/// as serde_json refuses it in a `str`. A key holding an escape comes unescaped, so its raw bytes cannot be
-/// checked: it is refused too, and the object read as a [`Probe`] (rare: JumpCloud's keys are plain).
-struct KeysAsBytes<'a>(Probe<'a>);
-
-impl<'de> Deserialize<'de> for KeysAsBytes<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ProbeVisitor)
-    }
-}
-
-struct ProbeVisitor;
-
-impl<'de> Visitor<'de> for ProbeVisitor {
-    type Value = KeysAsBytes<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut probe = Probe::default();
-        let (mut id, mut timestamp) = (false, false);
-        while let Some(key) = map.next_key::<Key>()? {
-            // As the derived `Probe` does: a field given twice is an error.
-            let (seen, field, name) = match key {
-                Key::Id => (&mut id, &mut probe.id, "id"),
-                Key::Timestamp => (&mut timestamp, &mut probe.timestamp, "timestamp"),
-                Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            if std::mem::replace(seen, true) {
-                return Err(serde::de::Error::duplicate_field(name));
-            }
-            *field = map.next_value::<Option<BorrowedStr>>()?.map(|text| text.0);
-        }
-        Ok(KeysAsBytes(probe))
-    }
-}
-
-/// A key of the object, told from its bytes.
-enum Key {
-    Id,
-    Timestamp,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a key without escapes or control characters")
-            }
-
-            /// Only keys without escapes come borrowed from the object's bytes (see [`KeysAsBytes`]).
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, key: &[u8]) -> Result<Key, E> {
-                if key.iter().any(|&byte| byte < 0x20) {
-                    return Err(E::custom("a control character in a key"));
-                }
-                Ok(match key {
-                    b"id" => Key::Id,
-                    b"timestamp" => Key::Timestamp,
-                    _ => Key::Other,
-                })
-            }
-        }
-        deserializer.deserialize_bytes(KeyVisitor)
-    }
-}
-
-/// A string value, borrowed from the object's bytes when it holds no escape (as `#[serde(borrow)]` makes
-/// of a `Cow<str>`).
-struct BorrowedStr<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for BorrowedStr<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StrVisitor;
-        impl<'de> Visitor<'de> for StrVisitor {
-            type Value = BorrowedStr<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                text: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Borrowed(text)))
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Owned(text.to_string())))
-            }
-        }
-        deserializer.deserialize_str(StrVisitor)
-    }
 }
 
 impl Probe<'_> {

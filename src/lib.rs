@@ -26,6 +26,7 @@ pub mod normalize;
 pub mod ops;
 pub mod outbox;
 pub mod privacy;
+pub mod probe;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;
