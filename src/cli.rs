@@ -387,8 +387,9 @@ fn ship(path: &std::path::Path, options: crate::outbox::ship::ShipOptions) -> Ex
     };
     let report = block_on(|| async move {
         let (trigger, shutdown) = crate::shutdown::channel();
+        let stop = stop_requested();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("stop requested: finishing the request in flight");
             trigger.trigger();
         });
@@ -462,10 +463,11 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     let config = loaded.config;
     with_runtime(|| async move {
+        let stop = stop_requested();
         let mut queue = crate::agent::open_queue(&config).await?;
         let (trigger, shutdown) = crate::shutdown::channel();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("stop requested: stopping polling, finishing the request in flight, flushing the queue");
             trigger.trigger();
         });
@@ -529,25 +531,21 @@ where
     })
 }
 
-/// SIGTERM (systemd) or SIGINT (Ctrl-C).
-async fn wait_for_signal() {
+/// SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed when this is called, not when the
+/// future is first polled: a stop asked for while the agent opens its queue is then kept, not fatal.
+fn stop_requested() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = interrupt.await;
     }
 }

@@ -218,7 +218,24 @@ fn stderr(output: &Output) -> String {
 
 /// Collects every event of `site` into its outbox with a clean run of the agent.
 async fn collect_all(site: &Site, config: &Path) {
+    let log = config.with_extension("log");
+    let started = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("agent started")
+            .count()
+    };
+    let before = started();
     let mut agent = start_agent(config);
+    // Stopped once it runs: every event may be sealed already (by the agents killed before it), and a
+    // SIGTERM before the agent has started (while it starts itself again with its allocator settings)
+    // ends it by the signal, which `stop` does not take for a clean exit.
+    let running = wait_until(Duration::from_secs(60), || started() > before).await;
+    assert!(
+        running,
+        "the agent did not start; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let sealed = wait_until(Duration::from_secs(120), || {
         missing(&site.events, &bundled_events(&site.outbox())).is_empty()
     })
