@@ -7,7 +7,8 @@
 //! built for text where escapes are rare. serde_json's goes byte by byte; `json-escape-simd` (sonic-rs's)
 //! checks 128 bytes at a time but starts over after every escape, checking the next 128 again: on this
 //! text, most of its work. Here a block of 32 bytes is checked once, and its escapes are then written one
-//! after the other from the mask of where they are (BENCHMARKS.md, "Batch bodies").
+//! after the other from the mask of where they are (BENCHMARKS.md, "A JSON reader and an escaper of our
+//! own").
 //!
 //! Invariants:
 //! - The output is exactly serde_json's (`serde_json::to_writer` of the same `&str`): `"` and `\` escaped,
