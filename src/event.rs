@@ -276,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_read_as_bytes_agree_with_read() {
+    fn escaped_and_odd_keys_agree_with_read() {
         let id = r#""id":"x","timestamp":"1970-01-01T00:00:02Z""#;
         for object in [
             // Escaped keys, the two fields' among them: read as `read` reads them.

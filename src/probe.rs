@@ -38,40 +38,18 @@ pub fn read_object(bytes: &[u8]) -> Option<Probed<'_>> {
     reader.expect(b'{')?;
     let (mut id, mut timestamp) = (None, None);
     let (mut seen_id, mut seen_timestamp) = (false, false);
-    reader.whitespace();
-    if reader.peek()? == b'}' {
-        reader.at += 1;
-    } else {
-        loop {
-            reader.expect(b'"')?;
-            let key_start = reader.at;
-            if reader.string()? {
-                return None;
-            }
-            let key = &bytes[key_start..reader.at - 1];
-            reader.whitespace();
-            reader.expect(b':')?;
-            reader.whitespace();
-            let (seen, field) = match key {
-                b"id" => (&mut seen_id, &mut id),
-                b"timestamp" => (&mut seen_timestamp, &mut timestamp),
-                _ => {
-                    reader.value(1)?;
-                    if reader.next_member()? {
-                        continue;
-                    }
-                    break;
-                }
-            };
-            if std::mem::replace(seen, true) {
-                return None;
-            }
-            *field = reader.text_or_null()?;
-            if !reader.next_member()? {
-                break;
-            }
+    reader.members(|reader, key| {
+        let (seen, field) = match key? {
+            b"id" => (&mut seen_id, &mut id),
+            b"timestamp" => (&mut seen_timestamp, &mut timestamp),
+            _ => return reader.value(1),
+        };
+        if std::mem::replace(seen, true) {
+            return None;
         }
-    }
+        *field = reader.text_or_null()?;
+        Some(())
+    })?;
     Some(Probed {
         len: reader.at,
         id,
@@ -220,6 +198,15 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.at += 1;
+        self.members(|reader, _| reader.value(depth))
+    }
+
+    /// The members of an object whose `{` was read, through its `}`: `member` reads each value, given the
+    /// key (`None` for a key holding an escape, whose raw bytes are not the key).
+    fn members(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Option<&'a [u8]>) -> Option<()>,
+    ) -> Option<()> {
         self.whitespace();
         if self.peek()? == b'}' {
             self.at += 1;
@@ -227,11 +214,14 @@ impl<'a> Reader<'a> {
         }
         loop {
             self.expect(b'"')?;
-            self.string()?;
+            let start = self.at;
+            let escaped = self.string()?;
+            let bytes = self.bytes;
+            let key = (!escaped).then(|| &bytes[start..self.at - 1]);
             self.whitespace();
             self.expect(b':')?;
             self.whitespace();
-            self.value(depth)?;
+            member(self, key)?;
             if !self.next_member()? {
                 return Some(());
             }
