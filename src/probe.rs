@@ -12,8 +12,9 @@
 //!   property test against it. Where it is not sure, it reads nothing (`None`) and the caller asks serde_json:
 //!   a key or either field holding an escape, either field neither a string nor `null` or given twice,
 //!   nesting deeper than [`MAX_DEPTH`], anything that is not JSON.
-//! - Never panics and never reads past the object, whatever the bytes. UTF-8 is not checked beyond the two
-//!   fields: the caller checks the object's.
+//! - Never panics, whatever the bytes, and the length it gives ends at the object's `}` (the 32-byte scans
+//!   may look at what follows, never count it). UTF-8 is not checked beyond the two fields: the caller
+//!   checks the object's.
 
 use crate::escape::{specials, BLOCK};
 
