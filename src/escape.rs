@@ -137,30 +137,38 @@ impl Drop for Writer<'_> {
 
 /// Bit `i` set when byte `i` of `block` is a quote, a backslash or a control character: the bytes a JSON
 /// string cannot hold as they are, and the only ones a reader of a string must stop at.
+#[inline]
+pub fn specials(block: &[u8; BLOCK]) -> u32 {
+    masks(block).0
+}
+
+/// [`specials`], and bit `i` set when byte `i` is above 0x7f (not ASCII): both from one look at the block,
+/// for a reader that also wants to know whether a string is all ASCII.
 /// SSE2, which every x86-64 processor has: sixteen bytes at a time.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline]
-pub fn specials(block: &[u8; BLOCK]) -> u32 {
+pub fn masks(block: &[u8; BLOCK]) -> (u32, u32) {
     use safe_arch::*;
     let quote = set_splat_i8_m128i(b'"' as i8);
     let backslash = set_splat_i8_m128i(b'\\' as i8);
     let control = set_splat_i8_m128i(0x1f);
-    let mut mask = 0u32;
+    let (mut specials, mut high) = (0u32, 0u32);
     for (i, half) in block.chunks_exact(16).enumerate() {
         let bytes = load_unaligned_m128i(half.try_into().expect("16 bytes"));
         let escaped = cmp_eq_mask_i8_m128i(bytes, quote)
             | cmp_eq_mask_i8_m128i(bytes, backslash)
             | cmp_eq_mask_i8_m128i(max_u8_m128i(bytes, control), control);
-        mask |= (move_mask_i8_m128i(escaped) as u32) << (16 * i);
+        specials |= (move_mask_i8_m128i(escaped) as u32) << (16 * i);
+        high |= (move_mask_i8_m128i(bytes) as u32) << (16 * i);
     }
-    mask
+    (specials, high)
 }
 
-/// [`specials`] where SSE2 is not (other architectures).
+/// [`masks`] where SSE2 is not (other architectures).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 #[inline]
-pub fn specials(block: &[u8; BLOCK]) -> u32 {
-    portable::specials(block)
+pub fn masks(block: &[u8; BLOCK]) -> (u32, u32) {
+    portable::masks(block)
 }
 
 /// [`specials`] without SIMD instructions: eight bytes at a time in a `u64`.
@@ -174,13 +182,14 @@ mod portable {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
-    pub(super) fn specials(block: &[u8; BLOCK]) -> u32 {
-        let mut mask = 0u32;
+    pub(super) fn masks(block: &[u8; BLOCK]) -> (u32, u32) {
+        let (mut specials, mut high) = (0u32, 0u32);
         for (i, word) in block.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            mask |= (word_mask(word) as u32) << (8 * i);
+            specials |= (gather(special_bytes(word)) as u32) << (8 * i);
+            high |= (gather(word & !LOW7) as u32) << (8 * i);
         }
-        mask
+        (specials, high)
     }
 
     /// The high bit of each byte of `x` that is zero, exactly (no borrow from one byte to the next).
@@ -188,11 +197,15 @@ mod portable {
         !(((x & LOW7) + LOW7) | x | LOW7)
     }
 
-    /// Bit `i` set when byte `i` of `word` (little-endian) must be escaped.
-    fn word_mask(word: u64) -> u64 {
-        let flags = zero_bytes(word ^ (ONES * u64::from(b'"')))
+    /// The high bit of each byte of `word` that must be escaped.
+    fn special_bytes(word: u64) -> u64 {
+        zero_bytes(word ^ (ONES * u64::from(b'"')))
             | zero_bytes(word ^ (ONES * u64::from(b'\\')))
-            | zero_bytes(word & (ONES * 0xe0));
+            | zero_bytes(word & (ONES * 0xe0))
+    }
+
+    /// Bit `k` set when the high bit of byte `k` is (little-endian, no other bit set).
+    fn gather(flags: u64) -> u64 {
         // Each flag (bit 8k + 7) to bit k: the multiplication gathers them in the top byte, each from its
         // own product term, so no two terms meet and nothing carries.
         ((flags >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
@@ -266,12 +279,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn both_masks_find_every_byte_to_escape(block in proptest::array::uniform32(any::<u8>())) {
+        fn both_masks_find_every_byte_to_escape_and_every_byte_above_ascii(block in proptest::array::uniform32(any::<u8>())) {
             let expected = block.iter().enumerate().fold(0u32, |mask, (i, &byte)| {
                 mask | (u32::from(byte == b'"' || byte == b'\\' || byte < 0x20) << i)
             });
-            prop_assert_eq!(specials(&block), expected);
-            prop_assert_eq!(portable::specials(&block), expected);
+            let high: u32 = (0..BLOCK).filter(|&i| block[i] > 0x7f).map(|i| 1 << i).sum();
+            prop_assert_eq!(masks(&block), (expected, high));
+            prop_assert_eq!(portable::masks(&block), (expected, high));
         }
 
         #[test]

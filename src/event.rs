@@ -56,7 +56,8 @@ impl IncomingEvent {
     /// `None` when `bytes` does not start with a JSON object that reads whole (cut short, not JSON, an
     /// `id` that is not a string...): the caller then finds its end otherwise and uses `read`.
     ///
-    /// The bytes are not checked as UTF-8 beyond the two fields read: the caller checks the object's.
+    /// Whether the object's bytes were checked as UTF-8 on the way is [`ReadAhead::utf8`]; when not, the
+    /// caller checks them.
     pub fn read_at_start(bytes: &[u8], now_ns: i64) -> Option<(usize, ReadAhead)> {
         // serde reads a struct from an array too: only an object is an event read here.
         if bytes.first() != Some(&b'{') {
@@ -67,7 +68,9 @@ impl IncomingEvent {
                 id: found.id.map(Cow::Borrowed),
                 timestamp: found.timestamp.map(Cow::Borrowed),
             };
-            return Some((found.len, probe.read(bytes.get(..found.len)?, now_ns)));
+            let mut read = probe.read(bytes.get(..found.len)?, now_ns);
+            read.utf8 = true;
+            return Some((found.len, read));
         }
         // What the fast reader leaves (an escape in a key or in either field, not JSON, cut short...):
         // read as `read` reads, to be sure to agree with it.
@@ -88,9 +91,16 @@ impl IncomingEvent {
 pub struct ReadAhead {
     timestamp_ns: i64,
     key: [u8; 16],
+    utf8: bool,
 }
 
 impl ReadAhead {
+    /// Whether the object's bytes were found to be UTF-8 while it was read (by the fast reader, which
+    /// checks every string it passes; serde_json's reading, when it was asked, does not say).
+    pub fn utf8(&self) -> bool {
+        self.utf8
+    }
+
     /// The event, once its bytes are cut out: `raw` must be the bytes that were read.
     pub fn into_event(self, raw: Bytes) -> IncomingEvent {
         IncomingEvent {
@@ -122,6 +132,7 @@ impl Probe<'_> {
         ReadAhead {
             timestamp_ns,
             key: event_key_of_bytes(id, raw),
+            utf8: false,
         }
     }
 }

@@ -12,11 +12,12 @@
 //!   property test against it. Where it is not sure, it reads nothing (`None`) and the caller asks serde_json:
 //!   a key or either field holding an escape, either field neither a string nor `null` or given twice,
 //!   nesting deeper than [`MAX_DEPTH`], anything that is not JSON.
+//! - An object read is UTF-8 throughout: outside strings only ASCII is JSON, and a string holding a byte
+//!   above 0x7f is checked (the scan that finds its end says whether it holds one, at no extra pass).
 //! - Never panics, whatever the bytes, and the length it gives ends at the object's `}` (the 32-byte scans
-//!   may look at what follows, never count it). UTF-8 is not checked beyond the two fields: the caller
-//!   checks the object's.
+//!   may look at what follows, never count it).
 
-use crate::escape::{specials, BLOCK};
+use crate::escape::{masks, BLOCK};
 
 /// Deeper than this, serde_json is asked instead (it skips any depth; recursion here stays shallow).
 const MAX_DEPTH: u32 = 64;
@@ -123,12 +124,19 @@ impl<'a> Reader<'a> {
 
     /// The rest of a string whose opening quote was read, through its closing quote: whether it held an
     /// escape. Escapes are checked as serde_json checks a string it skips (a `\u` takes four hex digits).
+    ///
+    /// A string holding a byte above 0x7f is checked as UTF-8 (`None` when it is not): the only place
+    /// such a byte may be in JSON, so that an object read is UTF-8 throughout.
     fn string(&mut self) -> Option<bool> {
-        let mut escaped = false;
+        let start = self.at;
+        let (mut escaped, mut wide) = (false, false);
         loop {
-            self.skip_to_special()?;
+            wide |= self.skip_to_special()?;
             match self.bytes[self.at] {
                 b'"' => {
+                    if wide {
+                        std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+                    }
                     self.at += 1;
                     return Some(escaped);
                 }
@@ -153,17 +161,22 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Moves to the next quote, backslash or control character; `None` when there is none.
-    fn skip_to_special(&mut self) -> Option<()> {
+    /// Moves to the next quote, backslash or control character (`None` when there is none): whether a byte
+    /// passed over is above 0x7f.
+    fn skip_to_special(&mut self) -> Option<bool> {
+        let mut wide = 0;
         loop {
             let rest = self.bytes.get(self.at..)?;
             match rest.get(..BLOCK) {
                 Some(block) => {
-                    let found = specials(block.try_into().ok()?);
+                    let (found, high) = masks(block.try_into().ok()?);
                     if found != 0 {
+                        // Only the bytes before the special one were passed over.
+                        wide |= high & ((found ^ (found - 1)) >> 1);
                         self.at += found.trailing_zeros() as usize;
-                        return Some(());
+                        return Some(wide != 0);
                     }
+                    wide |= high;
                     self.at += BLOCK;
                 }
                 None => {
@@ -171,7 +184,7 @@ impl<'a> Reader<'a> {
                         .iter()
                         .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
                     self.at += offset;
-                    return Some(());
+                    return Some(wide != 0 || !rest[..offset].is_ascii());
                 }
             }
         }
@@ -342,13 +355,18 @@ mod tests {
         ))
     }
 
-    /// Whatever `read_object` reads, serde_json reads the same.
+    /// Whatever `read_object` reads, serde_json reads the same, and it is UTF-8.
     fn agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
         if let Some(probed) = read_object(bytes) {
             let expected = serde_read(bytes);
             prop_assert!(
                 expected.is_some(),
                 "read, but not by serde_json: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+            prop_assert!(
+                std::str::from_utf8(&bytes[..probed.len]).is_ok(),
+                "read, but not UTF-8: {:?}",
                 String::from_utf8_lossy(bytes)
             );
             let (len, id, timestamp) = expected.unwrap_or_default();
@@ -489,6 +507,29 @@ mod tests {
         ) {
             let text = format!("{{{}", pieces.concat());
             agrees(text.as_bytes())?;
+        }
+
+        #[test]
+        fn an_object_that_is_not_utf8_is_never_read(value in json(), ascii in "[a-z]{0,70}") {
+            // Bytes that are not UTF-8 (a stray byte, a cut sequence, an overlong one, a surrogate, past
+            // U+10FFFF) at every byte of an object, inside characters too, and around long ASCII runs so
+            // that they fall anywhere in a 32-byte block.
+            const NOT_UTF8: &[&[u8]] = &[
+                &[0xff],
+                &[0x80],
+                &[0xc3],
+                &[0xe2, 0x80],
+                &[0xc0, 0xaf],
+                &[0xed, 0xa0, 0x80],
+                &[0xf4, 0x90, 0x80, 0x80],
+            ];
+            let text = serde_json::json!({"id": "x", "a": ascii, "value": value, "b": ascii}).to_string();
+            let bytes = text.as_bytes();
+            for at in 0..=bytes.len() {
+                for bad in NOT_UTF8 {
+                    agrees(&[&bytes[..at], bad, &bytes[at..]].concat())?;
+                }
+            }
         }
 
         #[test]

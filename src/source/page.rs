@@ -227,30 +227,38 @@ impl PageReader {
     /// `read_ahead` is what was read of it while its end was found, if it was read whole then.
     fn element(&mut self, element: Bytes, read_ahead: Option<ReadAhead>) -> Result<(), String> {
         self.elements += 1;
-        let Ok(text) = std::str::from_utf8(&element) else {
-            return Err("an element is not UTF-8 text".to_string());
-        };
-        if !text.starts_with('{') {
-            check_json(text)?;
-            self.not_events.push(element);
-            return Ok(());
-        }
         let event = match read_ahead {
-            Some(read_ahead) => read_ahead.into_event(element.clone()),
-            None => {
-                let (event, read_whole) = IncomingEvent::read(text, element.clone(), self.now_ns);
-                if !read_whole {
+            // Most events: read whole, and checked as UTF-8 on the way.
+            Some(read_ahead) if read_ahead.utf8() => read_ahead.into_event(element.clone()),
+            read_ahead => {
+                let text = utf8(&element)?;
+                if !text.starts_with('{') {
                     check_json(text)?;
+                    self.not_events.push(element);
+                    return Ok(());
                 }
-                event
+                match read_ahead {
+                    Some(read_ahead) => read_ahead.into_event(element.clone()),
+                    None => {
+                        let (event, read_whole) =
+                            IncomingEvent::read(text, element.clone(), self.now_ns);
+                        if !read_whole {
+                            check_json(text)?;
+                        }
+                        event
+                    }
+                }
             }
         };
         // An event is filed under `now_ns` when its timestamp cannot be read; one whose timestamp is
         // exactly `now_ns` is told apart by reading it again (rare: only then is it read twice).
-        if event.timestamp_ns == self.now_ns && !has_timestamp(text) {
-            self.untimed.count += 1;
-            if self.untimed.example_id.is_none() {
-                self.untimed.example_id = id_of(text);
+        if event.timestamp_ns == self.now_ns {
+            let text = utf8(&element)?;
+            if !has_timestamp(text) {
+                self.untimed.count += 1;
+                if self.untimed.example_id.is_none() {
+                    self.untimed.example_id = id_of(text);
+                }
             }
         }
         self.event_bytes += element.len();
@@ -297,6 +305,10 @@ impl PageReader {
             self.head.received
         )
     }
+}
+
+fn utf8(element: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(element).map_err(|_| "an element is not UTF-8 text".to_string())
 }
 
 fn scan_fault(err: &ScanError) -> String {
@@ -416,6 +428,16 @@ mod tests {
                 "a JSON object, not an array of events",
             ),
             (b"[{\"id\":\"\xff\"}]", "not UTF-8 text"),
+            // Elsewhere in an event with a timestamp (not read again), and in a key: events read on the
+            // fast path are checked too.
+            (
+                b"[{\"timestamp\":\"2026-11-30T12:00:00Z\",\"x\":\"b\xc3\",\"y\":\"and more than a block\"}]",
+                "not UTF-8 text",
+            ),
+            (
+                b"[{\"timestamp\":\"2026-11-30T12:00:00Z\",\"\xed\xa0\x80\":1,\"y\":\"and more than a block\"}]",
+                "not UTF-8 text",
+            ),
             (b"[{\"id\":1}", "not a JSON array of events"),
             (b"42", "not a JSON array of events"),
         ];
