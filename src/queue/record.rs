@@ -121,12 +121,14 @@ pub(super) struct EncodeBuffers {
 fn encode_chunk_into(chunk: &Chunk, buffers: &mut EncodeBuffers) -> Result<(), bincode::Error> {
     buffers.events.clear();
     bincode::serialize_into(&mut buffers.events, &chunk.events)?;
-    let room = lz4_flex::block::get_maximum_output_size(buffers.events.len());
+    let lz4_error = |err: std::io::Error| bincode::ErrorKind::Custom(format!("lz4: {err}"));
+    let room = lz4::block::compress_bound(buffers.events.len()).map_err(lz4_error)?;
     if buffers.compressed.len() < room {
         buffers.compressed.resize(room, 0);
     }
-    let compressed = lz4_flex::block::compress_into(&buffers.events, &mut buffers.compressed)
-        .map_err(|err| bincode::ErrorKind::Custom(format!("lz4: {err}")))?;
+    let compressed =
+        lz4::block::compress_to_buffer(&buffers.events, None, false, &mut buffers.compressed)
+            .map_err(lz4_error)?;
     buffers.record.clear();
     bincode::serialize_into(
         &mut buffers.record,
@@ -159,12 +161,18 @@ pub(super) fn decode_chunk<'a>(
                     packed.events.len()
                 )));
             }
+            // lz4 decompresses at most `max` bytes, whatever the stored bytes say.
+            let Ok(max) = i32::try_from(len) else {
+                return Err(QueueError::Damaged(format!(
+                    "record #{first} says its events take {len} bytes, more than an lz4 block holds"
+                )));
+            };
             // Only grown when too small: what it held is written over, and `written` must be `len`.
             if scratch.len() < len {
                 scratch.resize(len, 0);
             }
             scratch.truncate(len);
-            match lz4_flex::block::decompress_into(packed.events, scratch) {
+            match lz4::block::decompress_to_buffer(packed.events, Some(max), scratch) {
                 Ok(written) if written == len => {}
                 Ok(written) => {
                     return Err(QueueError::Damaged(format!(
@@ -539,6 +547,40 @@ mod tests {
     }
 
     proptest! {
+        /// Chunks written by earlier versions, compressed by lz4_flex rather than the lz4 library, read
+        /// the same: both write lz4's block format.
+        #[test]
+        fn chunks_compressed_by_lz4_flex_read_the_same(
+            raws in prop::collection::vec(".{0,300}", 1..CHUNK_MAX_EVENTS),
+            repeat in 0usize..4,
+        ) {
+            // Repeated events too: matches that reach far back.
+            let raws: Vec<&'static str> = raws
+                .into_iter()
+                .map(|r| &*Box::leak(r.repeat(repeat + 1).into_boxed_str()))
+                .collect();
+            let events = bincode::serialize(&chunk(3, &raws).events).unwrap();
+            let value = bincode::serialize(&Packed {
+                version: FORMAT_VERSION,
+                stream: 3,
+                queued_at_ms: 42,
+                count: raws.len() as u64,
+                unpacked_len: events.len() as u64,
+                events: &lz4_flex::block::compress(&events),
+            })
+            .unwrap();
+            let mut scratch = Vec::new();
+            let read = decode_chunk(3, &value, &mut scratch).unwrap();
+            let read: Vec<&[u8]> = read.events.iter().map(|e| e.raw).collect();
+            let written: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
+            prop_assert_eq!(read, written);
+            // And what this version writes, lz4_flex reads: a downgrade reads it too.
+            let ours = encode_chunk(&chunk(3, &raws)).unwrap();
+            let packed: Packed = bincode::deserialize(&ours).unwrap();
+            let unpacked = lz4_flex::block::decompress(packed.events, events.len()).unwrap();
+            prop_assert_eq!(unpacked, events);
+        }
+
         /// The raw bytes of a compressed chunk's events are known from its header.
         #[test]
         fn the_header_of_a_compressed_chunk_tells_its_raw_bytes(raws in prop::collection::vec(".{0,300}", 1..40)) {
