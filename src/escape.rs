@@ -171,7 +171,7 @@ pub fn masks(block: &[u8; BLOCK]) -> (u32, u32) {
     portable::masks(block)
 }
 
-/// [`specials`] without SIMD instructions: eight bytes at a time in a `u64`.
+/// [`masks`] without SIMD instructions: eight bytes at a time in a `u64`.
 #[cfg_attr(
     all(target_arch = "x86_64", target_feature = "sse2", not(test)),
     allow(dead_code)
@@ -204,7 +204,8 @@ mod portable {
             | zero_bytes(word & (ONES * 0xe0))
     }
 
-    /// Bit `k` set when the high bit of byte `k` is (little-endian, no other bit set).
+    /// Bit `k` set when byte `k` of `flags` (little-endian) has its high bit set; its other bits must be
+    /// clear.
     fn gather(flags: u64) -> u64 {
         // Each flag (bit 8k + 7) to bit k: the multiplication gathers them in the top byte, each from its
         // own product term, so no two terms meet and nothing carries.

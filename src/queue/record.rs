@@ -505,20 +505,26 @@ mod tests {
         }
     }
 
+    /// A format 3 record as versions before the lz4 library wrote it: `events` compressed by lz4_flex,
+    /// with the header given.
+    fn packed_by_lz4_flex(stream: u32, count: usize, unpacked_len: u64, events: &[u8]) -> Vec<u8> {
+        bincode::serialize(&Packed {
+            version: FORMAT_VERSION,
+            stream,
+            queued_at_ms: 42,
+            count: count as u64,
+            unpacked_len,
+            events: &lz4_flex::block::compress(events),
+        })
+        .unwrap()
+    }
+
     #[test]
     fn bytes_after_a_compressed_chunks_events_are_damage() {
         let raws = ["{}", "abc"];
         let mut events = bincode::serialize(&chunk(3, &raws).events).unwrap();
         events.extend_from_slice(b"xyz");
-        let value = bincode::serialize(&Packed {
-            version: FORMAT_VERSION,
-            stream: 3,
-            queued_at_ms: 42,
-            count: raws.len() as u64,
-            unpacked_len: events.len() as u64,
-            events: &lz4_flex::block::compress(&events),
-        })
-        .unwrap();
+        let value = packed_by_lz4_flex(3, raws.len(), events.len() as u64, &events);
         let mut scratch = Vec::new();
         let err = decode_chunk(5, &value, &mut scratch)
             .err()
@@ -530,15 +536,7 @@ mod tests {
     #[test]
     fn a_damaged_length_is_refused_before_anything_is_allocated() {
         let events = bincode::serialize(&chunk(1, &["{}"]).events).unwrap();
-        let value = bincode::serialize(&Packed {
-            version: FORMAT_VERSION,
-            stream: 1,
-            queued_at_ms: 0,
-            count: 1,
-            unpacked_len: u64::MAX / 2,
-            events: &lz4_flex::block::compress(&events),
-        })
-        .unwrap();
+        let value = packed_by_lz4_flex(1, 1, u64::MAX / 2, &events);
         let mut scratch = Vec::new();
         let err = decode_chunk(5, &value, &mut scratch).err().unwrap();
         assert!(err.is_damage(), "{err}");
@@ -560,15 +558,7 @@ mod tests {
                 .map(|r| &*Box::leak(r.repeat(repeat + 1).into_boxed_str()))
                 .collect();
             let events = bincode::serialize(&chunk(3, &raws).events).unwrap();
-            let value = bincode::serialize(&Packed {
-                version: FORMAT_VERSION,
-                stream: 3,
-                queued_at_ms: 42,
-                count: raws.len() as u64,
-                unpacked_len: events.len() as u64,
-                events: &lz4_flex::block::compress(&events),
-            })
-            .unwrap();
+            let value = packed_by_lz4_flex(3, raws.len(), events.len() as u64, &events);
             let mut scratch = Vec::new();
             let read = decode_chunk(3, &value, &mut scratch).unwrap();
             let read: Vec<&[u8]> = read.events.iter().map(|e| e.raw).collect();
