@@ -125,6 +125,8 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     // One set of turns to read pages for all the streams: memory does not grow with their number.
     let reading = crate::source::reading_turns();
+    // And one set of buffers to read them into, kept while pages follow one another.
+    let blocks = Arc::new(crate::source::SpareBlocks::default());
     let mut stream_apis = Vec::new();
     let count = config.streams.len();
     for (index, (stream, tag)) in config.streams.iter().zip(tags).enumerate() {
@@ -132,7 +134,8 @@ pub async fn run(
             .map_err(anyhow::Error::msg)?;
         let api = ApiClient::new(api_http, &stream.jumpcloud)
             .map_err(anyhow::Error::msg)?
-            .recording(Recorder::new(queue.clone(), metrics.clone(), &stream.name));
+            .recording(Recorder::new(queue.clone(), metrics.clone(), &stream.name))
+            .sharing_blocks(blocks.clone());
         stream_apis.push((stream.name.clone(), api.clone()));
         let wake = Arc::new(Notify::new());
         let (intake, destination) = match &config.outbox {

@@ -162,6 +162,13 @@ fn tls_config(transport: &Transport) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
+/// The most a connection reads from its socket at once (hyper's default is about 408 KiB). hyper grows a
+/// connection's read buffer while an answer streams in and allocates a new one whenever the previous one is
+/// still held by a piece of the body on its way to the reader. Buffers this size stay below the
+/// allocator's mmap threshold ([`crate::allocator::TUNABLES`]): they are reused from the heap instead of
+/// being mapped, faulted in page by page and unmapped for every piece of a large page of events.
+const READ_BUFFER_MAX: usize = 128 * 1024;
+
 impl HttpClient {
     /// Direct connections, system roots only.
     pub fn new(connect_timeout: Duration) -> Result<HttpClient, String> {
@@ -187,6 +194,7 @@ impl HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .http1_max_buf_size(READ_BUFFER_MAX)
             .build(https);
         Ok(HttpClient {
             client,

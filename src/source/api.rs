@@ -36,6 +36,7 @@ use super::oauth::TokenSource;
 use super::page::{self, Judged, PageReader};
 pub use super::recorder::Recorder;
 use super::recorder::Unusable;
+use super::scan::SpareBlocks;
 
 pub const EVENTS_PATH: &str = "/insights/directory/v1/events";
 
@@ -103,6 +104,8 @@ pub struct ApiClient {
     min_request_interval: Duration,
     max_response_bytes: u64,
     recorder: Recorder,
+    /// The buffers pages are read into, kept from one page to the next while they follow one another.
+    blocks: Arc<SpareBlocks>,
 }
 
 impl ApiClient {
@@ -155,7 +158,15 @@ impl ApiClient {
             min_request_interval: config.min_request_interval,
             max_response_bytes: config.max_response_bytes,
             recorder: Recorder::default(),
+            blocks: Arc::default(),
         })
+    }
+
+    /// This client reads pages into the buffers `blocks` keeps, shared with the other clients given it
+    /// (an agent's streams): what is kept does not grow with the number of streams.
+    pub fn sharing_blocks(mut self, blocks: Arc<SpareBlocks>) -> ApiClient {
+        self.blocks = blocks;
+        self
     }
 
     /// This client reports to `recorder`: its unusable answers are kept, its events without a timestamp
@@ -217,7 +228,12 @@ impl ApiClient {
                     self.tokens.is_some(),
                 ));
             }
-            let mut reader = PageReader::new(&answer.headers, now_ns, KEPT_ANSWER_MAX_BYTES);
+            let mut reader = PageReader::with_blocks(
+                &answer.headers,
+                now_ns,
+                KEPT_ANSWER_MAX_BYTES,
+                self.blocks.take(),
+            );
             while !reader.faulty() {
                 let Some(piece) = answer
                     .next_piece()
@@ -233,7 +249,13 @@ impl ApiClient {
                     answer.paused(queueing.elapsed());
                 }
             }
-            let (judged, head) = reader.finish();
+            let (judged, head, blocks) = reader.finish_with_blocks();
+            // A full page is followed at once by the next one (catching up), which reads into the same
+            // buffers; after the last, the next page is a poll interval away and they are let go.
+            match &judged {
+                Ok(page) if page.full => self.blocks.keep(blocks),
+                _ => self.blocks.release(),
+            }
             let problem = match judged {
                 Ok(page) if page.not_events.is_none() => {
                     // A page of events and nothing else.
@@ -651,5 +673,68 @@ impl ApiClient {
             &self.section,
             self.tokens.is_some(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{format_rfc3339_ns, now_ns};
+    use crate::config::Config;
+    use crate::standin::{ApiOptions, ApiStandIn, EventFactory};
+
+    #[tokio::test]
+    async fn read_buffers_are_kept_while_pages_follow_one_another_and_let_go_after_the_last() {
+        let api = ApiStandIn::start(ApiOptions::default())
+            .await
+            .expect("stand-in");
+        let now = now_ns();
+        let hour = 3_600_000_000_000;
+        api.add_events(EventFactory::new(7).mix(3000, now - hour, now - 1_000_000_000));
+        let text = format!(
+            "[jumpcloud]\nbase_url = \"{}\"\napi_key = \"demo-api-key\"\n[sekoia]\nintake_key = \"i\"\n",
+            api.base_url()
+        );
+        let config = Config::parse(&text, "t", &|_| None).expect("valid").config;
+        let blocks = Arc::new(SpareBlocks::default());
+        let http = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let client = ApiClient::new(http, &config.streams[0].jumpcloud)
+            .expect("client")
+            .sharing_blocks(blocks.clone());
+        let services = vec!["all".to_string()];
+        let query = |search_after| EventsQuery {
+            service: &services,
+            start_time: format_rfc3339_ns(now - 2 * hour),
+            end_time: None,
+            limit: 2000,
+            sort: "ASC",
+            search_after,
+        };
+
+        let first = client.fetch(&query(None), now).await.expect("a page");
+        assert!(first.full);
+        assert_eq!(first.events.len(), 2000);
+        assert!(
+            blocks.len() > 0,
+            "a full page's buffers are kept for the next page"
+        );
+        let second = client
+            .fetch(&query(first.search_after.as_deref()), now)
+            .await
+            .expect("the rest");
+        assert!(!second.full);
+        assert_eq!(second.events.len(), 1000);
+        assert_eq!(blocks.len(), 0, "the last page's buffers are let go");
+        // The events of both pages are whole and distinct: reading into kept buffers changed none.
+        let ids: std::collections::HashSet<_> = first
+            .events
+            .iter()
+            .chain(&second.events)
+            .map(|event| {
+                serde_json::from_slice::<serde_json::Value>(&event.raw).expect("an event is JSON");
+                event.key
+            })
+            .collect();
+        assert_eq!(ids.len(), 3000);
     }
 }

@@ -60,6 +60,7 @@ pub use late::LateCheck;
 use late::LateStart;
 use pacing::Pacer;
 use paging::{next_watermark, Paging};
+pub use scan::SpareBlocks;
 
 /// Dedup entries are kept this long beyond the overlap window, as a margin for clock differences.
 const DEDUP_MARGIN: Duration = Duration::from_secs(3600);

@@ -15,7 +15,7 @@
 //!   used whole or not at all.
 //! - Reading never panics, whatever the bytes.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -101,9 +101,21 @@ pub struct PageReader {
 impl PageReader {
     /// A reader for the answer with these `headers`, read at `now_ns`; it keeps (at least) the answer's
     /// first `keep_head` bytes (returned by [`PageReader::finish`]).
+    #[cfg(test)]
     pub fn new(headers: &HeaderMap, now_ns: i64, keep_head: usize) -> PageReader {
+        PageReader::with_blocks(headers, now_ns, keep_head, Vec::new())
+    }
+
+    /// [`PageReader::new`], reading into `blocks` (buffers a previous reader filled, given back by
+    /// [`PageReader::finish_with_blocks`]) before new ones.
+    pub fn with_blocks(
+        headers: &HeaderMap,
+        now_ns: i64,
+        keep_head: usize,
+        blocks: Vec<BytesMut>,
+    ) -> PageReader {
         PageReader {
-            scanner: ArrayScanner::default(),
+            scanner: ArrayScanner::with_blocks(blocks),
             headers: headers.clone(),
             now_ns,
             events: Vec::new(),
@@ -171,16 +183,26 @@ impl PageReader {
 
     /// The body has ended: the rest of the page, or why it cannot be used; and the answer's first bytes
     /// (as many as asked for in [`PageReader::new`]), to keep when it cannot be used.
+    #[cfg(test)]
     pub fn finish(self) -> (Result<Judged, Unusable>, Head) {
-        let head = self.head.clone();
-        (self.judge(), head)
+        let (judged, head, _) = self.finish_with_blocks();
+        (judged, head)
     }
 
-    fn judge(self) -> Result<Judged, Unusable> {
+    /// [`PageReader::finish`], and the buffers the answer was read into, for the next reader
+    /// ([`PageReader::with_blocks`]); the events keep their bytes.
+    pub fn finish_with_blocks(mut self) -> (Result<Judged, Unusable>, Head, Vec<BytesMut>) {
+        let scanned = self.scanner.finish();
+        let blocks = self.scanner.take_blocks();
+        let head = self.head.clone();
+        (self.judge(scanned), head, blocks)
+    }
+
+    fn judge(self, scanned: Result<(), ScanError>) -> Result<Judged, Unusable> {
         let fault = self
             .fault
             .clone()
-            .or_else(|| self.scanner.finish().err().map(|err| scan_fault(&err)));
+            .or_else(|| scanned.err().map(|err| scan_fault(&err)));
         if let Some(fault) = fault {
             return Err(Unusable(self.not_an_array(&fault)));
         }

@@ -8,8 +8,12 @@
 //! - The scanner holds at most the bytes of the element being read and of the piece that completed it:
 //!   bytes before an element that was handed out are let go. Besides, it keeps up to [`SPARE_BLOCKS`] of
 //!   the buffers it filled, to write in again once every element cut from them is dropped.
+//! - Between answers, [`SpareBlocks`] keeps at most [`KEPT_BLOCKS`] such buffers for the agent's next
+//!   scanners, and none once pages stop following one another.
 //! - A body that is not one JSON array (and whitespace) is an error naming the first wrong byte's offset;
 //!   the scanner never panics, whatever the bytes.
+
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -34,6 +38,54 @@ const BLOCK_BYTES: usize = 1024 * 1024;
 /// How many filled buffers are kept for reuse: the elements of a part being queued hold two or three,
 /// the part being read one or two.
 const SPARE_BLOCKS: usize = 3;
+/// How many buffers [`SpareBlocks`] keeps between answers: what one scanner holds at most.
+const KEPT_BLOCKS: usize = SPARE_BLOCKS + 1;
+
+/// Buffers that the scanners of finished answers filled, for the scanners of the next answers.
+///
+/// A stream catching up reads page after page; without these, each page's scanner started with no buffer
+/// and filled freshly mapped ones (see [`ArrayScanner::next_block`]): most of the agent's page faults
+/// while catching up. One is shared by all the streams of an agent, so what it holds does not grow with
+/// their number: at most [`KEPT_BLOCKS`] buffers, those of the last answer that asked to keep them, and
+/// none after [`SpareBlocks::release`] (a stream reached the present: the next page is a poll interval
+/// away).
+#[derive(Debug, Default)]
+pub struct SpareBlocks(Mutex<Vec<BytesMut>>);
+
+impl SpareBlocks {
+    /// Takes every buffer kept, for a new scanner ([`ArrayScanner::with_blocks`]).
+    pub fn take(&self) -> Vec<BytesMut> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Keeps a finished scanner's buffers ([`ArrayScanner::take_blocks`]), up to [`KEPT_BLOCKS`] in all.
+    pub fn keep(&self, blocks: Vec<BytesMut>) {
+        let mut kept = self.lock();
+        for block in blocks {
+            if kept.len() >= KEPT_BLOCKS {
+                break;
+            }
+            kept.push(block);
+        }
+    }
+
+    /// Lets every buffer go.
+    pub fn release(&self) {
+        self.lock().clear();
+    }
+
+    /// How many buffers are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A panic while the list was held cannot leave it inconsistent (a `Vec` of buffers).
+    fn lock(&self) -> MutexGuard<'_, Vec<BytesMut>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Why a body is not a JSON array.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +104,8 @@ pub struct ArrayScanner {
     spare: Vec<BytesMut>,
     /// `buffer` was grown past a block for a large element: it is let go, not kept in `spare`.
     oversized: bool,
+    /// `buffer` is still the empty one the scanner started with: nothing to keep.
+    unfilled: bool,
     /// How far into `buffer` the current state has looked.
     pos: usize,
     /// The body offset of `buffer[0]`.
@@ -76,6 +130,7 @@ impl Default for ArrayScanner {
             buffer: BytesMut::new(),
             spare: Vec::new(),
             oversized: false,
+            unfilled: true,
             pos: 0,
             base: 0,
             state: State::Start,
@@ -90,6 +145,32 @@ impl Default for ArrayScanner {
 }
 
 impl ArrayScanner {
+    /// A scanner that writes into `blocks` (buffers another scanner filled, see [`SpareBlocks`]) before it
+    /// asks for new ones.
+    pub fn with_blocks(mut blocks: Vec<BytesMut>) -> ArrayScanner {
+        blocks.truncate(KEPT_BLOCKS);
+        ArrayScanner {
+            spare: blocks,
+            ..ArrayScanner::default()
+        }
+    }
+
+    /// Takes the buffers this scanner filled (not one grown past a block for a large element), for
+    /// another scanner; the elements handed out keep their bytes. Call it once the body has ended: the
+    /// scanner then holds nothing more to read.
+    pub fn take_blocks(&mut self) -> Vec<BytesMut> {
+        let mut blocks = std::mem::take(&mut self.spare);
+        let buffer = std::mem::take(&mut self.buffer);
+        let unfilled = std::mem::replace(&mut self.unfilled, true);
+        if !std::mem::take(&mut self.oversized) && !unfilled {
+            blocks.push(buffer);
+        }
+        for block in &mut blocks {
+            block.clear();
+        }
+        blocks
+    }
+
     /// Adds the next piece of the body.
     pub fn push(&mut self, piece: &[u8]) {
         if self.buffer.capacity() - self.buffer.len() < piece.len() {
@@ -113,10 +194,12 @@ impl ArrayScanner {
     /// buffers of a fixed size saves that for most of a page.
     fn next_block(&mut self, additional: usize) {
         let need = self.buffer.len() + additional;
+        // A buffer is reclaimed whole when it is a block (`try_reclaim(need)` alone would leave it only
+        // `need` bytes of room, and the next piece would need another buffer already).
         let reusable = self
             .spare
             .iter_mut()
-            .position(|block| block.try_reclaim(need));
+            .position(|block| block.try_reclaim(BLOCK_BYTES.max(need)) || block.try_reclaim(need));
         let mut block = match reusable {
             Some(at) => self.spare.swap_remove(at),
             // A small answer gets a small buffer: as much as came so far, up to a block.
@@ -124,7 +207,9 @@ impl ArrayScanner {
         };
         block.extend_from_slice(&self.buffer);
         let mut filled = std::mem::replace(&mut self.buffer, block);
-        if std::mem::take(&mut self.oversized) {
+        // The empty buffer a scanner starts with is not worth a place.
+        let unfilled = std::mem::replace(&mut self.unfilled, false);
+        if std::mem::take(&mut self.oversized) || unfilled {
             return;
         }
         filled.clear();
@@ -462,6 +547,109 @@ mod tests {
         );
         assert_eq!(scanner.next_element().expect("fine"), None);
         scanner.finish().expect("complete");
+    }
+
+    /// Reads all of `body`, in pieces of 64 KiB, with `scanner`.
+    fn read_whole(scanner: &mut ArrayScanner, body: &[u8]) -> Vec<Bytes> {
+        let mut elements = Vec::new();
+        for piece in body.chunks(64 * 1024) {
+            scanner.push(piece);
+            while let Some(element) = scanner.next_element().expect("an array") {
+                elements.push(element);
+            }
+        }
+        scanner.finish().expect("complete");
+        elements
+    }
+
+    /// An array of `count` objects of about a kilobyte, numbered.
+    fn numbered(count: usize, tag: &str) -> (String, Vec<String>) {
+        let elements: Vec<String> = (0..count)
+            .map(|i| format!("{{\"n\":\"{tag}-{i}\",\"s\":\"{}\"}}", "x".repeat(1000)))
+            .collect();
+        (format!("[{}]", elements.join(",")), elements)
+    }
+
+    #[test]
+    fn the_next_answer_is_read_into_the_buffers_of_the_last() {
+        // Five blocks' worth: the last buffers filled are whole blocks.
+        let (first_body, _) = numbered(5000, "first");
+        let mut first = ArrayScanner::default();
+        let held = read_whole(&mut first, first_body.as_bytes());
+        let spare = SpareBlocks::default();
+        spare.keep(first.take_blocks());
+        assert_eq!(
+            spare.len(),
+            KEPT_BLOCKS,
+            "a scanner fills more than are kept"
+        );
+        // Where the kept buffers are, once nothing else holds them (reclaimed whole, from their start).
+        drop(held);
+        let mut blocks = spare.take();
+        let kept: Vec<(usize, usize)> = blocks
+            .iter_mut()
+            .map(|block| {
+                assert!(
+                    block.try_reclaim(BLOCK_BYTES),
+                    "a kept buffer is a whole block, held by nothing else"
+                );
+                (block.as_ptr() as usize, block.capacity())
+            })
+            .collect();
+        assert_eq!(spare.len(), 0, "taken");
+
+        let (second_body, expected) = numbered(200, "second");
+        let mut second = ArrayScanner::with_blocks(blocks);
+        let elements = read_whole(&mut second, second_body.as_bytes());
+        assert_eq!(elements, expected);
+        for element in &elements {
+            let at = element.as_ptr() as usize;
+            assert!(
+                kept.iter()
+                    .any(|&(start, len)| at >= start && at + element.len() <= start + len),
+                "an element of the next answer is outside the buffers kept from the last"
+            );
+        }
+    }
+
+    #[test]
+    fn elements_still_held_are_never_written_over_by_the_next_answer() {
+        let (first_body, first_expected) = numbered(3000, "first");
+        let mut first = ArrayScanner::default();
+        let held = read_whole(&mut first, first_body.as_bytes());
+        // The next answer gets the buffers while every element cut from them is still held.
+        let (second_body, second_expected) = numbered(3000, "second");
+        let mut second = ArrayScanner::with_blocks(first.take_blocks());
+        let elements = read_whole(&mut second, second_body.as_bytes());
+        assert_eq!(elements, second_expected);
+        assert_eq!(
+            held, first_expected,
+            "the first answer's elements are unchanged"
+        );
+    }
+
+    #[test]
+    fn spare_blocks_keep_a_few_and_let_go_of_all() {
+        let spare = SpareBlocks::default();
+        spare.keep(
+            (0..KEPT_BLOCKS + 3)
+                .map(|_| BytesMut::with_capacity(16))
+                .collect(),
+        );
+        assert_eq!(spare.len(), KEPT_BLOCKS, "no more than one scanner's worth");
+        spare.keep(vec![BytesMut::with_capacity(16)]);
+        assert_eq!(spare.len(), KEPT_BLOCKS);
+        spare.release();
+        assert_eq!(spare.len(), 0);
+        assert!(spare.take().is_empty());
+        // A scanner given nothing, or more than it may hold, reads as any other.
+        let (body, expected) = numbered(50, "any");
+        for given in [0, KEPT_BLOCKS + 2] {
+            let blocks = (0..given).map(|_| BytesMut::with_capacity(100)).collect();
+            let mut scanner = ArrayScanner::with_blocks(blocks);
+            assert!(scanner.spare.len() <= KEPT_BLOCKS);
+            assert_eq!(read_whole(&mut scanner, body.as_bytes()), expected);
+        }
     }
 
     #[test]
