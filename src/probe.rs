@@ -36,7 +36,7 @@ pub struct Probed<'a> {
 /// Reads the JSON object at the very start of `bytes` (other bytes may follow it); `None` when it is not
 /// one or when serde_json should be asked (see the invariants above).
 pub fn read_object(bytes: &[u8]) -> Option<Probed<'_>> {
-    let mut reader = Reader { bytes, at: 0 };
+    let mut reader = Reader::new(bytes);
     reader.expect(b'{')?;
     let (mut id, mut timestamp) = (None, None);
     let (mut seen_id, mut seen_timestamp) = (false, false);
@@ -62,9 +62,24 @@ pub fn read_object(bytes: &[u8]) -> Option<Probed<'_>> {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The last block scanned for the bytes a string stops at: where it starts, and its masks (see
+    /// [`masks`]). A string is about seven bytes here, so the next few strings start in the same block:
+    /// they are found in its masks instead of scanning again from their start.
+    block_at: usize,
+    block: (u32, u32),
 }
 
 impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader {
+            bytes,
+            at: 0,
+            // No block scanned yet: no offset is at or after this one.
+            block_at: usize::MAX,
+            block: (0, 0),
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
@@ -166,18 +181,24 @@ impl<'a> Reader<'a> {
     fn skip_to_special(&mut self) -> Option<bool> {
         let mut wide = 0;
         loop {
+            if self.at >= self.block_at && self.at - self.block_at < BLOCK {
+                // The masks of the bytes from `at` to the end of the block scanned last.
+                let skip = self.at - self.block_at;
+                let (found, high) = (self.block.0 >> skip, self.block.1 >> skip);
+                if found != 0 {
+                    // Only the bytes before the special one were passed over.
+                    wide |= high & ((found ^ (found - 1)) >> 1);
+                    self.at += found.trailing_zeros() as usize;
+                    return Some(wide != 0);
+                }
+                wide |= high;
+                self.at = self.block_at + BLOCK;
+            }
             let rest = self.bytes.get(self.at..)?;
             match rest.get(..BLOCK) {
                 Some(block) => {
-                    let (found, high) = masks(block.try_into().ok()?);
-                    if found != 0 {
-                        // Only the bytes before the special one were passed over.
-                        wide |= high & ((found ^ (found - 1)) >> 1);
-                        self.at += found.trailing_zeros() as usize;
-                        return Some(wide != 0);
-                    }
-                    wide |= high;
-                    self.at += BLOCK;
+                    self.block = masks(block.try_into().ok()?);
+                    self.block_at = self.at;
                 }
                 None => {
                     let offset = rest
