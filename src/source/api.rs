@@ -715,7 +715,7 @@ mod tests {
         assert!(first.full);
         assert_eq!(first.events.len(), 2000);
         assert!(
-            blocks.len() > 0,
+            !blocks.is_empty(),
             "a full page's buffers are kept for the next page"
         );
         let second = client
@@ -724,7 +724,7 @@ mod tests {
             .expect("the rest");
         assert!(!second.full);
         assert_eq!(second.events.len(), 1000);
-        assert_eq!(blocks.len(), 0, "the last page's buffers are let go");
+        assert!(blocks.is_empty(), "the last page's buffers are let go");
         // The events of both pages are whole and distinct: reading into kept buffers changed none.
         let ids: std::collections::HashSet<_> = first
             .events

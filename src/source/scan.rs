@@ -79,6 +79,11 @@ impl SpareBlocks {
         self.lock().len()
     }
 
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A panic while the list was held cannot leave it inconsistent (a `Vec` of buffers).
     fn lock(&self) -> MutexGuard<'_, Vec<BytesMut>> {
         self.0
@@ -640,7 +645,7 @@ mod tests {
         spare.keep(vec![BytesMut::with_capacity(16)]);
         assert_eq!(spare.len(), KEPT_BLOCKS);
         spare.release();
-        assert_eq!(spare.len(), 0);
+        assert!(spare.is_empty());
         assert!(spare.take().is_empty());
         // A scanner given nothing, or more than it may hold, reads as any other.
         let (body, expected) = numbered(50, "any");
