@@ -99,15 +99,16 @@ pub struct PageReader {
 }
 
 impl PageReader {
-    /// A reader for the answer with these `headers`, read at `now_ns`; it keeps (at least) the answer's
-    /// first `keep_head` bytes (returned by [`PageReader::finish`]).
+    /// [`PageReader::with_blocks`] with no buffers to reuse.
     #[cfg(test)]
     pub fn new(headers: &HeaderMap, now_ns: i64, keep_head: usize) -> PageReader {
         PageReader::with_blocks(headers, now_ns, keep_head, Vec::new())
     }
 
-    /// [`PageReader::new`], reading into `blocks` (buffers a previous reader filled, given back by
-    /// [`PageReader::finish_with_blocks`]) before new ones.
+    /// A reader for the answer with these `headers`, read at `now_ns`; it keeps (at least) the answer's
+    /// first `keep_head` bytes (returned by [`PageReader::finish_with_blocks`]). It reads into `blocks`
+    /// (buffers a previous reader filled, given back by [`PageReader::finish_with_blocks`]) before it asks
+    /// for new ones.
     pub fn with_blocks(
         headers: &HeaderMap,
         now_ns: i64,
@@ -181,16 +182,16 @@ impl PageReader {
         Some(std::mem::take(&mut self.events))
     }
 
-    /// The body has ended: the rest of the page, or why it cannot be used; and the answer's first bytes
-    /// (as many as asked for in [`PageReader::new`]), to keep when it cannot be used.
+    /// [`PageReader::finish_with_blocks`] without the buffers.
     #[cfg(test)]
     pub fn finish(self) -> (Result<Judged, Unusable>, Head) {
         let (judged, head, _) = self.finish_with_blocks();
         (judged, head)
     }
 
-    /// [`PageReader::finish`], and the buffers the answer was read into, for the next reader
-    /// ([`PageReader::with_blocks`]); the events keep their bytes.
+    /// The body has ended: the rest of the page, or why it cannot be used; the answer's first bytes (as
+    /// many as asked for in [`PageReader::with_blocks`]), to keep when it cannot be used; and the buffers
+    /// the answer was read into, for the next reader (the events keep their bytes).
     pub fn finish_with_blocks(mut self) -> (Result<Judged, Unusable>, Head, Vec<BytesMut>) {
         let scanned = self.scanner.finish();
         let blocks = self.scanner.take_blocks();
