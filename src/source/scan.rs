@@ -61,12 +61,8 @@ impl SpareBlocks {
     /// Keeps a finished scanner's buffers ([`ArrayScanner::take_blocks`]), up to [`KEPT_BLOCKS`] in all.
     pub fn keep(&self, blocks: Vec<BytesMut>) {
         let mut kept = self.lock();
-        for block in blocks {
-            if kept.len() >= KEPT_BLOCKS {
-                break;
-            }
-            kept.push(block);
-        }
+        let room = KEPT_BLOCKS.saturating_sub(kept.len());
+        kept.extend(blocks.into_iter().take(room));
     }
 
     /// Lets every buffer go.
@@ -75,11 +71,13 @@ impl SpareBlocks {
     }
 
     /// How many buffers are kept.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether none is kept.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
