@@ -44,6 +44,13 @@ impl<'a> Writer<'a> {
         Writer { out, len }
     }
 
+    /// A writer writing from the start of `out`, over what it holds: those bytes are room, written over
+    /// and not zeroed again (a buffer of an earlier body, reused), and `out` ends up holding exactly what
+    /// was written.
+    pub fn over(out: &'a mut Vec<u8>) -> Writer<'a> {
+        Writer { out, len: 0 }
+    }
+
     /// Appends `bytes` as they are.
     pub fn raw(&mut self, bytes: &[u8]) {
         self.room(bytes.len());
