@@ -9,7 +9,7 @@
 //! Why records: one sled entry per event made every page of 1000 events cost 1000 lookups and 1000 inserts
 //! into the tree, each copying a tree node: half the agent's CPU, and about 1 KB of disk per event once sled
 //! had written its nodes out (BENCHMARKS.md, "Dedup records"). A page now rewrites the few records its
-//! events fall in (about eight for a part of 1000 events in time order).
+//! events fall in (about five for a poller's part of 500 events in time order).
 //!
 //! Counting what a stream holds per time range ([`Queue::dedup_counts`], for the poller's late check) is a
 //! range scan for the same reason: entries are sorted by time within a stream.
@@ -34,11 +34,12 @@ use crate::event::stream_tag;
 /// Size of one entry: ordered timestamp (8 bytes) and identity hash (16 bytes).
 const ENTRY_LEN: usize = 24;
 /// A record holding more entries is split in halves. Pages in time order append to a stream's last record,
-/// so a page part of 1000 events is written as about eight records of 128 entries (3 KiB each). Records of
-/// 64 entries made it 31, and each is a sled operation paid in full (a node copied, a leaf rewritten on
-/// splits): 256 took 6 % off the agent's CPU end to end, the same as 1024 (BENCHMARKS.md, "Dedup records of
-/// 256 entries"). Records of 512 once raised RSS with a backlog, when sled's cache did not hold to its
-/// capacity (BENCHMARKS.md, "Dedup records"); that was mended in `vendor/sled` (JCDI-FORWARDER.md, item 3).
+/// so the 500 events of a poller's part are written as about five records of 128 entries (3 KiB each).
+/// Records of 64 entries made that sixteen, and each is a sled operation paid in full (a node copied, a
+/// leaf rewritten on splits): 256 took 6-7 % off the agent's CPU end to end, the same as 1024 (BENCHMARKS.md,
+/// "Dedup records of 256 entries"). Records of 512 once raised RSS with a backlog, when sled's cache did not
+/// hold to its capacity (BENCHMARKS.md, "Dedup records"); that was mended in `vendor/sled`
+/// (JCDI-FORWARDER.md, item 3).
 const RECORD_MAX_ENTRIES: usize = 256;
 
 type Entry = [u8; ENTRY_LEN];
